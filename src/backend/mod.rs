@@ -1,0 +1,96 @@
+//! The backend seam: the two passes every clustering iteration makes over the data
+//! (assign each point to its nearest centroids; reduce per-centroid statistics that
+//! merge by addition). `cpu` implements them with rayon; a GPU backend is a second
+//! implementation of the same trait. Backends know nothing of files or models.
+
+pub mod cpu;
+
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// k centroids of `dim` features, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Centroids {
+    pub k: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Centroids {
+    pub fn new(data: Vec<f32>, dim: usize) -> Self {
+        assert!(dim > 0 && data.len() % dim == 0 && !data.is_empty());
+        Centroids { k: data.len() / dim, dim, data }
+    }
+    pub fn row(&self, j: usize) -> &[f32] {
+        &self.data[j * self.dim..(j + 1) * self.dim]
+    }
+}
+
+/// A point's nearest and second-nearest centroid (squared Euclidean distances).
+/// `second` is +inf when k = 1.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[repr(C)]
+pub struct Nearest {
+    pub label: u32,
+    pub dist: f32,
+    pub second: f32,
+}
+
+/// Per-centroid statistics of one pass; they merge by addition, so chunks, files,
+/// devices or partitions can each produce one and the sum is the whole data's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterStats {
+    pub k: usize,
+    pub dim: usize,
+    /// Members per centroid.
+    pub count: Vec<u64>,
+    /// Sum of member weights.
+    pub weight: Vec<f64>,
+    /// Weighted sum of member rows (k × dim).
+    pub sum: Vec<f64>,
+    /// Weighted sum of squared distances of members to the centroid they were assigned to.
+    pub sse: Vec<f64>,
+}
+
+impl ClusterStats {
+    pub fn zeros(k: usize, dim: usize) -> Self {
+        ClusterStats { k, dim, count: vec![0; k], weight: vec![0.0; k], sum: vec![0.0; k * dim], sse: vec![0.0; k] }
+    }
+
+    /// Add another pass's statistics (same k and dim).
+    pub fn merge(&mut self, other: &ClusterStats) {
+        assert_eq!((self.k, self.dim), (other.k, other.dim), "merging stats of different shapes");
+        for (a, b) in self.count.iter_mut().zip(&other.count) {
+            *a += b;
+        }
+        for (a, b) in self.weight.iter_mut().zip(&other.weight) {
+            *a += b;
+        }
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.sse.iter_mut().zip(&other.sse) {
+            *a += b;
+        }
+    }
+
+    /// The objective: total weighted squared distance.
+    pub fn inertia(&self) -> f64 {
+        self.sse.iter().sum()
+    }
+}
+
+/// The passes a clustering algorithm needs from a compute backend.
+pub trait Backend: Send + Sync {
+    /// Short name written into models and summaries ("cpu", "wgpu").
+    fn name(&self) -> &'static str;
+
+    /// For every row of `points` (row-major, `centroids.dim` wide) its nearest and
+    /// second-nearest centroid. Ties go to the lower centroid index.
+    fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()>;
+
+    /// Per-centroid count, weight, weighted sum and squared error from a labelling.
+    /// The summation order is fixed by row index, so results repeat bit for bit.
+    fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats>;
+}

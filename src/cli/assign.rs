@@ -1,0 +1,208 @@
+//! `microseg assign`: stream input batches through a model's transforms and the
+//! backend's assign pass, writing id, segment, distance and margin per row. Memory
+//! is bounded by one batch whatever the input size.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
+use arrow::compute::filter;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use clap::Args;
+
+use super::{TableArgs, log};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Nearest};
+use crate::error::{Error, Result};
+use crate::features::{self, MissingPolicy, MissingReport};
+use crate::io::output::{AtomicOutput, ParquetOutput};
+use crate::io::{BATCH_ROWS, ColumnKind, Dataset, column_kind};
+use crate::model::Model;
+
+#[derive(Debug, Args)]
+pub(crate) struct AssignArgs {
+    /// The model written by `fit` or `segment`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Parquet files or directories of them.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
+    /// Output Parquet: id, segment (uint32), distance (float32), margin (float32).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A finished (but not yet committed) assignment output.
+pub(crate) struct Assigned {
+    pub output: ParquetOutput,
+    pub counts: Vec<u64>,
+    pub rows: u64,
+    pub dropped: u64,
+    pub seconds: f64,
+}
+
+/// Check that the input has every model column with the same shape.
+fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
+    for c in &model.feature_columns {
+        let dt = ds.schema.field_with_name(&c.column).map(|f| f.data_type().clone()).map_err(|_| {
+            Error::input(&ds.files[0], format!("the model's feature column '{}' is missing from the input", c.column))
+        })?;
+        let width = match column_kind(&dt) {
+            Some(ColumnKind::Scalar) => 1,
+            Some(ColumnKind::Embedding { width }) => width,
+            None => 0,
+        };
+        if width != c.width {
+            return Err(Error::input(
+                &ds.files[0],
+                format!("column '{}' has type {dt} but the model expects {} numeric value(s) per row", c.column, c.width),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn assign_stream(model: &Model, ds: &Dataset, id_named: Option<&str>, out: AtomicOutput, backend: &dyn Backend) -> Result<Assigned> {
+    let t0 = Instant::now();
+    check_columns(model, ds)?;
+    let mut fallbacks: Vec<&str> = Vec::new();
+    if let Some(id) = &model.id_column {
+        fallbacks.push(id);
+    }
+    fallbacks.push("subscriber_id");
+    let id_col = super::resolve_id(ds, id_named, &fallbacks)?;
+    if id_col.is_none() {
+        log("no id column in the input; writing `row` (0-based row number) instead");
+    }
+    let cols = &model.feature_columns;
+    let dim = model.dim();
+    let mut names: Vec<String> = cols.iter().map(|c| c.column.clone()).collect();
+    if let Some(id) = &id_col {
+        names.push(id.clone());
+    }
+    let id_field = match &id_col {
+        Some(id) => ds.schema.field_with_name(id).unwrap().clone(),
+        None => Field::new("row", DataType::UInt64, false),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        id_field,
+        Field::new("segment", DataType::UInt32, false),
+        Field::new("distance", DataType::Float32, false),
+        Field::new("margin", DataType::Float32, true),
+    ]));
+    let mut writer = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
+    let centroids = model.centroids();
+    let fill: Option<Vec<f32>> = if model.missing == MissingPolicy::Mean {
+        Some(model.features.iter().map(|f| f.impute.unwrap_or(0.0)).collect())
+    } else {
+        None
+    };
+    let mut counts = vec![0u64; model.k];
+    let mut report = MissingReport::new(cols.len());
+    let (mut rows, mut row_base, mut dropped) = (0u64, 0u64, 0u64);
+    let mut block: Vec<f32> = Vec::with_capacity(BATCH_ROWS * dim);
+    let mut nearest: Vec<Nearest> = Vec::with_capacity(BATCH_ROWS);
+    for sb in ds.batches(&names)? {
+        let sb = sb?;
+        let m = sb.batch.num_rows();
+        block.clear();
+        block.resize(m * dim, 0.0);
+        features::convert_batch(&sb.batch, cols, sb.path, &mut block)?;
+        let complete = report.scan(&block, cols, sb.path);
+        let all_complete = complete.iter().all(|c| *c);
+        if model.missing == MissingPolicy::Error && (report.rows_with_any > 0) {
+            // Keep scanning so the error can give the total count; write nothing more.
+            row_base += m as u64;
+            continue;
+        }
+        let mut id_array: ArrayRef = match &id_col {
+            Some(_) => sb.batch.column(cols.len()).clone(),
+            None => Arc::new(UInt64Array::from_iter_values(row_base..row_base + m as u64)),
+        };
+        row_base += m as u64;
+        match (model.missing, &fill) {
+            (MissingPolicy::Drop, _) if !all_complete => {
+                let kept = features::compact_rows(&mut block, dim, &complete);
+                dropped += (m - kept) as u64;
+                id_array = filter(&id_array, &BooleanArray::from(complete.clone()))
+                    .map_err(|e| Error::Runtime(e.to_string()))?;
+            }
+            (MissingPolicy::Mean, Some(f)) if !all_complete => {
+                let mut mtx = features::Matrix::new(std::mem::take(&mut block), dim);
+                features::fill_missing(&mut mtx, f);
+                block = mtx.data;
+            }
+            _ => {}
+        }
+        let kept = block.len() / dim;
+        if kept == 0 {
+            continue;
+        }
+        features::apply_transforms(&mut block, &model.features);
+        nearest.clear();
+        nearest.resize(kept, Nearest::default());
+        backend.assign(&block, &centroids, &mut nearest)?;
+        for nr in &nearest {
+            counts[nr.label as usize] += 1;
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                id_array,
+                Arc::new(UInt32Array::from_iter_values(nearest.iter().map(|n| n.label))),
+                Arc::new(Float32Array::from_iter_values(nearest.iter().map(|n| n.dist.sqrt()))),
+                Arc::new(Float32Array::from_iter(
+                    nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
+                )),
+            ],
+        )
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+        writer.write(&batch)?;
+        rows += kept as u64;
+    }
+    if model.missing == MissingPolicy::Error {
+        if let Some(e) = report.to_error(cols, row_base) {
+            return Err(e);
+        }
+    }
+    Ok(Assigned { output: writer, counts, rows, dropped, seconds: t0.elapsed().as_secs_f64() })
+}
+
+pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    let ds = Dataset::open(&a.inputs)?;
+    let out = AtomicOutput::create(&a.out, a.force)?;
+    let backend = CpuBackend;
+    let res = assign_stream(&model, &ds, a.table.id_col.as_deref(), out, &backend)?;
+    res.output.commit()?;
+    log(format!(
+        "assigned {} rows to {} segments in {:.2}s ({} left out); wrote {}",
+        res.rows,
+        model.k,
+        res.seconds,
+        res.dropped,
+        a.out.display()
+    ));
+    if a.json {
+        super::print_json(&serde_json::json!({
+            "command": "assign",
+            "n_rows": res.rows,
+            "rows_dropped": res.dropped,
+            "k": model.k,
+            "segment_counts": res.counts,
+            "assign_seconds": res.seconds,
+            "rows_per_second": res.rows as f64 / res.seconds.max(1e-9),
+            "backend": Backend::name(&backend),
+            "out": a.out,
+        }))?;
+    }
+    Ok(())
+}

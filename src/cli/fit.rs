@@ -1,0 +1,399 @@
+//! `microseg fit` and `microseg segment`: read the training table, fit transforms and
+//! k-means, write the model (and, for `segment`, assignments and a summary).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+
+use super::{AlgorithmArg, MissingArg, ScaleArg, TableArgs, log};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Centroids};
+use crate::error::{Error, Result};
+use crate::features::{self, MissingPolicy, Scale};
+use crate::io::Dataset;
+use crate::io::output::{AtomicOutput, write_json};
+use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams};
+use crate::model::{FORMAT, FORMAT_VERSION, Manifest, Model};
+
+/// Options of a fit, shared by `fit` and `segment`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FitOpts {
+    /// Number of segments.
+    #[arg(long)]
+    k: usize,
+    /// Feature columns (default: every numeric column but the id and weight columns).
+    #[arg(long, value_delimiter = ',')]
+    features: Option<Vec<String>>,
+    /// Columns left out of the default feature set.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Heavy-tailed columns transformed by ln(1 + x) before scaling (e.g. spend).
+    #[arg(long, value_delimiter = ',')]
+    log1p: Vec<String>,
+    /// Per-feature scaling fitted on the training data.
+    #[arg(long, value_enum, default_value = "standard")]
+    scale: ScaleArg,
+    /// Rows with null/NaN/inf features: refuse (error), leave out (drop) or fill with the training mean.
+    #[arg(long, value_enum, default_value = "error")]
+    missing: MissingArg,
+    /// Sample weights column (finite, >= 0).
+    #[arg(long)]
+    weight_col: Option<String>,
+    #[command(flatten)]
+    table: TableArgs,
+    /// k-means++, k-means||, random, or a file of initial centroids (Parquet, or CSV
+    /// without header: k lines of d numbers, in the model's feature space).
+    #[arg(long, default_value = "k-means++")]
+    init: String,
+    /// Rows sampled for initialisation (0: 64·k, at least 10,000).
+    #[arg(long, default_value_t = 0)]
+    init_sample: usize,
+    /// Restarts from different seeds; the lowest inertia wins.
+    #[arg(long, default_value_t = 1)]
+    n_init: usize,
+    #[arg(long, default_value_t = 300)]
+    max_iter: usize,
+    /// Relative tolerance on the centroid shift (times the mean feature variance).
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f64,
+    #[arg(long, default_value_t = kmeans::DEFAULT_SEED)]
+    seed: u64,
+    /// Exact iteration: Lloyd, or Hamerly's bounds (same result, fewer distances).
+    #[arg(long, value_enum, default_value = "auto")]
+    algorithm: AlgorithmArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FitArgs {
+    /// Parquet files or directories of them.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    opts: FitOpts,
+    /// Where to write the model (JSON).
+    #[arg(long)]
+    model: PathBuf,
+    /// Replace existing outputs.
+    #[arg(long)]
+    force: bool,
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SegmentArgs {
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    opts: FitOpts,
+    /// Directory for model.json, assignments.parquet and summary.json (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a fit produced, with its timings.
+pub(crate) struct FitOutcome {
+    pub model: Model,
+    pub summary: serde_json::Value,
+}
+
+fn read_centroids_file(path: &Path, dim: usize) -> Result<Centroids> {
+    let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("txt"));
+    if is_csv {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+        let mut data = Vec::new();
+        for (ln, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: std::result::Result<Vec<f32>, _> = line.split(',').map(|s| s.trim().parse::<f32>()).collect();
+            let row = row.map_err(|e| Error::input(path, format!("line {}: not a list of numbers ({e})", ln + 1)))?;
+            if row.len() != dim {
+                return Err(Error::input(
+                    path,
+                    format!("line {} has {} values but the model has {dim} features", ln + 1, row.len()),
+                ));
+            }
+            data.extend(row);
+        }
+        if data.is_empty() {
+            return Err(Error::input(path, "holds no centroids"));
+        }
+        return Ok(Centroids::new(data, dim));
+    }
+    let ds = Dataset::open(&[path.to_path_buf()])?;
+    let cols = features::select_columns(&ds, None, &[], &[], &[])?;
+    let t = features::load_training(&ds, &cols, None, MissingPolicy::Error)?;
+    if t.matrix.dim != dim {
+        return Err(Error::input(path, format!("has {} numeric columns but the model has {dim} features", t.matrix.dim)));
+    }
+    Ok(Centroids::new(t.matrix.data, dim))
+}
+
+/// Read, transform and fit; returns the model and the JSON summary fields.
+pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) -> Result<FitOutcome> {
+    let t_read = Instant::now();
+    let ds = Dataset::open(inputs)?;
+    let id_col = super::resolve_id(&ds, o.table.id_col.as_deref(), &["subscriber_id"])?;
+    if let Some(w) = &o.weight_col {
+        ds.column_type(w)?;
+    }
+    let mut reserved: Vec<&str> = Vec::new();
+    if let Some(id) = &id_col {
+        reserved.push(id);
+    }
+    if let Some(w) = &o.weight_col {
+        reserved.push(w);
+    }
+    let cols = features::select_columns(&ds, o.features.as_deref(), &o.exclude, &o.log1p, &reserved)?;
+    let dim = features::dim_of(&cols);
+    log(format!(
+        "{}: {} rows; {} features from {} columns: {}",
+        ds.display_name(),
+        ds.n_rows(),
+        dim,
+        cols.len(),
+        cols.iter().map(|c| c.column.as_str()).collect::<Vec<_>>().join(", ")
+    ));
+    let init = match o.init.as_str() {
+        "k-means++" | "kmeans++" => InitMethod::KMeansPlusPlus,
+        "k-means||" | "kmeans||" => InitMethod::KMeansParallel,
+        "random" => InitMethod::Random,
+        file => {
+            let p = Path::new(file);
+            if !p.is_file() {
+                return Err(Error::Usage(format!(
+                    "--init {file}: not k-means++, k-means||, random, nor an existing centroids file"
+                )));
+            }
+            InitMethod::Given(read_centroids_file(p, dim)?)
+        }
+    };
+    let missing = match o.missing {
+        MissingArg::Error => MissingPolicy::Error,
+        MissingArg::Drop => MissingPolicy::Drop,
+        MissingArg::Mean => MissingPolicy::Mean,
+    };
+    let scale = match o.scale {
+        ScaleArg::Standard => Scale::Standard,
+        ScaleArg::None => Scale::None,
+    };
+    let mut table = features::load_training(&ds, &cols, o.weight_col.as_deref(), missing)?;
+    if table.rows_dropped > 0 {
+        log(format!("left out {} of {} rows with missing values (--missing drop)", table.rows_dropped, table.rows_read));
+    }
+    let transforms = features::fit_transforms(&table.matrix, &cols, scale, table.impute.as_deref());
+    features::apply_transforms(&mut table.matrix.data, &transforms);
+    let read_seconds = t_read.elapsed().as_secs_f64();
+    let algorithm = match o.algorithm {
+        AlgorithmArg::Lloyd => Algorithm::Lloyd,
+        AlgorithmArg::Auto | AlgorithmArg::Hamerly => Algorithm::Hamerly,
+    };
+    let params = KMeansParams {
+        k: o.k,
+        init,
+        max_iter: o.max_iter,
+        tol: o.tol,
+        n_init: o.n_init,
+        seed: o.seed,
+        algorithm,
+        init_sample: o.init_sample,
+    };
+    let n = table.matrix.n();
+    log(format!(
+        "fitting k={} on {n} × {dim} ({} backend, {}, init {}, {} threads)",
+        o.k,
+        backend.name(),
+        algorithm.name(),
+        params.init.name(),
+        rayon::current_num_threads()
+    ));
+    let bar = progress_bar(o.max_iter as u64);
+    let mut iter_secs: Vec<(usize, f64)> = Vec::new();
+    let t_fit = Instant::now();
+    let fit = kmeans::fit(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info: &kmeans::IterInfo| {
+        iter_secs.push((info.run, info.seconds));
+        bar.set_position(info.iteration as u64);
+        bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
+    })?;
+    let fit_seconds = t_fit.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let per_iter = {
+        let s: Vec<f64> = iter_secs.iter().filter(|(r, _)| *r == fit.best_run).map(|(_, s)| *s).collect();
+        s.iter().sum::<f64>() / s.len().max(1) as f64
+    };
+    log(format!(
+        "{} after {} iterations: inertia {:.6e}, {:.3}s per iteration, {} empty-cluster relocations",
+        if fit.converged { "converged" } else { "stopped at --max-iter" },
+        fit.iterations,
+        fit.inertia,
+        per_iter,
+        fit.relocations
+    ));
+    let segments = Model::segments_from(&fit.centroids, &fit.stats, &cols, &transforms);
+    let model = Model {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        method: "kmeans".into(),
+        metric: "euclidean".into(),
+        k: o.k,
+        id_column: id_col,
+        weight_column: o.weight_col.clone(),
+        missing,
+        scale,
+        feature_columns: cols,
+        features: transforms,
+        segments,
+        manifest: Manifest {
+            engine: "microseg".into(),
+            engine_version: crate::ENGINE_VERSION.into(),
+            inputs: ds.files.iter().map(|f| f.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect(),
+            input_fingerprint: ds.fingerprint()?,
+            rows_read: table.rows_read,
+            rows_used: n as u64,
+            rows_dropped: table.rows_dropped,
+            seed: o.seed,
+            init: params.init.name().into(),
+            init_sample_rows: params.init_sample_rows(n),
+            n_init: o.n_init,
+            best_run: fit.best_run,
+            algorithm: algorithm.name().into(),
+            max_iter: o.max_iter,
+            tol: o.tol,
+            tol_scaled: fit.tol_scaled,
+            iterations: fit.iterations,
+            converged: fit.converged,
+            objective: fit.inertia,
+            empty_cluster_relocations: fit.relocations,
+            backend: backend.name().into(),
+        },
+    };
+    let summary = serde_json::json!({
+        "n_rows": n,
+        "rows_read": table.rows_read,
+        "rows_dropped": table.rows_dropped,
+        "n_features": dim,
+        "k": o.k,
+        "iterations": fit.iterations,
+        "converged": fit.converged,
+        "inertia": fit.inertia,
+        "read_seconds": read_seconds,
+        "init_seconds": fit.init_seconds,
+        "fit_seconds": fit_seconds,
+        "seconds_per_iteration": per_iter,
+        "full_evaluations_per_iteration": fit.full_evaluations as f64 / (fit.iterations as f64 + 1.0) / n as f64,
+        "empty_cluster_relocations": fit.relocations,
+        "backend": backend.name(),
+        "algorithm": algorithm.name(),
+        "threads": rayon::current_num_threads(),
+    });
+    Ok(FitOutcome { model, summary })
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if super::quiet() {
+        return indicatif::ProgressBar::hidden();
+    }
+    // Draws only when stderr is a terminal; batch logs stay clean.
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] iteration {pos} {msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
+    let out = AtomicOutput::create(&a.model, a.force)?;
+    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend)?;
+    write_json(out, &outcome.model)?;
+    log(format!("wrote the model to {}", a.model.display()));
+    if a.json {
+        let mut s = outcome.summary;
+        s["command"] = "fit".into();
+        s["model"] = a.model.display().to_string().into();
+        super::print_json(&s)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
+    if a.out_dir.exists() && !a.out_dir.is_dir() {
+        return Err(Error::output(&a.out_dir, "exists and is not a directory"));
+    }
+    let created = !a.out_dir.exists();
+    if created {
+        std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::output(&a.out_dir, e))?;
+    }
+    let result = segment_into(&a);
+    if result.is_err() && created {
+        // Leave nothing behind: the directory was ours and holds no committed output.
+        let _ = std::fs::remove_dir(&a.out_dir);
+    }
+    result
+}
+
+fn segment_into(a: &SegmentArgs) -> Result<()> {
+    let model_out = AtomicOutput::create(&a.out_dir.join("model.json"), a.force)?;
+    let assign_out = AtomicOutput::create(&a.out_dir.join("assignments.parquet"), a.force)?;
+    let summary_out = AtomicOutput::create(&a.out_dir.join("summary.json"), a.force)?;
+    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend)?;
+    let ds = Dataset::open(&a.inputs)?;
+    let assigned = super::assign::assign_stream(&outcome.model, &ds, a.opts.table.id_col.as_deref(), assign_out, &CpuBackend)?;
+    let summary = segment_summary(&outcome.model, &assigned.counts);
+    let staged = assigned.output;
+    write_json(summary_out, &summary)?;
+    staged.commit()?;
+    write_json(model_out, &outcome.model)?;
+    log(format!("wrote model.json, assignments.parquet and summary.json to {}", a.out_dir.display()));
+    if a.json {
+        let mut s = outcome.summary;
+        s["command"] = "segment".into();
+        s["out_dir"] = a.out_dir.display().to_string().into();
+        s["assigned_rows"] = assigned.rows.into();
+        s["assign_seconds"] = assigned.seconds.into();
+        super::print_json(&s)?;
+    }
+    Ok(())
+}
+
+/// Per-segment summary: size, share, centroid in original units and the features
+/// that set the segment apart most (largest standardised centroid coordinates).
+pub(crate) fn segment_summary(model: &Model, counts: &[u64]) -> serde_json::Value {
+    let total: u64 = counts.iter().sum();
+    let names: Vec<&str> = model.features.iter().map(|f| f.name.as_str()).collect();
+    let segs: Vec<serde_json::Value> = model
+        .segments
+        .iter()
+        .map(|s| {
+            let mut order: Vec<usize> = (0..names.len()).collect();
+            order.sort_by(|&a, &b| s.centroid[b].abs().total_cmp(&s.centroid[a].abs()).then(a.cmp(&b)));
+            let top: Vec<serde_json::Value> = order
+                .iter()
+                .take(3)
+                .map(|&j| serde_json::json!({"feature": names[j], "z": s.centroid[j], "value": s.centroid_original[j]}))
+                .collect();
+            let centroid: serde_json::Map<String, serde_json::Value> =
+                names.iter().zip(&s.centroid_original).map(|(n, v)| (n.to_string(), (*v).into())).collect();
+            let c = counts.get(s.id as usize).copied().unwrap_or(0);
+            serde_json::json!({
+                "segment": s.id,
+                "name": s.name,
+                "assigned_rows": c,
+                "share": if total > 0 { c as f64 / total as f64 } else { 0.0 },
+                "training_rows": s.size,
+                "rms_distance": s.rms_distance,
+                "distinguishing_features": top,
+                "centroid": centroid,
+            })
+        })
+        .collect();
+    serde_json::json!({"k": model.k, "assigned_rows": total, "scale": model.scale, "segments": segs})
+}

@@ -1,0 +1,54 @@
+//! Typed errors for the whole engine and the exit code each maps to.
+//! Library code returns these; only `cli` turns them into process exit codes.
+
+use std::path::PathBuf;
+
+/// Process exit codes: a contract with the batch jobs that call us (see README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Success = 0,
+    /// Something failed at run time (a bug, an I/O failure mid-run, out of memory).
+    Runtime = 1,
+    /// The command line is wrong: unknown flag, bad value, output exists without --force.
+    Usage = 2,
+    /// The input data is unusable: missing column, wrong type, nulls, corrupt file.
+    BadInput = 3,
+    /// An output cannot be written (directory missing, no permission, disk full).
+    Output = 4,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {msg}")]
+    Input { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Data(String),
+    #[error("output {}: {msg}", path.display())]
+    Output { path: PathBuf, msg: String },
+    #[error("output {} already exists; pass --force to replace it", .0.display())]
+    OutputExists(PathBuf),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Error {
+    pub fn input(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Input { path: path.into(), msg: msg.into() }
+    }
+    pub fn output(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::Output { path: path.into(), msg: msg.to_string() }
+    }
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) | Error::OutputExists(_) => ExitCode::Usage,
+            Error::Input { .. } | Error::Data(_) => ExitCode::BadInput,
+            Error::Output { .. } => ExitCode::Output,
+            Error::Runtime(_) => ExitCode::Runtime,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

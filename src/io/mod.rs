@@ -1,0 +1,306 @@
+//! The only module that knows Parquet: finding input files, reading their schema and
+//! metadata, streaming projected record batches, and writing outputs atomically.
+//! It knows nothing of features or clustering; `features` turns batches into a matrix.
+
+pub mod output;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Schema metadata key listing columns that are never default features (written by
+/// `generate` for its ground-truth column), comma separated.
+pub const NON_FEATURE_KEY: &str = "microseg.non_features";
+
+/// Rows per streamed record batch: large enough to amortise per-batch work, small
+/// enough that a batch of 32 float columns stays a few MiB.
+pub const BATCH_ROWS: usize = 65_536;
+
+/// One or more Parquet files read as one table.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub files: Vec<PathBuf>,
+    pub rows_per_file: Vec<u64>,
+    pub schema: SchemaRef,
+}
+
+/// How a column can be used as clustering input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnKind {
+    /// One numeric value per row (int, uint, float, decimal, bool).
+    Scalar,
+    /// A fixed-length numeric vector per row: `width` features.
+    Embedding { width: usize },
+}
+
+/// Classify an Arrow type as a feature column, or `None` when it cannot be one.
+pub fn column_kind(dt: &DataType) -> Option<ColumnKind> {
+    use DataType::*;
+    match dt {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float16 | Float32
+        | Float64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) | Boolean => {
+            Some(ColumnKind::Scalar)
+        }
+        FixedSizeList(f, n) if is_float_or_int(f.data_type()) && *n > 0 => {
+            Some(ColumnKind::Embedding { width: *n as usize })
+        }
+        _ => None,
+    }
+}
+
+fn is_float_or_int(dt: &DataType) -> bool {
+    dt.is_floating() || dt.is_integer()
+}
+
+impl Dataset {
+    /// Expand inputs (files, or directories of `*.parquet` files) and read each footer.
+    pub fn open(inputs: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        for input in inputs {
+            if input.is_dir() {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                    .map_err(|e| Error::input(input, format!("cannot list directory: {e}")))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "parquet"))
+                    .collect();
+                if found.is_empty() {
+                    return Err(Error::input(input, "directory holds no *.parquet files"));
+                }
+                found.sort();
+                files.extend(found);
+            } else if input.exists() {
+                files.push(input.clone());
+            } else {
+                return Err(Error::input(input, "no such file or directory"));
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::Usage("no input files given".into()));
+        }
+        let mut schema: Option<SchemaRef> = None;
+        let mut rows_per_file = Vec::with_capacity(files.len());
+        for f in &files {
+            let builder = open_builder(f)?;
+            let s = builder.schema().clone();
+            rows_per_file.push(builder.metadata().file_metadata().num_rows().max(0) as u64);
+            match &schema {
+                None => schema = Some(s),
+                Some(first) => check_same_schema(first, &s, f, &files[0])?,
+            }
+        }
+        Ok(Dataset { files, rows_per_file, schema: schema.unwrap() })
+    }
+
+    pub fn n_rows(&self) -> u64 {
+        self.rows_per_file.iter().sum()
+    }
+
+    /// A display name for error messages: the file, or the first file and a count.
+    pub fn display_name(&self) -> String {
+        match self.files.len() {
+            1 => self.files[0].display().to_string(),
+            n => format!("{} (and {} more files)", self.files[0].display(), n - 1),
+        }
+    }
+
+    pub fn has_column(&self, name: &str) -> bool {
+        self.schema.field_with_name(name).is_ok()
+    }
+
+    /// The type of a column, or an error that lists the columns there are.
+    pub fn column_type(&self, name: &str) -> Result<&DataType> {
+        self.schema.field_with_name(name).map(|f| f.data_type()).map_err(|_| {
+            let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::input(
+                &self.files[0],
+                format!("no column '{name}'; the columns are: {}", names.join(", ")),
+            )
+        })
+    }
+
+    /// Columns the schema metadata marks as never-features (ground truth, labels).
+    pub fn non_feature_columns(&self) -> Vec<String> {
+        self.schema
+            .metadata()
+            .get(NON_FEATURE_KEY)
+            .map(|s| s.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every column usable as a feature, in schema order.
+    pub fn feature_capable_columns(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .filter(|f| column_kind(f.data_type()).is_some())
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// A content fingerprint: SHA-256 over each file's name, size and Parquet footer
+    /// (which holds the row-group offsets and column statistics), so it changes when
+    /// the data does without reading the data twice.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        for f in &self.files {
+            let mut file = File::open(f).map_err(|e| Error::input(f, format!("cannot open: {e}")))?;
+            let len = file.metadata().map_err(|e| Error::input(f, e.to_string()))?.len();
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            h.update(name.as_bytes());
+            h.update(len.to_le_bytes());
+            let tail = len.min(8);
+            let mut buf = vec![0u8; tail as usize];
+            file.seek(SeekFrom::End(-(tail as i64)))
+                .and_then(|_| file.read_exact(&mut buf))
+                .map_err(|e| Error::input(f, e.to_string()))?;
+            let footer_len = if tail == 8 {
+                u32::from_le_bytes(buf[0..4].try_into().unwrap()) as u64
+            } else {
+                0
+            };
+            let footer_len = footer_len.min(len.saturating_sub(8));
+            let mut footer = vec![0u8; footer_len as usize];
+            file.seek(SeekFrom::End(-((footer_len + 8) as i64).min(len as i64)))
+                .and_then(|_| file.read_exact(&mut footer))
+                .map_err(|e| Error::input(f, e.to_string()))?;
+            h.update(&footer);
+        }
+        let digest = h.finalize();
+        Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    }
+
+    /// Stream record batches holding exactly `columns` (in that order), file after
+    /// file, row group by row group. Only those columns are decoded (projection).
+    pub fn batches<'a>(&'a self, columns: &'a [String]) -> Result<Batches<'a>> {
+        for c in columns {
+            self.column_type(c)?;
+        }
+        Ok(Batches { ds: self, columns, file: 0, reader: None })
+    }
+}
+
+fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(Error::input(path, "the file is empty (0 bytes), not a Parquet file"));
+    }
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
+}
+
+fn check_same_schema(first: &SchemaRef, s: &SchemaRef, path: &Path, first_path: &Path) -> Result<()> {
+    for f in first.fields() {
+        match s.field_with_name(f.name()) {
+            Ok(g) if g.data_type() == f.data_type() => {}
+            Ok(g) => {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "column '{}' is {} here but {} in {}; all inputs must share one schema",
+                        f.name(),
+                        g.data_type(),
+                        f.data_type(),
+                        first_path.display()
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::input(
+                    path,
+                    format!("column '{}' (present in {}) is missing", f.name(), first_path.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streaming batches over all files of a [`Dataset`].
+pub struct Batches<'a> {
+    ds: &'a Dataset,
+    columns: &'a [String],
+    file: usize,
+    reader: Option<ParquetRecordBatchReader>,
+}
+
+/// A batch and the file it came from (for error messages).
+pub struct SourcedBatch<'a> {
+    pub path: &'a Path,
+    pub batch: RecordBatch,
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = Result<SourcedBatch<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.file >= self.ds.files.len() {
+                return None;
+            }
+            let path = &self.ds.files[self.file];
+            if self.reader.is_none() {
+                match self.open_reader(path) {
+                    Ok(r) => self.reader = Some(r),
+                    Err(e) => {
+                        self.file = self.ds.files.len();
+                        return Some(Err(e));
+                    }
+                }
+            }
+            match self.reader.as_mut().unwrap().next() {
+                Some(Ok(batch)) => {
+                    // The projection yields file order; put columns in the order asked.
+                    let schema = batch.schema();
+                    let cols = self
+                        .columns
+                        .iter()
+                        .map(|c| batch.column(schema.index_of(c).unwrap()).clone())
+                        .collect::<Vec<_>>();
+                    let fields = self
+                        .columns
+                        .iter()
+                        .map(|c| schema.field_with_name(c).unwrap().clone())
+                        .collect::<Vec<_>>();
+                    let out = RecordBatch::try_new_with_options(
+                        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                        cols,
+                        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+                    )
+                    .map_err(|e| Error::input(path, e.to_string()));
+                    return Some(out.map(|batch| SourcedBatch { path, batch }));
+                }
+                Some(Err(e)) => {
+                    self.file = self.ds.files.len();
+                    return Some(Err(Error::input(path, format!("cannot decode: {e}"))));
+                }
+                None => {
+                    self.reader = None;
+                    self.file += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Batches<'_> {
+    fn open_reader(&self, path: &Path) -> Result<ParquetRecordBatchReader> {
+        let builder = open_builder(path)?;
+        let arrow_schema = builder.schema().clone();
+        let roots: Vec<usize> =
+            self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| Error::input(path, format!("cannot read: {e}")))
+    }
+}

@@ -1,0 +1,121 @@
+//! k-means parameters: a builder with defaults, and `check` that validates them
+//! against the data before any work starts, so invalid parameters never reach `fit`.
+
+use crate::backend::Centroids;
+use crate::error::{Error, Result};
+
+/// How the first centroids are chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitMethod {
+    /// Greedy k-means++ (2 + ln k candidates per step, as scikit-learn).
+    KMeansPlusPlus,
+    /// k-means‖ (Bahmani et al. 2012): 5 rounds oversampling 2k, then weighted k-means++.
+    KMeansParallel,
+    /// k distinct rows chosen uniformly.
+    Random,
+    /// Given centroids (k × d, in the model's feature space).
+    Given(Centroids),
+}
+
+impl InitMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            InitMethod::KMeansPlusPlus => "k-means++",
+            InitMethod::KMeansParallel => "k-means||",
+            InitMethod::Random => "random",
+            InitMethod::Given(_) => "given",
+        }
+    }
+}
+
+/// Which exact iteration is run; both give the same result bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Every point against every centroid, every iteration.
+    Lloyd,
+    /// Hamerly's bounds skip points whose nearest centroid cannot have changed.
+    Hamerly,
+}
+
+impl Algorithm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Lloyd => "lloyd",
+            Algorithm::Hamerly => "hamerly",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansParams {
+    pub k: usize,
+    pub init: InitMethod,
+    pub max_iter: usize,
+    /// Relative tolerance on the centroid shift, scaled by the mean feature variance.
+    pub tol: f64,
+    pub n_init: usize,
+    pub seed: u64,
+    pub algorithm: Algorithm,
+    /// Rows the initialisation looks at (a seeded sample); 0 means 64·k, at least 10 000.
+    pub init_sample: usize,
+}
+
+pub const DEFAULT_SEED: u64 = 0;
+
+impl KMeansParams {
+    pub fn new(k: usize) -> Self {
+        KMeansParams {
+            k,
+            init: InitMethod::KMeansPlusPlus,
+            max_iter: 300,
+            tol: 1e-4,
+            n_init: 1,
+            seed: DEFAULT_SEED,
+            algorithm: Algorithm::Hamerly,
+            init_sample: 0,
+        }
+    }
+
+    /// Rows sampled for initialisation given n rows.
+    pub fn init_sample_rows(&self, n: usize) -> usize {
+        let want = if self.init_sample == 0 { (64 * self.k).max(10_000) } else { self.init_sample };
+        want.min(n).max(self.k.min(n))
+    }
+
+    /// Validate against the data: `n` rows (with positive weight) of `dim` features.
+    pub fn check(&self, n: usize, dim: usize) -> Result<()> {
+        if self.k == 0 {
+            return Err(Error::Usage("--k must be at least 1".into()));
+        }
+        if self.k > n {
+            return Err(Error::Data(format!(
+                "--k {} is more than the {n} usable rows of the input; lower --k or give more rows",
+                self.k
+            )));
+        }
+        if self.max_iter == 0 {
+            return Err(Error::Usage("--max-iter must be at least 1".into()));
+        }
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
+            return Err(Error::Usage(format!("--tol must be a finite number >= 0, not {}", self.tol)));
+        }
+        if self.n_init == 0 {
+            return Err(Error::Usage("--n-init must be at least 1".into()));
+        }
+        if let InitMethod::Given(c) = &self.init {
+            if c.dim != dim {
+                return Err(Error::Data(format!(
+                    "the initial centroids have {} columns but the model has {dim} features",
+                    c.dim
+                )));
+            }
+            if c.k != self.k {
+                return Err(Error::Data(format!("the initial centroids file has {} rows but --k is {}", c.k, self.k)));
+            }
+            if c.data.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Data("the initial centroids hold a NaN or infinite value".into()));
+            }
+        }
+        Ok(())
+    }
+}

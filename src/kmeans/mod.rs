@@ -1,0 +1,10 @@
+//! k-means: validated parameters (`hyperparams`), initialisation (`init`) and the
+//! exact Lloyd / Hamerly iterations (`algorithm`). It works on a matrix in memory
+//! through a `Backend` and knows nothing of files, flags or models.
+
+pub mod algorithm;
+pub mod hyperparams;
+pub mod init;
+
+pub use algorithm::{IterInfo, KMeansFit, fit, tolerance};
+pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams};

@@ -1,0 +1,19 @@
+//! microseg: subscriber tables (Parquet) to micro-segments.
+//!
+//! Data flows `io` (Parquet → Arrow batches) → `features` (validated, transformed,
+//! row-major f32 matrix) → `backend` passes (mergeable statistics) → `kmeans` → `model`.
+//! `cli` is the only module that knows about processes, flags and exit codes.
+
+pub mod backend;
+pub mod cli;
+pub mod error;
+pub mod features;
+pub mod io;
+pub mod kmeans;
+pub mod model;
+pub mod synth;
+
+pub use error::{Error, ExitCode, Result};
+
+/// Engine version written into every model manifest.
+pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
