@@ -63,14 +63,23 @@ fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
         if width != c.width {
             return Err(Error::input(
                 &ds.files[0],
-                format!("column '{}' has type {dt} but the model expects {} numeric value(s) per row", c.column, c.width),
+                format!(
+                    "column '{}' has type {dt} but the model expects {} numeric value(s) per row",
+                    c.column, c.width
+                ),
             ));
         }
     }
     Ok(())
 }
 
-pub(crate) fn assign_stream(model: &Model, ds: &Dataset, id_named: Option<&str>, out: AtomicOutput, backend: &dyn Backend) -> Result<Assigned> {
+pub(crate) fn assign_stream(
+    model: &Model,
+    ds: &Dataset,
+    id_named: Option<&str>,
+    out: AtomicOutput,
+    backend: &dyn Backend,
+) -> Result<Assigned> {
     let t0 = Instant::now();
     check_columns(model, ds)?;
     let mut fallbacks: Vec<&str> = Vec::new();
@@ -180,7 +189,7 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
-    let backend = CpuBackend;
+    let backend = CpuBackend::default();
     let res = assign_stream(&model, &ds, a.table.id_col.as_deref(), out, &backend)?;
     res.output.commit()?;
     log(format!(

@@ -131,7 +131,10 @@ fn read_centroids_file(path: &Path, dim: usize) -> Result<Centroids> {
     let cols = features::select_columns(&ds, None, &[], &[], &[])?;
     let t = features::load_training(&ds, &cols, None, MissingPolicy::Error)?;
     if t.matrix.dim != dim {
-        return Err(Error::input(path, format!("has {} numeric columns but the model has {dim} features", t.matrix.dim)));
+        return Err(Error::input(
+            path,
+            format!("has {} numeric columns but the model has {dim} features", t.matrix.dim),
+        ));
     }
     Ok(Centroids::new(t.matrix.data, dim))
 }
@@ -186,7 +189,10 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     };
     let mut table = features::load_training(&ds, &cols, o.weight_col.as_deref(), missing)?;
     if table.rows_dropped > 0 {
-        log(format!("left out {} of {} rows with missing values (--missing drop)", table.rows_dropped, table.rows_read));
+        log(format!(
+            "left out {} of {} rows with missing values (--missing drop)",
+            table.rows_dropped, table.rows_read
+        ));
     }
     let transforms = features::fit_transforms(&table.matrix, &cols, scale, table.impute.as_deref());
     features::apply_transforms(&mut table.matrix.data, &transforms);
@@ -217,11 +223,12 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     let bar = progress_bar(o.max_iter as u64);
     let mut iter_secs: Vec<(usize, f64)> = Vec::new();
     let t_fit = Instant::now();
-    let fit = kmeans::fit(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info: &kmeans::IterInfo| {
-        iter_secs.push((info.run, info.seconds));
-        bar.set_position(info.iteration as u64);
-        bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
-    })?;
+    let fit =
+        kmeans::fit(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info: &kmeans::IterInfo| {
+            iter_secs.push((info.run, info.seconds));
+            bar.set_position(info.iteration as u64);
+            bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
+        })?;
     let fit_seconds = t_fit.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let per_iter = {
@@ -312,7 +319,7 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
 
 pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
     let out = AtomicOutput::create(&a.model, a.force)?;
-    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend)?;
+    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend::default())?;
     write_json(out, &outcome.model)?;
     log(format!("wrote the model to {}", a.model.display()));
     if a.json {
@@ -344,9 +351,15 @@ fn segment_into(a: &SegmentArgs) -> Result<()> {
     let model_out = AtomicOutput::create(&a.out_dir.join("model.json"), a.force)?;
     let assign_out = AtomicOutput::create(&a.out_dir.join("assignments.parquet"), a.force)?;
     let summary_out = AtomicOutput::create(&a.out_dir.join("summary.json"), a.force)?;
-    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend)?;
+    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend::default())?;
     let ds = Dataset::open(&a.inputs)?;
-    let assigned = super::assign::assign_stream(&outcome.model, &ds, a.opts.table.id_col.as_deref(), assign_out, &CpuBackend)?;
+    let assigned = super::assign::assign_stream(
+        &outcome.model,
+        &ds,
+        a.opts.table.id_col.as_deref(),
+        assign_out,
+        &CpuBackend::default(),
+    )?;
     let summary = segment_summary(&outcome.model, &assigned.counts);
     let staged = assigned.output;
     write_json(summary_out, &summary)?;

@@ -38,11 +38,23 @@ pub(crate) struct GenerateArgs {
 pub(crate) fn run_generate(a: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     let out = AtomicOutput::create(&a.out, a.force)?;
-    let spec = SynthSpec { rows: a.rows, dims: a.dims, clusters: a.clusters, seed: a.seed, row_group_rows: a.row_group_rows.max(1) };
+    let spec = SynthSpec {
+        rows: a.rows,
+        dims: a.dims,
+        clusters: a.clusters,
+        seed: a.seed,
+        row_group_rows: a.row_group_rows.max(1),
+    };
     let pq = ParquetOutput::new(out, schema(a.dims), spec.row_group_rows)?;
     generate(&spec, pq)?;
     let secs = t0.elapsed().as_secs_f64();
-    super::log(format!("wrote {} rows × {} features ({} segments) to {} in {secs:.1}s", a.rows, a.dims, a.clusters, a.out.display()));
+    super::log(format!(
+        "wrote {} rows × {} features ({} segments) to {} in {secs:.1}s",
+        a.rows,
+        a.dims,
+        a.clusters,
+        a.out.display()
+    ));
     if a.json {
         super::print_json(&serde_json::json!({
             "command": "generate", "n_rows": a.rows, "dims": a.dims, "clusters": a.clusters,

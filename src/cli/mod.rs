@@ -108,9 +108,11 @@ fn configure_threads(threads: Option<usize>) -> Result<()> {
     let threads = match threads {
         Some(t) => Some(t),
         None => match std::env::var(THREADS_ENV) {
-            Ok(v) => Some(v.trim().parse::<usize>().map_err(|_| {
-                Error::Usage(format!("{THREADS_ENV}={v} is not a thread count"))
-            })?),
+            Ok(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| Error::Usage(format!("{THREADS_ENV}={v} is not a thread count")))?,
+            ),
             Err(_) => None,
         },
     };

@@ -119,10 +119,7 @@ pub fn select_columns(
         }
     };
     if names.is_empty() {
-        return Err(Error::input(
-            &ds.files[0],
-            "no numeric feature columns found; name them with --features a,b,c",
-        ));
+        return Err(Error::input(&ds.files[0], "no numeric feature columns found; name them with --features a,b,c"));
     }
     let mut seen = std::collections::HashSet::new();
     let mut cols = Vec::with_capacity(names.len());
@@ -183,7 +180,11 @@ pub fn feature_names(cols: &[FeatureColumn]) -> Vec<String> {
 }
 
 /// A column's values as one flat f32 slice (`width` per row), nulls as NaN.
-fn flat_values<'a>(array: &'a ArrayRef, keep: &'a mut Option<ArrayRef>, width: usize) -> Result<Cow<'a, [f32]>, String> {
+fn flat_values<'a>(
+    array: &'a ArrayRef,
+    keep: &'a mut Option<ArrayRef>,
+    width: usize,
+) -> Result<Cow<'a, [f32]>, String> {
     if width == 1 {
         let arr: &Float32Array = if array.data_type() == &DataType::Float32 {
             array.as_primitive::<Float32Type>()
@@ -373,8 +374,9 @@ pub fn load_training(
         names.push(w.to_string());
     }
     let mut data: Vec<f32> = Vec::new();
-    data.try_reserve_exact(n_meta * dim)
-        .map_err(|_| Error::Runtime(format!("cannot allocate {} MiB for the feature matrix", n_meta * dim * 4 >> 20)))?;
+    data.try_reserve_exact(n_meta * dim).map_err(|_| {
+        Error::Runtime(format!("cannot allocate {} MiB for the feature matrix", n_meta * dim * 4 >> 20))
+    })?;
     let mut weights: Option<Vec<f32>> = weight_col.map(|_| Vec::with_capacity(n_meta));
     let mut report = MissingReport::new(cols.len());
     let mut rows_read = 0u64;
@@ -432,7 +434,11 @@ pub fn load_training(
     let rows_dropped = if missing == MissingPolicy::Drop { report.rows_with_any } else { 0 };
     let n = data.len() / dim;
     if n == 0 {
-        let why = if rows_read == 0 { "has no rows".to_string() } else { format!("has no complete rows ({rows_read} read, all dropped)") };
+        let why = if rows_read == 0 {
+            "has no rows".to_string()
+        } else {
+            format!("has no complete rows ({rows_read} read, all dropped)")
+        };
         return Err(Error::input(ds.display_name(), format!("the input {why}; nothing to cluster")));
     }
     let mut matrix = Matrix::new(data, dim);
@@ -535,7 +541,12 @@ pub fn column_variances(m: &Matrix, means: &[f64]) -> Vec<f64> {
 }
 
 /// Fit the scaling on the training matrix (after log1p and imputation).
-pub fn fit_transforms(m: &Matrix, cols: &[FeatureColumn], scale: Scale, impute: Option<&[f32]>) -> Vec<FeatureTransform> {
+pub fn fit_transforms(
+    m: &Matrix,
+    cols: &[FeatureColumn],
+    scale: Scale,
+    impute: Option<&[f32]>,
+) -> Vec<FeatureTransform> {
     let names = feature_names(cols);
     let (centers, scales) = match scale {
         Scale::None => (vec![0.0; m.dim], vec![1.0; m.dim]),
@@ -543,7 +554,10 @@ pub fn fit_transforms(m: &Matrix, cols: &[FeatureColumn], scale: Scale, impute: 
             let means = column_means(m, false);
             let vars = column_variances(m, &means);
             // As scikit-learn's StandardScaler: a constant feature keeps scale 1.
-            let sd = vars.iter().map(|v| if *v > 0.0 && v.sqrt() > 10.0 * f64::EPSILON * 1.0 { v.sqrt() } else { 1.0 }).collect();
+            let sd = vars
+                .iter()
+                .map(|v| if *v > 0.0 && v.sqrt() > 10.0 * f64::EPSILON * 1.0 { v.sqrt() } else { 1.0 })
+                .collect();
             (means, sd)
         }
     };

@@ -45,10 +45,8 @@ pub enum ColumnKind {
 pub fn column_kind(dt: &DataType) -> Option<ColumnKind> {
     use DataType::*;
     match dt {
-        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float16 | Float32
-        | Float64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) | Boolean => {
-            Some(ColumnKind::Scalar)
-        }
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float16 | Float32 | Float64
+        | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) | Boolean => Some(ColumnKind::Scalar),
         FixedSizeList(f, n) if is_float_or_int(f.data_type()) && *n > 0 => {
             Some(ColumnKind::Embedding { width: *n as usize })
         }
@@ -119,10 +117,7 @@ impl Dataset {
     pub fn column_type(&self, name: &str) -> Result<&DataType> {
         self.schema.field_with_name(name).map(|f| f.data_type()).map_err(|_| {
             let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
-            Error::input(
-                &self.files[0],
-                format!("no column '{name}'; the columns are: {}", names.join(", ")),
-            )
+            Error::input(&self.files[0], format!("no column '{name}'; the columns are: {}", names.join(", ")))
         })
     }
 
@@ -137,12 +132,7 @@ impl Dataset {
 
     /// Every column usable as a feature, in schema order.
     pub fn feature_capable_columns(&self) -> Vec<String> {
-        self.schema
-            .fields()
-            .iter()
-            .filter(|f| column_kind(f.data_type()).is_some())
-            .map(|f| f.name().clone())
-            .collect()
+        self.schema.fields().iter().filter(|f| column_kind(f.data_type()).is_some()).map(|f| f.name().clone()).collect()
     }
 
     /// A content fingerprint: SHA-256 over each file's name, size and Parquet footer
@@ -161,11 +151,7 @@ impl Dataset {
             file.seek(SeekFrom::End(-(tail as i64)))
                 .and_then(|_| file.read_exact(&mut buf))
                 .map_err(|e| Error::input(f, e.to_string()))?;
-            let footer_len = if tail == 8 {
-                u32::from_le_bytes(buf[0..4].try_into().unwrap()) as u64
-            } else {
-                0
-            };
+            let footer_len = if tail == 8 { u32::from_le_bytes(buf[0..4].try_into().unwrap()) as u64 } else { 0 };
             let footer_len = footer_len.min(len.saturating_sub(8));
             let mut footer = vec![0u8; footer_len as usize];
             file.seek(SeekFrom::End(-((footer_len + 8) as i64).min(len as i64)))
@@ -264,11 +250,8 @@ impl<'a> Iterator for Batches<'a> {
                         .iter()
                         .map(|c| batch.column(schema.index_of(c).unwrap()).clone())
                         .collect::<Vec<_>>();
-                    let fields = self
-                        .columns
-                        .iter()
-                        .map(|c| schema.field_with_name(c).unwrap().clone())
-                        .collect::<Vec<_>>();
+                    let fields =
+                        self.columns.iter().map(|c| schema.field_with_name(c).unwrap().clone()).collect::<Vec<_>>();
                     let out = RecordBatch::try_new_with_options(
                         std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
                         cols,
@@ -294,8 +277,7 @@ impl Batches<'_> {
     fn open_reader(&self, path: &Path) -> Result<ParquetRecordBatchReader> {
         let builder = open_builder(path)?;
         let arrow_schema = builder.schema().clone();
-        let roots: Vec<usize> =
-            self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect();
+        let roots: Vec<usize> = self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder
             .with_projection(mask)

@@ -64,6 +64,12 @@ impl AtomicOutput {
     /// Flush to disk and rename into place.
     pub fn commit(self) -> Result<()> {
         self.tmp.as_file().sync_all().map_err(|e| Error::output(&self.path, e))?;
+        // Temporary files are created private (0600); a finished output gets the usual mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = self.tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+        }
         let path = self.path;
         let res = if self.force { self.tmp.persist(&path) } else { self.tmp.persist_noclobber(&path) };
         res.map(|_| ()).map_err(|e| {
@@ -98,8 +104,8 @@ impl ParquetOutput {
             .set_max_row_group_row_count(Some(row_group_rows))
             .build();
         let file = out.file().try_clone().map_err(|e| Error::output(out.path(), e))?;
-        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
-            .map_err(|e| Error::output(out.path(), e))?;
+        let writer =
+            ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| Error::output(out.path(), e))?;
         Ok(ParquetOutput { out: Some(out), writer: Some(writer) })
     }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::hyperparams::{Algorithm, InitMethod, KMeansParams};
 use super::init;
-use crate::backend::cpu::{PreparedCentroids, REDUCE_ROWS, assign_block, exact_sq_dist};
+use crate::backend::cpu::{Kernel, PreparedCentroids, REDUCE_ROWS, assign_block, exact_sq_dist};
 use crate::backend::{Backend, Centroids, ClusterStats, Nearest};
 use crate::error::{Error, Result};
 use crate::features::{Matrix, column_means, column_variances};
@@ -156,7 +156,9 @@ fn run_once<B: Backend + ?Sized>(
     for it in 0..p.max_iter {
         let t0 = Instant::now();
         let (changed, evaluated) = match (p.algorithm, &bounds, &prev_c) {
-            (Algorithm::Hamerly, Some(_), Some(old)) => hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap()),
+            (Algorithm::Hamerly, Some(_), Some(old)) => {
+                hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap())
+            }
             _ => {
                 if p.algorithm == Algorithm::Lloyd {
                     labels_old.clear();
@@ -338,7 +340,7 @@ fn hamerly_step(x: &Matrix, old: &Centroids, c: &Centroids, nearest: &mut [Neare
             round_down(0.5 * m.sqrt()) as f64
         })
         .collect();
-    let pc = PreparedCentroids::new(c);
+    let pc = PreparedCentroids::with_kernel(c, Kernel::Auto);
     let counts: Vec<(u64, u64)> = x
         .data
         .par_chunks(REDUCE_ROWS * dim)

@@ -78,15 +78,12 @@ pub fn kmeans_plus_plus(x: &Matrix, w: Option<&[f32]>, k: usize, rng: &mut ChaCh
             acc += d * weight(i);
             cum.push(acc);
         }
-        let candidates: Vec<usize> =
-            (0..trials).map(|_| search_cumulative(&cum, rng.random::<f64>() * pot)).collect();
+        let candidates: Vec<usize> = (0..trials).map(|_| search_cumulative(&cum, rng.random::<f64>() * pot)).collect();
         let mut best: Option<(f64, usize, Vec<f64>)> = None;
         for &c in &candidates {
             let cand_row = x.row(c);
-            let d: Vec<f64> = (0..n)
-                .into_par_iter()
-                .map(|i| exact_sq_dist(x.row(i), cand_row).min(closest[i]))
-                .collect();
+            let d: Vec<f64> =
+                (0..n).into_par_iter().map(|i| exact_sq_dist(x.row(i), cand_row).min(closest[i])).collect();
             let p = fixed_sum(&d.iter().enumerate().map(|(i, v)| v * weight(i)).collect::<Vec<_>>());
             if best.as_ref().is_none_or(|b| p < b.0) {
                 best = Some((p, c, d));
@@ -135,19 +132,15 @@ pub fn kmeans_parallel(x: &Matrix, w: Option<&[f32]>, k: usize, rng: &mut ChaCha
         let base = cand.len();
         cand.extend_from_slice(&new);
         let rows: Vec<&[f32]> = new.iter().map(|&i| x.row(i)).collect();
-        closest
-            .par_iter_mut()
-            .zip(owner.par_iter_mut())
-            .enumerate()
-            .for_each(|(i, (d, o))| {
-                for (j, r) in rows.iter().enumerate() {
-                    let e = exact_sq_dist(x.row(i), r);
-                    if e < *d {
-                        *d = e;
-                        *o = (base + j) as u32;
-                    }
+        closest.par_iter_mut().zip(owner.par_iter_mut()).enumerate().for_each(|(i, (d, o))| {
+            for (j, r) in rows.iter().enumerate() {
+                let e = exact_sq_dist(x.row(i), r);
+                if e < *d {
+                    *d = e;
+                    *o = (base + j) as u32;
                 }
-            });
+            }
+        });
     }
     let mut cw = vec![0.0f32; cand.len()];
     for (i, &o) in owner.iter().enumerate() {

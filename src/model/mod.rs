@@ -87,7 +87,12 @@ pub struct Manifest {
 
 impl Model {
     /// Segments from a fit's centroids and final statistics.
-    pub fn segments_from(centroids: &Centroids, stats: &ClusterStats, cols: &[FeatureColumn], tf: &[FeatureTransform]) -> Vec<Segment> {
+    pub fn segments_from(
+        centroids: &Centroids,
+        stats: &ClusterStats,
+        cols: &[FeatureColumn],
+        tf: &[FeatureTransform],
+    ) -> Vec<Segment> {
         let total: u64 = stats.count.iter().sum();
         let log1p: Vec<bool> = cols.iter().flat_map(|c| std::iter::repeat_n(c.log1p, c.width)).collect();
         (0..centroids.k)
@@ -126,7 +131,8 @@ impl Model {
 
     /// Read and validate a model file.
     pub fn load(path: &Path) -> Result<Model> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read the model: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read the model: {e}")))?;
         let model: Model = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, format!("not a microseg model (invalid JSON: {e})")))?;
         if model.format != FORMAT {

@@ -89,7 +89,8 @@ pub fn schema(dims: usize) -> SchemaRef {
         fields.push(Field::new(name, arrow_type(kind), false));
     }
     fields.push(Field::new("true_segment", DataType::UInt32, false));
-    let meta: std::collections::HashMap<String, String> = [(NON_FEATURE_KEY.to_string(), "true_segment".to_string())].into_iter().collect();
+    let meta: std::collections::HashMap<String, String> =
+        [(NON_FEATURE_KEY.to_string(), "true_segment".to_string())].into_iter().collect();
     Arc::new(Schema::new_with_metadata(fields, meta))
 }
 
@@ -132,7 +133,15 @@ fn sample_value(kind: Kind, z: f64, rng: &mut ChaCha8Rng) -> f64 {
     }
 }
 
-fn group_batch(spec: &SynthSpec, seg: &Segments, cols: &[(String, Kind)], schema: &SchemaRef, g: u64, start: u64, rows: usize) -> Result<RecordBatch> {
+fn group_batch(
+    spec: &SynthSpec,
+    seg: &Segments,
+    cols: &[(String, Kind)],
+    schema: &SchemaRef,
+    g: u64,
+    start: u64,
+    rows: usize,
+) -> Result<RecordBatch> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5EED_0000_0000);
     rng.set_stream(g);
     let labels: Vec<u32> = (0..rows)
@@ -147,7 +156,8 @@ fn group_batch(spec: &SynthSpec, seg: &Segments, cols: &[(String, Kind)], schema
         .map(|(j, (_, kind))| {
             let mut r = ChaCha8Rng::seed_from_u64(spec.seed.wrapping_add(1 + j as u64));
             r.set_stream(g);
-            let vals: Vec<f64> = labels.iter().map(|&s| sample_value(*kind, seg.z[s as usize * seg.dims + j], &mut r)).collect();
+            let vals: Vec<f64> =
+                labels.iter().map(|&s| sample_value(*kind, seg.z[s as usize * seg.dims + j], &mut r)).collect();
             let a: ArrayRef = match arrow_type(*kind) {
                 DataType::Int32 => Arc::new(Int32Array::from_iter_values(vals.iter().map(|v| *v as i32))),
                 DataType::Float32 => Arc::new(Float32Array::from_iter_values(vals.iter().map(|v| *v as f32))),
@@ -156,7 +166,8 @@ fn group_batch(spec: &SynthSpec, seg: &Segments, cols: &[(String, Kind)], schema
             a
         })
         .collect();
-    let mut all: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values((start..start + rows as u64).map(|i| i as i64 + 1)))];
+    let mut all: Vec<ArrayRef> =
+        vec![Arc::new(Int64Array::from_iter_values((start..start + rows as u64).map(|i| i as i64 + 1)))];
     all.extend(arrays);
     all.push(Arc::new(UInt32Array::from(labels)));
     RecordBatch::try_new(schema.clone(), all).map_err(|e| Error::Runtime(e.to_string()))

@@ -3,6 +3,8 @@
 //! that the expansion's rounding cannot separate. It is the reference the GPU path
 //! is checked against, so a label never depends on how rows were blocked.
 
+pub mod fused;
+
 use rayon::prelude::*;
 
 use super::{Backend, Centroids, ClusterStats, Nearest};
@@ -21,8 +23,36 @@ pub fn rows_per_block(k: usize) -> usize {
     (32_768 / k.max(1)).clamp(16, 256)
 }
 
+/// Which distance kernel the CPU backend runs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The fused AVX2 kernel where the CPU has AVX2 + FMA, else SGEMM; the environment
+    /// variable `MICROSEG_CPU_KERNEL=gemm` forces SGEMM (for benchmarks).
+    #[default]
+    Auto,
+    /// Blocked SGEMM (matrixmultiply) then a scan: portable.
+    Gemm,
+}
+
+impl Kernel {
+    fn fused(self) -> bool {
+        match self {
+            Kernel::Auto => fused::available() && !std::env::var("MICROSEG_CPU_KERNEL").is_ok_and(|v| v == "gemm"),
+            Kernel::Gemm => false,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    pub kernel: Kernel,
+}
+
+impl CpuBackend {
+    pub fn new(kernel: Kernel) -> Self {
+        CpuBackend { kernel }
+    }
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
@@ -30,7 +60,7 @@ impl Backend for CpuBackend {
     }
 
     fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
-        let prepared = PreparedCentroids::new(centroids);
+        let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
         let dim = centroids.dim;
         let rows = rows_per_block(centroids.k);
         debug_assert_eq!(points.len(), out.len() * dim);
@@ -52,13 +82,16 @@ pub struct PreparedCentroids<'a> {
     pub c: &'a Centroids,
     pub norms: Vec<f32>,
     pub max_norm: f32,
+    /// Present when the fused AVX2 kernel runs on this CPU.
+    pub packed: Option<fused::PackedCentroids>,
 }
 
 impl<'a> PreparedCentroids<'a> {
-    pub fn new(c: &'a Centroids) -> Self {
+    pub fn with_kernel(c: &'a Centroids, kernel: Kernel) -> Self {
         let norms: Vec<f32> = (0..c.k).map(|j| c.row(j).iter().map(|v| v * v).sum()).collect();
         let max_norm = norms.iter().cloned().fold(0.0, f32::max);
-        PreparedCentroids { c, norms, max_norm }
+        let packed = kernel.fused().then(|| fused::PackedCentroids::new(&c.data, &norms, c.dim));
+        PreparedCentroids { c, norms, max_norm, packed }
     }
 }
 
@@ -81,17 +114,41 @@ pub fn exact_sq_dist(x: &[f32], c: &[f32]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
-/// Assign one block of rows (any count; sub-blocked for the GEMM) sequentially.
+/// Assign a block of rows (any count) sequentially: values v = ‖c‖² − 2x·c for a
+/// few rows at a time, then the exact top-2 of each row.
 pub fn assign_block(points: &[f32], pc: &PreparedCentroids, out: &mut [Nearest], scratch: &mut Vec<f32>) {
     let (k, dim) = (pc.c.k, pc.c.dim);
+    if let Some(pk) = &pc.packed {
+        let kp = pk.padded_k();
+        if scratch.len() < fused::ROWS * kp {
+            scratch.resize(fused::ROWS * kp, 0.0);
+        }
+        let mut second = [0.0f32; fused::ROWS];
+        let mut cand = Vec::with_capacity(16);
+        for (p, o) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)) {
+            // SAFETY: `packed` exists only when AVX2 and FMA are available; the slices
+            // hold o.len() rows of points and o.len() × kp values.
+            unsafe { fused::values(p, o.len(), pk, scratch, &mut second) };
+            for (r, o) in o.iter_mut().enumerate() {
+                let x = &p[r * dim..(r + 1) * dim];
+                cand.clear();
+                // SAFETY: as above (AVX2 present).
+                unsafe {
+                    fused::candidates(&scratch[r * kp..r * kp + k], candidate_limit(x, second[r], pc), &mut cand)
+                };
+                *o = best_of(x, &cand, pc);
+            }
+        }
+        return;
+    }
     let rows = rows_per_block(k);
     if scratch.len() < rows * k {
         scratch.resize(rows * k, 0.0);
     }
     for (p, o) in points.chunks(rows * dim).zip(out.chunks_mut(rows)) {
         let m = o.len();
-        let dots = &mut scratch[..m * k];
-        // dots[m × k] = P[m × dim] · Cᵀ[dim × k]
+        let vals = &mut scratch[..m * k];
+        // vals[m × k] = P[m × dim] · Cᵀ[dim × k], then v = ‖c‖² − 2·dot in place.
         unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -105,47 +162,70 @@ pub fn assign_block(points: &[f32], pc: &PreparedCentroids, out: &mut [Nearest],
                 1,
                 dim as isize,
                 0.0,
-                dots.as_mut_ptr(),
+                vals.as_mut_ptr(),
                 k as isize,
                 1,
             );
         }
+        for row in vals.chunks_exact_mut(k) {
+            for (v, n) in row.iter_mut().zip(&pc.norms) {
+                *v = n - 2.0 * *v;
+            }
+        }
+        let mut cand = Vec::with_capacity(16);
         for (r, o) in o.iter_mut().enumerate() {
-            let x = &p[r * dim..(r + 1) * dim];
-            *o = nearest_from_dots(x, &dots[r * k..(r + 1) * k], pc);
+            let (x, v) = (&p[r * dim..(r + 1) * dim], &vals[r * k..(r + 1) * k]);
+            let limit = candidate_limit(x, top2_values(v).1, pc);
+            cand.clear();
+            cand.extend((0..k as u32).filter(|&j| v[j as usize] <= limit));
+            *o = best_of(x, &cand, pc);
         }
     }
 }
 
-/// From one row's dot products, the exact top-2 (see the module comment).
+/// The largest v that can still belong to one of a row's two nearest centroids,
+/// given the approximate second-smallest v2. E bounds the rounding error of
+/// ‖c‖² − 2·x·c against the exact ‖x−c‖² − ‖x‖² (γ_{d+4}, using
+/// ‖c‖² + 2‖x‖‖c‖ ≤ ‖x‖² + 2 max‖c‖²); a true top-2 centroid lies within 2E of v2.
 #[inline]
-fn nearest_from_dots(x: &[f32], dots: &[f32], pc: &PreparedCentroids) -> Nearest {
-    let k = dots.len();
-    let (_, v2) = top2_values(dots, &pc.norms);
-    if k == 1 {
-        return Nearest { label: 0, dist: exact_sq_dist(x, pc.c.row(0)) as f32, second: f32::INFINITY };
-    }
-    // Bound on the rounding error of cn − 2·dot against the exact ‖x−c‖² − ‖x‖²
-    // (γ_{d+4} with ‖c‖² + 2‖x‖‖c‖ ≤ ‖x‖² + 2 max‖c‖²); any centroid whose exact
-    // distance can be among the two smallest lies within 2E of the approximate second.
-    let xn: f32 = x.iter().map(|v| v * v).sum();
+fn candidate_limit(x: &[f32], v2: f32, pc: &PreparedCentroids) -> f32 {
+    let xn: f32 = x.iter().map(|a| a * a).sum();
     let e = (x.len() as f32 + 4.0) * f32::EPSILON * 2.0 * (xn + 2.0 * pc.max_norm);
-    let limit = v2 + 2.0 * e;
+    v2 + 2.0 * e
+}
+
+/// The exact nearest and second nearest among the candidates (ties: lower index).
+#[inline]
+fn best_of(x: &[f32], cand: &[u32], pc: &PreparedCentroids) -> Nearest {
     let (mut b1, mut b2) = ((f64::INFINITY, u32::MAX), (f64::INFINITY, u32::MAX));
-    for j in 0..k {
-        let v = pc.norms[j] - 2.0 * dots[j];
-        if v <= limit {
-            let d = exact_sq_dist(x, pc.c.row(j));
-            let cand = (d, j as u32);
-            if cand < b1 {
-                b2 = b1;
-                b1 = cand;
-            } else if cand < b2 {
-                b2 = cand;
-            }
+    for &j in cand {
+        let c = (exact_sq_dist(x, pc.c.row(j as usize)), j);
+        if c < b1 {
+            b2 = b1;
+            b1 = c;
+        } else if c < b2 {
+            b2 = c;
         }
     }
+    if pc.c.k == 1 {
+        b2.0 = f64::INFINITY;
+    }
     Nearest { label: b1.1, dist: b1.0 as f32, second: b2.0 as f32 }
+}
+
+/// The second smallest of some values (counting repeats).
+#[inline]
+pub(crate) fn second_smallest(vals: impl Iterator<Item = f32>) -> f32 {
+    let (mut a, mut b) = (f32::INFINITY, f32::INFINITY);
+    for v in vals {
+        if v < a {
+            b = a;
+            a = v;
+        } else if v < b {
+            b = v;
+        }
+    }
+    b
 }
 
 #[inline(always)]
@@ -157,52 +237,43 @@ fn fmax(a: f32, b: f32) -> f32 {
     if a > b { a } else { b }
 }
 
-/// The two smallest values of cn[j] − 2·dots[j], branch-free over LANES lanes.
+/// The two smallest values, branch-free over LANES lanes.
 #[inline]
-fn top2_values(dots: &[f32], cn: &[f32]) -> (f32, f32) {
+fn top2_values(v: &[f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { top2_values_avx2(dots, cn) };
+            return unsafe { top2_values_avx2(v) };
         }
     }
-    top2_values_generic(dots, cn)
+    top2_values_generic(v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn top2_values_avx2(dots: &[f32], cn: &[f32]) -> (f32, f32) {
-    top2_values_generic(dots, cn)
+unsafe fn top2_values_avx2(v: &[f32]) -> (f32, f32) {
+    top2_values_generic(v)
 }
 
 #[inline(always)]
-fn top2_values_generic(dots: &[f32], cn: &[f32]) -> (f32, f32) {
+fn top2_values_generic(vals: &[f32]) -> (f32, f32) {
     let mut m1 = [f32::INFINITY; LANES];
     let mut m2 = [f32::INFINITY; LANES];
-    let n = dots.len() / LANES * LANES;
-    for (dc, cc) in dots[..n].chunks_exact(LANES).zip(cn[..n].chunks_exact(LANES)) {
+    let n = vals.len() / LANES * LANES;
+    for c in vals[..n].chunks_exact(LANES) {
         for l in 0..LANES {
-            let v = cc[l] - 2.0 * dc[l];
+            let v = c[l];
             m2[l] = fmin(m2[l], fmax(m1[l], v));
             m1[l] = fmin(m1[l], v);
         }
     }
-    for (d, c) in dots[n..].iter().zip(&cn[n..]) {
-        let v = c - 2.0 * d;
+    for &v in &vals[n..] {
         m2[0] = fmin(m2[0], fmax(m1[0], v));
         m1[0] = fmin(m1[0], v);
     }
-    let (mut a, mut b) = (f32::INFINITY, f32::INFINITY);
-    for v in m1.into_iter().chain(m2) {
-        if v < a {
-            b = a;
-            a = v;
-        } else if v < b {
-            b = v;
-        }
-    }
-    (a, b)
+    let a = m1.iter().copied().fold(f32::INFINITY, fmin);
+    (a, second_smallest(m1.into_iter().chain(m2)))
 }
 
 /// Per-centroid statistics over fixed chunks of REDUCE_ROWS rows, merged in chunk

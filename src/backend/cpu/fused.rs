@@ -1,0 +1,159 @@
+//! A fused distance kernel for x86-64 with AVX2 + FMA: for 6 rows at a time and
+//! panels of 16 centroids it keeps the dot products in 12 registers, and writes
+//! v = ‖c‖² − 2x·c straight into a small per-row buffer. Hand-written because a
+//! general SGEMM (matrixmultiply, measured) packs both operands on every call and
+//! stores a C tile per 32-long inner product, which at k-means shapes (inner
+//! dimension 16–64) costs it about half the FMA rate; see benches/assign.rs.
+
+/// Centroids per panel (two 8-lane registers).
+pub const PANEL: usize = 16;
+/// Rows per register tile.
+pub const ROWS: usize = 6;
+
+/// Centroids rearranged once per pass: panel p holds, for each feature, the values of
+/// centroids 16p..16p+16. Padding centroids have norm +inf, so they never win.
+pub struct PackedCentroids {
+    pub panels: Vec<f32>,
+    pub norms: Vec<f32>,
+    pub n_panels: usize,
+    pub dim: usize,
+}
+
+impl PackedCentroids {
+    pub fn new(data: &[f32], norms: &[f32], dim: usize) -> Self {
+        let k = norms.len();
+        let n_panels = k.div_ceil(PANEL);
+        let mut panels = vec![0.0f32; n_panels * dim * PANEL];
+        let mut padded = vec![f32::INFINITY; n_panels * PANEL];
+        for j in 0..k {
+            let (p, l) = (j / PANEL, j % PANEL);
+            for f in 0..dim {
+                panels[(p * dim + f) * PANEL + l] = data[j * dim + f];
+            }
+            padded[j] = norms[j];
+        }
+        PackedCentroids { panels, norms: padded, n_panels, dim }
+    }
+
+    /// Length of one row's value buffer (k rounded up to whole panels).
+    pub fn padded_k(&self) -> usize {
+        self.n_panels * PANEL
+    }
+}
+
+/// Whether the running CPU has what the fused kernel needs.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// v[r][j] = ‖c_j‖² − 2 x_r·c_j for `rows` ≤ ROWS rows starting at `x` (row stride
+/// dim), written to `out` with row stride `padded_k()`; `second[r]` receives the
+/// second-smallest v of row r (the smallest two are tracked lane-wise in registers).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`available()`); `x` must hold `rows × dim`
+/// values and `out` `rows × padded_k()`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn values(x: &[f32], rows: usize, pk: &PackedCentroids, out: &mut [f32], second: &mut [f32; ROWS]) {
+    debug_assert!(x.len() >= rows * pk.dim && out.len() >= rows * pk.padded_k());
+    unsafe {
+        match rows {
+            6 => tile::<6>(x, pk, out, second),
+            5 => tile::<5>(x, pk, out, second),
+            4 => tile::<4>(x, pk, out, second),
+            3 => tile::<3>(x, pk, out, second),
+            2 => tile::<2>(x, pk, out, second),
+            1 => tile::<1>(x, pk, out, second),
+            _ => unreachable!("tile of {rows} rows"),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const R: usize>(x: &[f32], pk: &PackedCentroids, out: &mut [f32], second: &mut [f32; ROWS]) {
+    use std::arch::x86_64::*;
+    let dim = pk.dim;
+    let kp = pk.padded_k();
+    let xp = x.as_ptr();
+    let two = _mm256_set1_ps(2.0);
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let mut m1 = [inf; R];
+    let mut m2 = [inf; R];
+    for p in 0..pk.n_panels {
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        let bp = unsafe { pk.panels.as_ptr().add(p * dim * PANEL) };
+        for f in 0..dim {
+            let (b0, b1) = unsafe { (_mm256_loadu_ps(bp.add(f * PANEL)), _mm256_loadu_ps(bp.add(f * PANEL + 8))) };
+            for r in 0..R {
+                let a = unsafe { _mm256_broadcast_ss(&*xp.add(r * dim + f)) };
+                acc0[r] = _mm256_fmadd_ps(a, b0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(a, b1, acc1[r]);
+            }
+        }
+        let np = unsafe { pk.norms.as_ptr().add(p * PANEL) };
+        let (n0, n1) = unsafe { (_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))) };
+        for r in 0..R {
+            // 2·dot is exact, so n − 2·dot rounds once, like the scalar expression.
+            let o = unsafe { out.as_mut_ptr().add(r * kp + p * PANEL) };
+            let v0 = _mm256_fnmadd_ps(two, acc0[r], n0);
+            let v1 = _mm256_fnmadd_ps(two, acc1[r], n1);
+            unsafe {
+                _mm256_storeu_ps(o, v0);
+                _mm256_storeu_ps(o.add(8), v1);
+            }
+            m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], v0));
+            m1[r] = _mm256_min_ps(m1[r], v0);
+            m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], v1));
+            m1[r] = _mm256_min_ps(m1[r], v1);
+        }
+    }
+    for r in 0..R {
+        let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+        unsafe {
+            _mm256_storeu_ps(a.as_mut_ptr(), m1[r]);
+            _mm256_storeu_ps(b.as_mut_ptr(), m2[r]);
+        }
+        second[r] = super::second_smallest(a.iter().chain(&b).copied());
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub unsafe fn values(_x: &[f32], _rows: usize, _pk: &PackedCentroids, _out: &mut [f32], _second: &mut [f32; ROWS]) {
+    unreachable!("the fused kernel is x86-64 only")
+}
+
+/// Indices j < v.len() with v[j] ≤ limit, eight lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn candidates(v: &[f32], limit: f32, out: &mut Vec<u32>) {
+    use std::arch::x86_64::*;
+    let lim = _mm256_set1_ps(limit);
+    let n8 = v.len() / 8 * 8;
+    let mut j = 0;
+    while j < n8 {
+        let x = unsafe { _mm256_loadu_ps(v.as_ptr().add(j)) };
+        let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, lim)) as u32;
+        while mask != 0 {
+            out.push(j as u32 + mask.trailing_zeros());
+            mask &= mask - 1;
+        }
+        j += 8;
+    }
+    for (i, &x) in v[n8..].iter().enumerate() {
+        if x <= limit {
+            out.push((n8 + i) as u32);
+        }
+    }
+}

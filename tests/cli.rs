@@ -1,0 +1,372 @@
+//! The command line as batch jobs see it: the main job end to end, the JSON summary,
+//! exit codes, and one test per kind of bad input (clear message, non-zero exit, no
+//! output left behind).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use tempfile::TempDir;
+
+use crate::util::repo;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_microseg"))
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    bin().args(args).current_dir(dir).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Files in a directory, so a test can prove nothing (not even a temp file) is left.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    let batch =
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols.into_iter().map(|(_, a)| a).collect()).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A small valid table: id, two float features, one string column.
+fn table(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let p = dir.join(name);
+    write_parquet(
+        &p,
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef),
+            ("spend", Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i % 7) as f64 * 10.0))) as ArrayRef),
+            ("visits", Arc::new(Float32Array::from_iter_values((0..n).map(|i| (i % 3) as f32))) as ArrayRef),
+            (
+                "channel",
+                Arc::new(StringArray::from_iter_values((0..n).map(|i| if i % 2 == 0 { "email" } else { "sms" })))
+                    as ArrayRef,
+            ),
+        ],
+    );
+    p
+}
+
+/// Assert a failed run: the exit code, every needle in stderr, and the directory
+/// holding exactly `files` afterwards.
+fn assert_fails(o: &Output, code: i32, needles: &[&str], dir: &Path, files: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks '{n}':\n{err}");
+    }
+    assert!(o.stdout.is_empty(), "stdout should be empty on failure");
+    let mut want: Vec<String> = files.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(listing(dir), want, "files left behind");
+}
+
+#[test]
+fn main_job_on_the_shipped_data_set() {
+    let d = TempDir::new().unwrap();
+    let input = repo().join("datasets/online_retail_customers.parquet");
+    let o = run(
+        &[
+            "segment",
+            input.to_str().unwrap(),
+            "--k",
+            "6",
+            "--log1p",
+            "monetary,frequency",
+            "--out-dir",
+            "out",
+            "--json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(listing(&d.path().join("out")), vec!["assignments.parquet", "model.json", "summary.json"]);
+    let s = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(s.lines().count(), 1, "one JSON line on stdout");
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    for key in ["n_rows", "k", "iterations", "inertia", "fit_seconds", "seconds_per_iteration", "backend"] {
+        assert!(v.get(key).is_some(), "summary lacks {key}: {s}");
+    }
+    assert_eq!(v["n_rows"], 4372);
+    assert_eq!(v["assigned_rows"], 4372);
+    // The assignments: id unchanged, segment < k, distance ≥ 0, margin ≥ 0.
+    let f = std::fs::File::open(d.path().join("out/assignments.parquet")).unwrap();
+    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut rows = 0;
+    for b in r {
+        let b = b.unwrap();
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["subscriber_id", "segment", "distance", "margin"]);
+        assert_eq!(b.column(1).data_type(), &DataType::UInt32);
+        assert_eq!(b.column(2).data_type(), &DataType::Float32);
+        let seg = b.column(1).as_any().downcast_ref::<arrow::array::UInt32Array>().unwrap();
+        assert!(seg.values().iter().all(|s| *s < 6));
+        let dist = b.column(2).as_any().downcast_ref::<Float32Array>().unwrap();
+        let margin = b.column(3).as_any().downcast_ref::<Float32Array>().unwrap();
+        assert!(dist.values().iter().all(|v| *v >= 0.0) && margin.values().iter().all(|v| *v >= 0.0));
+        rows += b.num_rows();
+    }
+    assert_eq!(rows, 4372);
+}
+
+#[test]
+fn fit_then_assign_round_trip_is_deterministic() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 500);
+    for m in ["a.json", "b.json"] {
+        let o = run(&["fit", "t.parquet", "--k", "3", "--model", m], d.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(d.path().join("a.json")).unwrap(),
+        std::fs::read(d.path().join("b.json")).unwrap(),
+        "a rerun must give the same model bytes"
+    );
+    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("a.json")).unwrap()).unwrap();
+    assert_eq!(model["format"], "microseg-model");
+    assert_eq!(model["feature_columns"].as_array().unwrap().len(), 2, "the id and the string column are not features");
+    assert_eq!(model["manifest"]["seed"], 0);
+    let o = run(&["assign", "--model", "a.json", "t.parquet", "--out", "a.parquet", "--json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_rows"], 500);
+}
+
+#[test]
+fn generate_writes_a_table_fit_can_use() {
+    let d = TempDir::new().unwrap();
+    let o = run(
+        &[
+            "generate",
+            "--rows",
+            "5000",
+            "--dims",
+            "24",
+            "--clusters",
+            "5",
+            "--row-group-rows",
+            "1000",
+            "--out",
+            "g.parquet",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["fit", "g.parquet", "--k", "5", "--model", "m.json", "--json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("m.json")).unwrap()).unwrap();
+    let cols: Vec<&str> =
+        model["feature_columns"].as_array().unwrap().iter().map(|c| c["column"].as_str().unwrap()).collect();
+    assert_eq!(cols.len(), 24);
+    assert!(!cols.contains(&"true_segment"), "the ground truth must never be a default feature");
+    assert!(cols.contains(&"monetary") && cols.contains(&"open_rate"));
+}
+
+#[test]
+fn missing_column() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 50);
+    let o = run(&["fit", "t.parquet", "--k", "2", "--features", "spend,nope", "--model", "m.json"], d.path());
+    assert_fails(&o, 3, &["t.parquet", "no column 'nope'", "spend"], d.path(), &["t.parquet"]);
+}
+
+#[test]
+fn wrong_type() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 50);
+    let o = run(&["fit", "t.parquet", "--k", "2", "--features", "spend,channel", "--model", "m.json"], d.path());
+    assert_fails(&o, 3, &["t.parquet", "'channel'", "Utf8", "cannot be a feature"], d.path(), &["t.parquet"]);
+}
+
+fn bad_values(vals: Vec<Option<f64>>) -> (TempDir, usize) {
+    let d = TempDir::new().unwrap();
+    let n = vals.len();
+    write_parquet(
+        &d.path().join("t.parquet"),
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef),
+            ("spend", Arc::new(Float64Array::from(vals)) as ArrayRef),
+            ("visits", Arc::new(Float32Array::from_iter_values((0..n).map(|i| i as f32))) as ArrayRef),
+        ],
+    );
+    (d, n)
+}
+
+#[test]
+fn nulls_nan_and_inf_are_refused_by_default() {
+    for (what, bad) in
+        [("null", None), ("NaN", Some(f64::NAN)), ("inf", Some(f64::INFINITY)), ("-inf", Some(f64::NEG_INFINITY))]
+    {
+        let mut vals: Vec<Option<f64>> = (0..40).map(|i| Some(i as f64)).collect();
+        vals[3] = bad;
+        vals[17] = bad;
+        let (d, _) = bad_values(vals);
+        let o = run(&["fit", "t.parquet", "--k", "2", "--model", "m.json"], d.path());
+        assert_fails(
+            &o,
+            3,
+            &["t.parquet", "column 'spend' has 2 of 40 rows", "--missing drop"],
+            d.path(),
+            &["t.parquet"],
+        );
+        eprintln!("{what}: ok");
+    }
+}
+
+#[test]
+fn missing_values_can_be_dropped_or_imputed() {
+    let mut vals: Vec<Option<f64>> = (0..40).map(|i| Some((i % 4) as f64)).collect();
+    vals[5] = None;
+    vals[6] = Some(f64::NAN);
+    let (d, _) = bad_values(vals);
+    let o = run(&["fit", "t.parquet", "--k", "2", "--missing", "drop", "--model", "drop.json", "--json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["n_rows"].as_u64(), v["rows_dropped"].as_u64()), (Some(38), Some(2)));
+    let o = run(&["assign", "--model", "drop.json", "t.parquet", "--out", "a.parquet", "--json"], d.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["n_rows"].as_u64(), v["rows_dropped"].as_u64()), (Some(38), Some(2)));
+    let o = run(&["fit", "t.parquet", "--k", "2", "--missing", "mean", "--model", "mean.json", "--json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("mean.json")).unwrap()).unwrap();
+    // Mean of the 38 finite values of i % 4 (i ≠ 5, 6): (60 − 1 − 2) / 38.
+    let imp = model["features"][0]["impute"].as_f64().unwrap();
+    assert!((imp - 57.0 / 38.0).abs() < 1e-6, "impute {imp}");
+}
+
+#[test]
+fn empty_file() {
+    let d = TempDir::new().unwrap();
+    std::fs::write(d.path().join("zero.parquet"), b"").unwrap();
+    let o = run(&["fit", "zero.parquet", "--k", "2", "--model", "m.json"], d.path());
+    assert_fails(&o, 3, &["zero.parquet", "empty"], d.path(), &["zero.parquet"]);
+    // A valid Parquet file with no rows.
+    write_parquet(
+        &d.path().join("norows.parquet"),
+        vec![("spend", Arc::new(Float64Array::from(Vec::<f64>::new())) as ArrayRef)],
+    );
+    let o = run(&["fit", "norows.parquet", "--k", "2", "--model", "m.json"], d.path());
+    assert_fails(&o, 3, &["norows.parquet", "no rows"], d.path(), &["norows.parquet", "zero.parquet"]);
+}
+
+#[test]
+fn k_larger_than_rows() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 5);
+    let o = run(&["fit", "t.parquet", "--k", "6", "--model", "m.json"], d.path());
+    assert_fails(&o, 3, &["--k 6", "5 usable rows"], d.path(), &["t.parquet"]);
+}
+
+#[test]
+fn corrupt_file() {
+    let d = TempDir::new().unwrap();
+    let good = table(d.path(), "good.parquet", 100);
+    let mut bytes = std::fs::read(&good).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(d.path().join("bad.parquet"), &bytes).unwrap();
+    std::fs::write(d.path().join("text.parquet"), b"id,spend\n1,2\n").unwrap();
+    for f in ["bad.parquet", "text.parquet"] {
+        let o = run(&["fit", f, "--k", "2", "--model", "m.json"], d.path());
+        assert_fails(
+            &o,
+            3,
+            &[f, "not a readable Parquet file"],
+            d.path(),
+            &["bad.parquet", "good.parquet", "text.parquet"],
+        );
+    }
+}
+
+#[test]
+fn unwritable_output() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 50);
+    let o = run(&["fit", "t.parquet", "--k", "2", "--model", "no/such/dir/m.json"], d.path());
+    assert_fails(&o, 4, &["no/such/dir/m.json", "does not exist"], d.path(), &["t.parquet"]);
+    let ro = d.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    perm.set_mode(0o555);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    // Root ignores directory permissions; only check when they hold.
+    if std::fs::write(ro.join("probe"), b"x").is_err() {
+        let o = run(&["assign", "--model", "x.json", "t.parquet", "--out", "ro/a.parquet"], d.path());
+        assert_eq!(o.status.code(), Some(3), "the missing model is reported first: {}", stderr(&o));
+        let o = run(&["fit", "t.parquet", "--k", "2", "--model", "ro/m.json"], d.path());
+        assert_fails(&o, 4, &["ro/m.json", "cannot write"], d.path(), &["ro", "t.parquet"]);
+    } else {
+        let _ = std::fs::remove_file(ro.join("probe"));
+    }
+}
+
+#[test]
+fn existing_output_is_never_overwritten_without_force() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 50);
+    std::fs::write(d.path().join("m.json"), b"precious").unwrap();
+    let o = run(&["fit", "t.parquet", "--k", "2", "--model", "m.json"], d.path());
+    assert_fails(&o, 2, &["m.json", "already exists", "--force"], d.path(), &["m.json", "t.parquet"]);
+    assert_eq!(std::fs::read(d.path().join("m.json")).unwrap(), b"precious");
+    // The input itself is an existing file too.
+    let o = run(&["generate", "--rows", "10", "--dims", "2", "--clusters", "2", "--out", "t.parquet"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["fit", "t.parquet", "--k", "2", "--model", "m.json", "--force"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(d.path().join("m.json")).unwrap(), b"precious");
+}
+
+#[test]
+fn a_failed_segment_leaves_no_directory() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 4);
+    let o = run(&["segment", "t.parquet", "--k", "9", "--out-dir", "out"], d.path());
+    assert_fails(&o, 3, &["--k 9"], d.path(), &["t.parquet"]);
+}
+
+#[test]
+fn assign_checks_the_input_against_the_model() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 60);
+    assert!(run(&["fit", "t.parquet", "--k", "2", "--model", "m.json"], d.path()).status.success());
+    write_parquet(
+        &d.path().join("other.parquet"),
+        vec![("spend", Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef)],
+    );
+    let o = run(&["assign", "--model", "m.json", "other.parquet", "--out", "a.parquet"], d.path());
+    assert_fails(&o, 3, &["other.parquet", "'visits'", "missing"], d.path(), &["m.json", "other.parquet", "t.parquet"]);
+    std::fs::write(d.path().join("bad.json"), b"{\"format\": 1}").unwrap();
+    let o = run(&["assign", "--model", "bad.json", "t.parquet", "--out", "a.parquet"], d.path());
+    assert_fails(
+        &o,
+        3,
+        &["bad.json", "not a microseg model"],
+        d.path(),
+        &["bad.json", "m.json", "other.parquet", "t.parquet"],
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = TempDir::new().unwrap();
+    let o = run(&["fit", "--k", "2"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["fit", "x.parquet", "--k", "2", "--model", "m.json", "--scale", "weird"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("weird"));
+}

@@ -1,0 +1,201 @@
+//! k-means: hand-computed fits, Lloyd = Hamerly bit for bit, determinism whatever the
+//! thread count, a non-increasing objective, empty-cluster handling, initialisation.
+
+use microseg::backend::Centroids;
+use microseg::backend::cpu::CpuBackend;
+use microseg::features::Matrix;
+use microseg::kmeans::{self, Algorithm, InitMethod, KMeansFit, KMeansParams};
+
+use crate::util::{blobs, d2};
+
+fn run(x: &Matrix, w: Option<&[f32]>, p: &KMeansParams) -> KMeansFit {
+    kmeans::fit(&CpuBackend::default(), x, w, p, &mut |_| {}).unwrap()
+}
+
+fn given(k: usize, dim: usize, data: Vec<f32>) -> KMeansParams {
+    let mut p = KMeansParams::new(k);
+    p.init = InitMethod::Given(Centroids::new(data, dim));
+    p
+}
+
+#[test]
+fn two_pairs_on_a_line() {
+    let x = Matrix::new(vec![0.0, 1.0, 10.0, 11.0], 1);
+    for alg in [Algorithm::Lloyd, Algorithm::Hamerly] {
+        let mut p = given(2, 1, vec![0.0, 1.0]);
+        p.algorithm = alg;
+        let f = run(&x, None, &p);
+        assert_eq!(f.centroids.data, vec![0.5, 10.5], "{alg:?}");
+        assert_eq!(f.nearest.iter().map(|n| n.label).collect::<Vec<_>>(), vec![0, 0, 1, 1]);
+        assert_eq!(f.inertia, 1.0);
+        assert!(f.converged);
+        assert_eq!(f.stats.count, vec![2, 2]);
+    }
+}
+
+#[test]
+fn weights_pull_the_centroid() {
+    let x = Matrix::new(vec![0.0, 4.0, 100.0], 1);
+    let w = [3.0f32, 1.0, 2.0];
+    let f = run(&x, Some(&w), &given(2, 1, vec![0.0, 100.0]));
+    assert_eq!(f.centroids.data, vec![1.0, 100.0]);
+    // 3·1² + 1·3² = 12
+    assert_eq!(f.inertia, 12.0);
+}
+
+#[test]
+fn an_empty_cluster_takes_the_farthest_point() {
+    let x = Matrix::new(vec![0.0, 1.0, 2.0, 20.0], 1);
+    for alg in [Algorithm::Lloyd, Algorithm::Hamerly] {
+        let mut p = given(3, 1, vec![0.0, 1.0, 1000.0]);
+        p.algorithm = alg;
+        let f = run(&x, None, &p);
+        assert!(f.relocations >= 1, "{alg:?}: no relocation reported");
+        assert_eq!(f.centroids.data, vec![0.0, 1.5, 20.0], "{alg:?}");
+        assert_eq!(f.nearest.iter().map(|n| n.label).collect::<Vec<_>>(), vec![0, 1, 1, 2]);
+        assert_eq!(f.inertia, 0.5);
+        assert!(f.stats.count.iter().all(|c| *c > 0), "{alg:?}: a dead segment");
+    }
+}
+
+fn assert_same_fit(a: &KMeansFit, b: &KMeansFit, what: &str) {
+    assert_eq!(a.centroids.data, b.centroids.data, "{what}: centroids differ");
+    assert_eq!(a.nearest, b.nearest, "{what}: assignments differ");
+    assert_eq!(a.inertia.to_bits(), b.inertia.to_bits(), "{what}: inertia {} vs {}", a.inertia, b.inertia);
+    assert_eq!(a.iterations, b.iterations, "{what}: iterations");
+    assert_eq!(a.relocations, b.relocations, "{what}: relocations");
+}
+
+#[test]
+fn hamerly_gives_lloyds_result_bit_for_bit() {
+    let cases: &[(usize, usize, usize, usize, bool)] = &[
+        (5000, 8, 6, 6, false),
+        (20000, 16, 12, 40, false),
+        (3000, 3, 4, 300, false), // many more centroids than blobs: empties and near ties
+        (8000, 32, 10, 64, true),
+        (140_000, 4, 8, 8, false), // more than two reduction chunks
+    ];
+    for &(n, dim, blobs_k, k, weighted) in cases {
+        let x = blobs(n, dim, blobs_k, 5.0, n as u64);
+        let w: Option<Vec<f32>> = weighted.then(|| (0..n).map(|i| (i % 5) as f32 * 0.5).collect());
+        let mut p = KMeansParams::new(k);
+        p.tol = 0.0;
+        p.max_iter = 60;
+        p.algorithm = Algorithm::Lloyd;
+        let lloyd = run(&x, w.as_deref(), &p);
+        p.algorithm = Algorithm::Hamerly;
+        let ham = run(&x, w.as_deref(), &p);
+        assert_same_fit(&lloyd, &ham, &format!("n={n} d={dim} k={k} weighted={weighted}"));
+        if lloyd.iterations >= 8 {
+            assert!(
+                ham.full_evaluations < lloyd.full_evaluations,
+                "Hamerly saved nothing at n={n} k={k} ({} iterations)",
+                lloyd.iterations
+            );
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let x = blobs(150_000, 6, 7, 4.0, 11);
+    let mut p = KMeansParams::new(9);
+    p.n_init = 2;
+    let fits: Vec<KMeansFit> = [1, 2, 3]
+        .iter()
+        .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| run(&x, None, &p)))
+        .collect();
+    assert_same_fit(&fits[0], &fits[1], "1 vs 2 threads");
+    assert_same_fit(&fits[0], &fits[2], "1 vs 3 threads");
+}
+
+#[test]
+fn the_objective_never_increases() {
+    let x = blobs(4000, 5, 8, 3.0, 5);
+    let mut last = f64::INFINITY;
+    for it in 1..12 {
+        let mut p = KMeansParams::new(10);
+        p.max_iter = it;
+        p.tol = 0.0;
+        p.init = InitMethod::Random;
+        let f = run(&x, None, &p);
+        assert!(f.inertia <= last * (1.0 + 1e-12), "iteration {it}: {} > {last}", f.inertia);
+        last = f.inertia;
+    }
+}
+
+#[test]
+fn final_labels_are_nearest_to_final_centroids() {
+    let x = blobs(3000, 6, 5, 3.0, 8);
+    let f = run(&x, None, &KMeansParams::new(7));
+    let mut inertia = 0.0;
+    for i in 0..x.n() {
+        let best =
+            (0..7).map(|j| (d2(x.row(i), f.centroids.row(j)), j)).min_by(|a, b| a.partial_cmp(b).unwrap()).unwrap();
+        assert_eq!(f.nearest[i].label as usize, best.1, "row {i}");
+        inertia += best.0;
+    }
+    assert!(crate::util::rel(f.inertia, inertia) < 1e-6, "inertia {} vs f64 {}", f.inertia, inertia);
+}
+
+#[test]
+fn every_init_finds_well_separated_blobs() {
+    // 6 tight, far-apart blobs: any sane init plus Lloyd reaches the noise floor.
+    let x = blobs(6000, 4, 6, 100.0, 21);
+    let floor = {
+        let p = KMeansParams { n_init: 8, ..KMeansParams::new(6) };
+        run(&x, None, &p).inertia
+    };
+    for init in [InitMethod::KMeansPlusPlus, InitMethod::KMeansParallel] {
+        let name = init.name();
+        let p = KMeansParams { init, ..KMeansParams::new(6) };
+        let f = run(&x, None, &p);
+        assert!(f.inertia <= floor * 1.0001, "{name}: inertia {} vs best {floor}", f.inertia);
+        assert!(f.stats.count.iter().all(|&c| c > 500), "{name}: sizes {:?}", f.stats.count);
+    }
+    let p = KMeansParams { init: InitMethod::Random, ..KMeansParams::new(6) };
+    let f = run(&x, None, &p);
+    assert!(f.stats.count.iter().all(|&c| c > 0) && f.inertia >= floor * 0.9999);
+}
+
+#[test]
+fn same_seed_same_model_other_seed_other_start() {
+    let x = blobs(5000, 4, 12, 2.0, 2);
+    let p = KMeansParams::new(12);
+    assert_same_fit(&run(&x, None, &p), &run(&x, None, &p), "rerun");
+    let q = KMeansParams { seed: 99, ..p.clone() };
+    assert_ne!(run(&x, None, &p).centroids.data, run(&x, None, &q).centroids.data);
+    // More restarts can only help, and restart 0 is the single run.
+    let many = KMeansParams { n_init: 4, ..p.clone() };
+    assert!(run(&x, None, &many).inertia <= run(&x, None, &p).inertia);
+}
+
+#[test]
+fn init_on_a_sample_is_seeded_and_bounded() {
+    let x = blobs(50_000, 3, 4, 10.0, 4);
+    let p = KMeansParams { init_sample: 2000, ..KMeansParams::new(4) };
+    assert_eq!(p.init_sample_rows(x.n()), 2000);
+    assert_eq!(KMeansParams::new(256).init_sample_rows(10_000_000), 16_384);
+    assert_same_fit(&run(&x, None, &p), &run(&x, None, &p), "sampled init rerun");
+}
+
+#[test]
+fn invalid_parameters_are_refused_before_fitting() {
+    let x = blobs(10, 2, 2, 1.0, 1);
+    let b = CpuBackend::default();
+    for (p, needle) in [
+        (KMeansParams::new(11), "more than the 10 usable rows"),
+        (KMeansParams::new(0), "--k must be at least 1"),
+        (KMeansParams { max_iter: 0, ..KMeansParams::new(2) }, "--max-iter"),
+        (KMeansParams { tol: -1.0, ..KMeansParams::new(2) }, "--tol"),
+        (given(2, 3, vec![0.0; 6]), "3 columns"),
+        (given(2, 2, vec![0.0; 6]), "3 rows"),
+    ] {
+        let e = kmeans::fit(&b, &x, None, &p, &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains(needle), "error '{e}' lacks '{needle}'");
+    }
+    // Zero weights do not count as usable rows.
+    let w = vec![0.0f32; 9].into_iter().chain([1.0]).collect::<Vec<_>>();
+    let e = kmeans::fit(&b, &x, Some(&w), &KMeansParams::new(2), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("1 usable rows"), "{e}");
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary (as ripgrep): each topic is a module.
+
+mod util;
+
+mod backend;
+mod cli;
+mod kmeans;
+mod sklearn;
