@@ -90,6 +90,13 @@ pub trait Backend: Send + Sync {
     /// second-nearest centroid. Ties go to the lower centroid index.
     fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()>;
 
+    /// As `assign`, with the same exact labels, but `dist` and `second` may carry the
+    /// rounding of the fast distance expansion. Iterations that only need labels use
+    /// it; a backend without a cheaper path keeps this default.
+    fn assign_labels(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
+        self.assign(points, centroids, out)
+    }
+
     /// Per-centroid count, weight, weighted sum and squared error from a labelling.
     /// The summation order is fixed by row index, so results repeat bit for bit.
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats>;

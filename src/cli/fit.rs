@@ -226,6 +226,17 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     let fit =
         kmeans::fit(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info: &kmeans::IterInfo| {
             iter_secs.push((info.run, info.seconds));
+            if super::verbose() {
+                log(format!(
+                    "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
+                    info.run + 1,
+                    info.iteration,
+                    info.changed,
+                    100.0 * info.full_evaluations as f64 / n as f64,
+                    info.shift,
+                    info.seconds
+                ));
+            }
             bar.set_position(info.iteration as u64);
             bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
         })?;

@@ -14,6 +14,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::error::{Error, ExitCode, Result};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed) && !quiet()
+}
 
 /// A line of human-readable progress on stderr (silenced by --quiet).
 pub(crate) fn log(msg: impl AsRef<str>) {
@@ -39,6 +44,9 @@ pub struct Cli {
     /// No progress or log lines on stderr (errors are still printed).
     #[arg(long, global = true)]
     quiet: bool,
+    /// A log line per iteration (labels changed, points searched, centroid shift).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     /// Worker threads (default: all cores; also MICROSEG_THREADS).
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -79,7 +87,7 @@ pub(crate) enum MissingArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum AlgorithmArg {
-    /// Hamerly on the CPU backend.
+    /// Hamerly, falling back to full passes while its bounds prune little.
     Auto,
     Lloyd,
     Hamerly,
@@ -131,6 +139,7 @@ fn configure_threads(threads: Option<usize>) -> Result<()> {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     QUIET.store(cli.quiet, Ordering::Relaxed);
+    VERBOSE.store(cli.verbose, Ordering::Relaxed);
     configure_threads(cli.threads)?;
     match cli.command {
         Command::Fit(a) => fit::run_fit(a),

@@ -124,6 +124,9 @@ fn round_down(v: f64) -> f32 {
     if (f as f64) > v { f.next_down() } else { f }
 }
 
+/// Hamerly keeps using its bounds while they leave at most this share of points to search.
+const BOUNDS_WORTH: f64 = 0.8;
+
 /// Relative margin under which a bound does not prune (covers f64 rounding of the
 /// exact distances that decide labels).
 const PRUNE_MARGIN: f64 = 1e-6;
@@ -146,38 +149,43 @@ fn run_once<B: Backend + ?Sized>(
     let mut nearest = vec![Nearest { label: u32::MAX, dist: 0.0, second: 0.0 }; n];
     let mut labels_old: Vec<u32> = Vec::new();
     let mut bounds: Option<Bounds> = None;
+    let mut last_searched = 0.0f64;
     let mut relocations = 0usize;
-    let mut last_relocated = false;
-    let mut strict = false;
     let mut converged = false;
     let mut iterations = 0;
     let mut full_evals = 0u64;
     let t_iter = Instant::now();
     for it in 0..p.max_iter {
         let t0 = Instant::now();
-        let (changed, evaluated) = match (p.algorithm, &bounds, &prev_c) {
-            (Algorithm::Hamerly, Some(_), Some(old)) => {
+        // Bounds stop paying when most points fail them (large k, centroids still
+        // drifting): then run full passes, trying the bounds again every 4th iteration.
+        let use_bounds = last_searched <= BOUNDS_WORTH || it % 4 == 0;
+        let (changed, evaluated) = match (p.algorithm, &prev_c) {
+            (Algorithm::Hamerly, Some(old)) if bounds.is_some() && use_bounds => {
                 hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap())
             }
             _ => {
-                if p.algorithm == Algorithm::Lloyd {
-                    labels_old.clear();
-                    labels_old.extend(nearest.iter().map(|nr| nr.label));
-                }
-                backend.assign(&x.data, &c, &mut nearest)?;
-                let changed = if p.algorithm == Algorithm::Lloyd {
-                    nearest.par_iter().zip(&labels_old).filter(|(nr, l)| nr.label != **l).count() as u64
+                labels_old.clear();
+                labels_old.extend(nearest.iter().map(|nr| nr.label));
+                if p.algorithm == Algorithm::Hamerly {
+                    backend.assign(&x.data, &c, &mut nearest)?;
                 } else {
+                    backend.assign_labels(&x.data, &c, &mut nearest)?;
+                }
+                let changed = nearest.par_iter().zip(&labels_old).filter(|(nr, l)| nr.label != **l).count() as u64;
+                if p.algorithm == Algorithm::Hamerly {
                     bounds = Some(bounds_from(&nearest));
-                    n as u64
-                };
+                }
                 (changed, n as u64)
             }
         };
+        last_searched = evaluated as f64 / n as f64;
         full_evals += evaluated;
         let mut stats = backend.reduce(&x.data, w, &nearest, k)?;
         let empties = stats.weight.iter().filter(|v| **v == 0.0).count();
-        if empties > 0 && p.algorithm == Algorithm::Hamerly {
+        if empties > 0 {
+            // Label-only passes and pruned points carry inexact distances; the choice of
+            // the farthest points must not depend on the algorithm.
             refresh_distances(x, &c, &mut nearest);
         }
         let moved = relocate_empty(&mut stats, x, w, &nearest);
@@ -194,25 +202,15 @@ fn run_once<B: Backend + ?Sized>(
             full_evaluations: evaluated,
             seconds: t0.elapsed().as_secs_f64(),
         });
-        let relocated_now = moved > 0;
-        if changed == 0 {
-            strict = !last_relocated && !relocated_now;
-            converged = true;
-            break;
-        }
-        last_relocated = relocated_now;
-        if shift <= tol_scaled {
+        if changed == 0 || shift <= tol_scaled {
             converged = true;
             break;
         }
     }
-    // When labels stopped changing and no centroid was re-seeded, the new centroids
-    // equal the ones just assigned against bit for bit, so the labels stand. Otherwise
-    // one more full pass makes labels, distances and centroids consistent.
-    if !(strict && p.algorithm == Algorithm::Lloyd) {
-        backend.assign(&x.data, &c, &mut nearest)?;
-        full_evals += n as u64;
-    }
+    // One exact pass against the final centroids: the model's labels, distances,
+    // margins and inertia are consistent with its centroids whatever the stop reason.
+    backend.assign(&x.data, &c, &mut nearest)?;
+    full_evals += n as u64;
     let iteration_seconds = t_iter.elapsed().as_secs_f64();
     let stats = backend.reduce(&x.data, w, &nearest, k)?;
     let inertia = stats.inertia();

@@ -1,9 +1,12 @@
 //! A fused distance kernel for x86-64 with AVX2 + FMA: for 6 rows at a time and
-//! panels of 16 centroids it keeps the dot products in 12 registers, and writes
-//! v = ‖c‖² − 2x·c straight into a small per-row buffer. Hand-written because a
-//! general SGEMM (matrixmultiply, measured) packs both operands on every call and
-//! stores a C tile per 32-long inner product, which at k-means shapes (inner
-//! dimension 16–64) costs it about half the FMA rate; see benches/assign.rs.
+//! panels of 16 centroids it keeps the dot products in 12 registers, writes
+//! v = ‖c‖² − 2x·c straight into a small per-row buffer and tracks, lane-wise in
+//! registers, the two smallest upper bounds v + e (e: the rounding bound, see
+//! `ErrorTerms`). Hand-written because a general SGEMM (matrixmultiply, measured in
+//! benches/assign.rs) packs both operands on every call and stores a C tile per short
+//! (16–64) inner product, which costs it about a third of the time at k-means shapes.
+
+use super::ErrorTerms;
 
 /// Centroids per panel (two 8-lane registers).
 pub const PANEL: usize = 16;
@@ -15,24 +18,31 @@ pub const ROWS: usize = 6;
 pub struct PackedCentroids {
     pub panels: Vec<f32>,
     pub norms: Vec<f32>,
+    /// Padded copies of the per-centroid error terms (0 for padding).
+    pub err_a: Vec<f32>,
+    pub err_b: Vec<f32>,
     pub n_panels: usize,
     pub dim: usize,
 }
 
 impl PackedCentroids {
-    pub fn new(data: &[f32], norms: &[f32], dim: usize) -> Self {
+    pub fn new(data: &[f32], norms: &[f32], err: &ErrorTerms, dim: usize) -> Self {
         let k = norms.len();
         let n_panels = k.div_ceil(PANEL);
         let mut panels = vec![0.0f32; n_panels * dim * PANEL];
         let mut padded = vec![f32::INFINITY; n_panels * PANEL];
+        let mut err_a = vec![0.0f32; n_panels * PANEL];
+        let mut err_b = vec![0.0f32; n_panels * PANEL];
         for j in 0..k {
             let (p, l) = (j / PANEL, j % PANEL);
             for f in 0..dim {
                 panels[(p * dim + f) * PANEL + l] = data[j * dim + f];
             }
             padded[j] = norms[j];
+            err_a[j] = err.a[j];
+            err_b[j] = err.b[j];
         }
-        PackedCentroids { panels, norms: padded, n_panels, dim }
+        PackedCentroids { panels, norms: padded, err_a, err_b, n_panels, dim }
     }
 
     /// Length of one row's value buffer (k rounded up to whole panels).
@@ -54,23 +64,30 @@ pub fn available() -> bool {
 }
 
 /// v[r][j] = ‖c_j‖² − 2 x_r·c_j for `rows` ≤ ROWS rows starting at `x` (row stride
-/// dim), written to `out` with row stride `padded_k()`; `second[r]` receives the
-/// second-smallest v of row r (the smallest two are tracked lane-wise in registers).
+/// dim), written to `out` with row stride `padded_k()`; `upper[r]` receives the two
+/// smallest upper bounds v + a_j + ‖x_r‖·b_j of row r, given ‖x_r‖ in `xnorm`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA (`available()`); `x` must hold `rows × dim`
 /// values and `out` `rows × padded_k()`.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn values(x: &[f32], rows: usize, pk: &PackedCentroids, out: &mut [f32], second: &mut [f32; ROWS]) {
+pub unsafe fn values(
+    x: &[f32],
+    rows: usize,
+    pk: &PackedCentroids,
+    xnorm: &[f32; ROWS],
+    out: &mut [f32],
+    upper: &mut [[f32; 2]; ROWS],
+) {
     debug_assert!(x.len() >= rows * pk.dim && out.len() >= rows * pk.padded_k());
     unsafe {
         match rows {
-            6 => tile::<6>(x, pk, out, second),
-            5 => tile::<5>(x, pk, out, second),
-            4 => tile::<4>(x, pk, out, second),
-            3 => tile::<3>(x, pk, out, second),
-            2 => tile::<2>(x, pk, out, second),
-            1 => tile::<1>(x, pk, out, second),
+            6 => tile::<6>(x, pk, xnorm, out, upper),
+            5 => tile::<5>(x, pk, xnorm, out, upper),
+            4 => tile::<4>(x, pk, xnorm, out, upper),
+            3 => tile::<3>(x, pk, xnorm, out, upper),
+            2 => tile::<2>(x, pk, xnorm, out, upper),
+            1 => tile::<1>(x, pk, xnorm, out, upper),
             _ => unreachable!("tile of {rows} rows"),
         }
     }
@@ -78,7 +95,13 @@ pub unsafe fn values(x: &[f32], rows: usize, pk: &PackedCentroids, out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize>(x: &[f32], pk: &PackedCentroids, out: &mut [f32], second: &mut [f32; ROWS]) {
+unsafe fn tile<const R: usize>(
+    x: &[f32],
+    pk: &PackedCentroids,
+    xnorm: &[f32; ROWS],
+    out: &mut [f32],
+    upper: &mut [[f32; 2]; ROWS],
+) {
     use std::arch::x86_64::*;
     let dim = pk.dim;
     let kp = pk.padded_k();
@@ -87,6 +110,10 @@ unsafe fn tile<const R: usize>(x: &[f32], pk: &PackedCentroids, out: &mut [f32],
     let inf = _mm256_set1_ps(f32::INFINITY);
     let mut m1 = [inf; R];
     let mut m2 = [inf; R];
+    let mut xn = [_mm256_setzero_ps(); R];
+    for r in 0..R {
+        xn[r] = _mm256_set1_ps(xnorm[r]);
+    }
     for p in 0..pk.n_panels {
         let mut acc0 = [_mm256_setzero_ps(); R];
         let mut acc1 = [_mm256_setzero_ps(); R];
@@ -99,21 +126,32 @@ unsafe fn tile<const R: usize>(x: &[f32], pk: &PackedCentroids, out: &mut [f32],
                 acc1[r] = _mm256_fmadd_ps(a, b1, acc1[r]);
             }
         }
-        let np = unsafe { pk.norms.as_ptr().add(p * PANEL) };
-        let (n0, n1) = unsafe { (_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))) };
+        let o = p * PANEL;
+        let (n0, n1, a0, a1, e0, e1) = unsafe {
+            (
+                _mm256_loadu_ps(pk.norms.as_ptr().add(o)),
+                _mm256_loadu_ps(pk.norms.as_ptr().add(o + 8)),
+                _mm256_loadu_ps(pk.err_a.as_ptr().add(o)),
+                _mm256_loadu_ps(pk.err_a.as_ptr().add(o + 8)),
+                _mm256_loadu_ps(pk.err_b.as_ptr().add(o)),
+                _mm256_loadu_ps(pk.err_b.as_ptr().add(o + 8)),
+            )
+        };
         for r in 0..R {
             // 2·dot is exact, so n − 2·dot rounds once, like the scalar expression.
-            let o = unsafe { out.as_mut_ptr().add(r * kp + p * PANEL) };
             let v0 = _mm256_fnmadd_ps(two, acc0[r], n0);
             let v1 = _mm256_fnmadd_ps(two, acc1[r], n1);
+            let u0 = _mm256_fmadd_ps(xn[r], e0, _mm256_add_ps(v0, a0));
+            let u1 = _mm256_fmadd_ps(xn[r], e1, _mm256_add_ps(v1, a1));
             unsafe {
-                _mm256_storeu_ps(o, v0);
-                _mm256_storeu_ps(o.add(8), v1);
+                let dst = out.as_mut_ptr().add(r * kp + o);
+                _mm256_storeu_ps(dst, v0);
+                _mm256_storeu_ps(dst.add(8), v1);
             }
-            m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], v0));
-            m1[r] = _mm256_min_ps(m1[r], v0);
-            m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], v1));
-            m1[r] = _mm256_min_ps(m1[r], v1);
+            m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], u0));
+            m1[r] = _mm256_min_ps(m1[r], u0);
+            m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], u1));
+            m1[r] = _mm256_min_ps(m1[r], u1);
         }
     }
     for r in 0..R {
@@ -122,38 +160,49 @@ unsafe fn tile<const R: usize>(x: &[f32], pk: &PackedCentroids, out: &mut [f32],
             _mm256_storeu_ps(a.as_mut_ptr(), m1[r]);
             _mm256_storeu_ps(b.as_mut_ptr(), m2[r]);
         }
-        second[r] = super::second_smallest(a.iter().chain(&b).copied());
+        upper[r] = super::two_smallest(a.iter().chain(&b).copied());
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub unsafe fn values(_x: &[f32], _rows: usize, _pk: &PackedCentroids, _out: &mut [f32], _second: &mut [f32; ROWS]) {
+pub unsafe fn values(
+    _x: &[f32],
+    _rows: usize,
+    _pk: &PackedCentroids,
+    _xn: &[f32; ROWS],
+    _out: &mut [f32],
+    _u: &mut [[f32; 2]; ROWS],
+) {
     unreachable!("the fused kernel is x86-64 only")
 }
 
-/// Indices j < v.len() with v[j] ≤ limit, eight lanes at a time.
+/// Indices j with lower bound v_j − a_j − ‖x‖·b_j ≤ `limit`, eight lanes at a time.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA; `a` and `b` are at least as long as `v`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-pub unsafe fn candidates(v: &[f32], limit: f32, out: &mut Vec<u32>) {
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn candidates(v: &[f32], a: &[f32], b: &[f32], xnorm: f32, limit: f32, out: &mut Vec<u32>) {
     use std::arch::x86_64::*;
-    let lim = _mm256_set1_ps(limit);
+    let u2 = _mm256_set1_ps(limit);
+    let xn = _mm256_set1_ps(xnorm);
     let n8 = v.len() / 8 * 8;
     let mut j = 0;
     while j < n8 {
-        let x = unsafe { _mm256_loadu_ps(v.as_ptr().add(j)) };
-        let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, lim)) as u32;
+        let (x, aa, bb) = unsafe {
+            (_mm256_loadu_ps(v.as_ptr().add(j)), _mm256_loadu_ps(a.as_ptr().add(j)), _mm256_loadu_ps(b.as_ptr().add(j)))
+        };
+        let thr = _mm256_fmadd_ps(xn, bb, _mm256_add_ps(aa, u2));
+        let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, thr)) as u32;
         while mask != 0 {
             out.push(j as u32 + mask.trailing_zeros());
             mask &= mask - 1;
         }
         j += 8;
     }
-    for (i, &x) in v[n8..].iter().enumerate() {
-        if x <= limit {
-            out.push((n8 + i) as u32);
+    for i in n8..v.len() {
+        if v[i] <= limit + a[i] + xnorm * b[i] {
+            out.push(i as u32);
         }
     }
 }

@@ -14,9 +14,6 @@ use crate::error::Result;
 /// order of floating-point additions, and hence every result, repeats exactly.
 pub const REDUCE_ROWS: usize = 65_536;
 
-/// Lanes of the vectorised top-2 scan.
-const LANES: usize = 8;
-
 /// Rows per GEMM block: keep the block's k dot products (rows × k × 4 B) near 128 KiB
 /// so they stay in L2 while they are scanned.
 pub fn rows_per_block(k: usize) -> usize {
@@ -52,6 +49,16 @@ impl CpuBackend {
     pub fn new(kernel: Kernel) -> Self {
         CpuBackend { kernel }
     }
+
+    fn assign_with(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest], precision: Precision) {
+        let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
+        let dim = centroids.dim;
+        let rows = rows_per_block(centroids.k);
+        debug_assert_eq!(points.len(), out.len() * dim);
+        points.par_chunks(rows * dim).zip(out.par_chunks_mut(rows)).for_each_init(Vec::new, |scratch, (p, o)| {
+            assign_block_with(p, &prepared, o, scratch, precision, |_, _, _, _| {})
+        });
+    }
 }
 
 impl Backend for CpuBackend {
@@ -60,14 +67,12 @@ impl Backend for CpuBackend {
     }
 
     fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
-        let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
-        let dim = centroids.dim;
-        let rows = rows_per_block(centroids.k);
-        debug_assert_eq!(points.len(), out.len() * dim);
-        points
-            .par_chunks(rows * dim)
-            .zip(out.par_chunks_mut(rows))
-            .for_each_init(Vec::new, |scratch, (p, o)| assign_block(p, &prepared, o, scratch));
+        self.assign_with(points, centroids, out, Precision::Exact);
+        Ok(())
+    }
+
+    fn assign_labels(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
+        self.assign_with(points, centroids, out, Precision::LabelsOnly);
         Ok(())
     }
 
@@ -77,21 +82,39 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Centroids with their squared norms, computed once per pass.
+/// Per-centroid terms of the rounding-error bound of v_j = ‖c_j‖² − 2x·c_j computed
+/// in f32: |v_j − (‖x−c_j‖² − ‖x‖²)| ≤ e_j = a_j + ‖x‖·b_j with a_j = g‖c_j‖²,
+/// b_j = 2g‖c_j‖ and g = (d+4)·ε, which is at least γ_{d+2} (dot product, norm and
+/// final subtraction; any summation order, FMA or not) with a factor 2 to spare for
+/// the f32 rounding of the bound itself. Per centroid, so that one far-out centroid
+/// (a cluster of "whales") does not widen every row's window.
+pub struct ErrorTerms {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl ErrorTerms {
+    fn new(norms: &[f32], dim: usize) -> Self {
+        let g = (dim as f32 + 4.0) * f32::EPSILON;
+        ErrorTerms { a: norms.iter().map(|n| g * n).collect(), b: norms.iter().map(|n| 2.0 * g * n.sqrt()).collect() }
+    }
+}
+
+/// Centroids with their squared norms and error terms, computed once per pass.
 pub struct PreparedCentroids<'a> {
     pub c: &'a Centroids,
     pub norms: Vec<f32>,
-    pub max_norm: f32,
+    pub err: ErrorTerms,
     /// Present when the fused AVX2 kernel runs on this CPU.
     pub packed: Option<fused::PackedCentroids>,
 }
 
 impl<'a> PreparedCentroids<'a> {
     pub fn with_kernel(c: &'a Centroids, kernel: Kernel) -> Self {
-        let norms: Vec<f32> = (0..c.k).map(|j| c.row(j).iter().map(|v| v * v).sum()).collect();
-        let max_norm = norms.iter().cloned().fold(0.0, f32::max);
-        let packed = kernel.fused().then(|| fused::PackedCentroids::new(&c.data, &norms, c.dim));
-        PreparedCentroids { c, norms, max_norm, packed }
+        let norms: Vec<f32> = (0..c.k).map(|j| sq_norm(c.row(j))).collect();
+        let err = ErrorTerms::new(&norms, c.dim);
+        let packed = kernel.fused().then(|| fused::PackedCentroids::new(&c.data, &norms, &err, c.dim));
+        PreparedCentroids { c, norms, err, packed }
     }
 }
 
@@ -117,27 +140,73 @@ pub fn exact_sq_dist(x: &[f32], c: &[f32]) -> f64 {
 /// Assign a block of rows (any count) sequentially: values v = ‖c‖² − 2x·c for a
 /// few rows at a time, then the exact top-2 of each row.
 pub fn assign_block(points: &[f32], pc: &PreparedCentroids, out: &mut [Nearest], scratch: &mut Vec<f32>) {
+    assign_block_with(points, pc, out, scratch, Precision::Exact, |_, _, _, _| {});
+}
+
+/// ‖x‖² in f32 with 8 partial sums (a single running sum would not vectorise).
+#[inline]
+fn sq_norm(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let n8 = x.len() / 8 * 8;
+    for c in x[..n8].chunks_exact(8) {
+        for l in 0..8 {
+            acc[l] += c[l] * c[l];
+        }
+    }
+    for v in &x[n8..] {
+        acc[0] += v * v;
+    }
+    acc.iter().sum()
+}
+
+/// What an assignment pass must deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Exact labels, and exact (f64, rounded to f32) best and second distances.
+    Exact,
+    /// Exact labels; distances from the f32 expansion (within the rounding bound). An
+    /// exact distance is only computed when two centroids cannot be told apart.
+    LabelsOnly,
+}
+
+/// `assign_block`, also handing each row's values to `hook(row, v[..k], ‖x‖, nearest)`
+/// (bounded variants derive their per-group lower bounds from them).
+pub fn assign_block_with<F: FnMut(usize, &[f32], f32, &Nearest)>(
+    points: &[f32],
+    pc: &PreparedCentroids,
+    out: &mut [Nearest],
+    scratch: &mut Vec<f32>,
+    precision: Precision,
+    mut hook: F,
+) {
     let (k, dim) = (pc.c.k, pc.c.dim);
+    let mut row0 = 0;
     if let Some(pk) = &pc.packed {
         let kp = pk.padded_k();
         if scratch.len() < fused::ROWS * kp {
             scratch.resize(fused::ROWS * kp, 0.0);
         }
-        let mut second = [0.0f32; fused::ROWS];
+        let mut upper = [[0.0f32; 2]; fused::ROWS];
+        let mut xnorm = [0.0f32; fused::ROWS];
         let mut cand = Vec::with_capacity(16);
         for (p, o) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)) {
+            for (xn, x) in xnorm.iter_mut().zip(p.chunks_exact(dim)) {
+                *xn = sq_norm(x).sqrt();
+            }
             // SAFETY: `packed` exists only when AVX2 and FMA are available; the slices
             // hold o.len() rows of points and o.len() × kp values.
-            unsafe { fused::values(p, o.len(), pk, scratch, &mut second) };
+            unsafe { fused::values(p, o.len(), pk, &xnorm, scratch, &mut upper) };
             for (r, o) in o.iter_mut().enumerate() {
                 let x = &p[r * dim..(r + 1) * dim];
+                let v = &scratch[r * kp..r * kp + k];
+                let limit = if precision == Precision::Exact { upper[r][1] } else { upper[r][0] };
                 cand.clear();
-                // SAFETY: as above (AVX2 present).
-                unsafe {
-                    fused::candidates(&scratch[r * kp..r * kp + k], candidate_limit(x, second[r], pc), &mut cand)
-                };
-                *o = best_of(x, &cand, pc);
+                // SAFETY: as above; `row` is this row's output of `values`.
+                unsafe { fused::candidates(v, &pc.err.a, &pc.err.b, xnorm[r], limit, &mut cand) };
+                *o = decide(x, v, xnorm[r], upper[r], &cand, pc, precision);
+                hook(row0 + r, v, xnorm[r], o);
             }
+            row0 += o.len();
         }
         return;
     }
@@ -175,23 +244,37 @@ pub fn assign_block(points: &[f32], pc: &PreparedCentroids, out: &mut [Nearest],
         let mut cand = Vec::with_capacity(16);
         for (r, o) in o.iter_mut().enumerate() {
             let (x, v) = (&p[r * dim..(r + 1) * dim], &vals[r * k..(r + 1) * k]);
-            let limit = candidate_limit(x, top2_values(v).1, pc);
+            let xn = sq_norm(x).sqrt();
+            let (a, b) = (&pc.err.a, &pc.err.b);
+            let up = two_smallest((0..k).map(|j| v[j] + a[j] + xn * b[j]));
+            let limit = if precision == Precision::Exact { up[1] } else { up[0] };
             cand.clear();
-            cand.extend((0..k as u32).filter(|&j| v[j as usize] <= limit));
-            *o = best_of(x, &cand, pc);
+            cand.extend((0..k as u32).filter(|&j| v[j as usize] <= limit + a[j as usize] + xn * b[j as usize]));
+            *o = decide(x, v, xn, up, &cand, pc, precision);
+            hook(row0 + r, v, xn, o);
         }
+        row0 += m;
     }
 }
 
-/// The largest v that can still belong to one of a row's two nearest centroids,
-/// given the approximate second-smallest v2. E bounds the rounding error of
-/// ‖c‖² − 2·x·c against the exact ‖x−c‖² − ‖x‖² (γ_{d+4}, using
-/// ‖c‖² + 2‖x‖‖c‖ ≤ ‖x‖² + 2 max‖c‖²); a true top-2 centroid lies within 2E of v2.
+/// The row's result from its candidates: with one candidate for the nearest (labels
+/// only) the expansion's values stand; otherwise exact distances decide.
 #[inline]
-fn candidate_limit(x: &[f32], v2: f32, pc: &PreparedCentroids) -> f32 {
-    let xn: f32 = x.iter().map(|a| a * a).sum();
-    let e = (x.len() as f32 + 4.0) * f32::EPSILON * 2.0 * (xn + 2.0 * pc.max_norm);
-    v2 + 2.0 * e
+fn decide(
+    x: &[f32],
+    v: &[f32],
+    xn: f32,
+    upper: [f32; 2],
+    cand: &[u32],
+    pc: &PreparedCentroids,
+    precision: Precision,
+) -> Nearest {
+    if precision == Precision::LabelsOnly && cand.len() == 1 {
+        let j = cand[0];
+        let xn2 = xn * xn;
+        return Nearest { label: j, dist: (v[j as usize] + xn2).max(0.0), second: (upper[1] + xn2).max(0.0) };
+    }
+    best_of(x, cand, pc)
 }
 
 /// The exact nearest and second nearest among the candidates (ties: lower index).
@@ -213,9 +296,9 @@ fn best_of(x: &[f32], cand: &[u32], pc: &PreparedCentroids) -> Nearest {
     Nearest { label: b1.1, dist: b1.0 as f32, second: b2.0 as f32 }
 }
 
-/// The second smallest of some values (counting repeats).
+/// The two smallest of some values (counting repeats).
 #[inline]
-pub(crate) fn second_smallest(vals: impl Iterator<Item = f32>) -> f32 {
+pub(crate) fn two_smallest(vals: impl Iterator<Item = f32>) -> [f32; 2] {
     let (mut a, mut b) = (f32::INFINITY, f32::INFINITY);
     for v in vals {
         if v < a {
@@ -225,55 +308,7 @@ pub(crate) fn second_smallest(vals: impl Iterator<Item = f32>) -> f32 {
             b = v;
         }
     }
-    b
-}
-
-#[inline(always)]
-fn fmin(a: f32, b: f32) -> f32 {
-    if a < b { a } else { b }
-}
-#[inline(always)]
-fn fmax(a: f32, b: f32) -> f32 {
-    if a > b { a } else { b }
-}
-
-/// The two smallest values, branch-free over LANES lanes.
-#[inline]
-fn top2_values(v: &[f32]) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { top2_values_avx2(v) };
-        }
-    }
-    top2_values_generic(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn top2_values_avx2(v: &[f32]) -> (f32, f32) {
-    top2_values_generic(v)
-}
-
-#[inline(always)]
-fn top2_values_generic(vals: &[f32]) -> (f32, f32) {
-    let mut m1 = [f32::INFINITY; LANES];
-    let mut m2 = [f32::INFINITY; LANES];
-    let n = vals.len() / LANES * LANES;
-    for c in vals[..n].chunks_exact(LANES) {
-        for l in 0..LANES {
-            let v = c[l];
-            m2[l] = fmin(m2[l], fmax(m1[l], v));
-            m1[l] = fmin(m1[l], v);
-        }
-    }
-    for &v in &vals[n..] {
-        m2[0] = fmin(m2[0], fmax(m1[0], v));
-        m1[0] = fmin(m1[0], v);
-    }
-    let a = m1.iter().copied().fold(f32::INFINITY, fmin);
-    (a, second_smallest(m1.into_iter().chain(m2)))
+    [a, b]
 }
 
 /// Per-centroid statistics over fixed chunks of REDUCE_ROWS rows, merged in chunk
