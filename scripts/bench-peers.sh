@@ -47,7 +47,7 @@ X = np.load(sys.argv[1], mmap_mode="r"); k = int(sys.argv[2])
 idx = np.sort(np.random.default_rng(0).choice(X.shape[0], size=k, replace=False))
 np.savetxt(sys.argv[3], np.asarray(X[idx], dtype=np.float32), delimiter=",", fmt="%.9g")
 PY
-        for alg in lloyd hamerly; do
+        for alg in lloyd hamerly pruned; do
             start=$(date +%s.%N)
             line=$("$MS" fit "$pq" --exclude segment_true --k "$k" --init "$c0" --max-iter "$ITERS" --tol 0 \
                 --algorithm "$alg" --threads "$t" --model "$WORK/model_d${d}_k${k}_${alg}.json" --force --json --quiet)
@@ -61,8 +61,8 @@ $PYX - "$WORK/results/sbs.jsonl" "$WORK/results/microseg.jsonl" <<'PY'
 import json, sys
 peers = [json.loads(l) for l in open(sys.argv[1]) if '"kind": "run"' in l]
 ours = [json.loads(l) for l in open(sys.argv[2])]
-print("| n | d | k | threads | sk_lloyd s/it | faiss_full s/it | microseg lloyd s/it | microseg hamerly s/it | lloyd/faiss | lloyd/sk | hamerly/faiss | inertia rel. to faiss |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| n | d | k | threads | sk_lloyd s/it | faiss_full s/it | microseg lloyd s/it | hamerly s/it | pruned s/it | lloyd/faiss | pruned/faiss | lloyd/sk | pruned/sk | inertia rel. to faiss |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for p in peers:
     if p.get("peer") != "faiss_full" or p.get("status") != "ok":
         continue
@@ -71,8 +71,8 @@ for p in peers:
     m = {r["algorithm"]: r for r in ours if (r["d"], r["k"], r["threads"]) == key}
     if "lloyd" not in m:
         continue
-    l, h = m["lloyd"]["seconds_per_iteration"], m["hamerly"]["seconds_per_iteration"]
+    l, h, pr = (m[a]["seconds_per_iteration"] for a in ("lloyd", "hamerly", "pruned"))
     f = p["per_iter_s"]; s = sk["per_iter_s"] if sk else float("nan")
-    print(f"| {p['n']:,} | {p['d']} | {p['k']} | {p['threads']} | {s:.3f} | {f:.3f} | {l:.3f} | {h:.3f} | "
-          f"{l/f:.2f} | {l/s:.2f} | {h/f:.2f} | {m['lloyd']['inertia']/p['inertia']-1:+.1e} |")
+    print(f"| {p['n']:,} | {p['d']} | {p['k']} | {p['threads']} | {s:.3f} | {f:.3f} | {l:.3f} | {h:.3f} | {pr:.3f} | "
+          f"{l/f:.2f} | {pr/f:.2f} | {l/s:.2f} | {pr/s:.2f} | {m['lloyd']['inertia']/p['inertia']-1:+.1e} |")
 PY

@@ -21,7 +21,7 @@ fn given(k: usize, dim: usize, data: Vec<f32>) -> KMeansParams {
 #[test]
 fn two_pairs_on_a_line() {
     let x = Matrix::new(vec![0.0, 1.0, 10.0, 11.0], 1);
-    for alg in [Algorithm::Lloyd, Algorithm::Hamerly] {
+    for alg in [Algorithm::Lloyd, Algorithm::Hamerly, Algorithm::Pruned] {
         let mut p = given(2, 1, vec![0.0, 1.0]);
         p.algorithm = alg;
         let f = run(&x, None, &p);
@@ -46,7 +46,7 @@ fn weights_pull_the_centroid() {
 #[test]
 fn an_empty_cluster_takes_the_farthest_point() {
     let x = Matrix::new(vec![0.0, 1.0, 2.0, 20.0], 1);
-    for alg in [Algorithm::Lloyd, Algorithm::Hamerly] {
+    for alg in [Algorithm::Lloyd, Algorithm::Hamerly, Algorithm::Pruned] {
         let mut p = given(3, 1, vec![0.0, 1.0, 1000.0]);
         p.algorithm = alg;
         let f = run(&x, None, &p);
@@ -67,7 +67,7 @@ fn assert_same_fit(a: &KMeansFit, b: &KMeansFit, what: &str) {
 }
 
 #[test]
-fn hamerly_gives_lloyds_result_bit_for_bit() {
+fn bounded_variants_give_lloyds_result_bit_for_bit() {
     let cases: &[(usize, usize, usize, usize, bool)] = &[
         (5000, 8, 6, 6, false),
         (20000, 16, 12, 40, false),
@@ -85,7 +85,10 @@ fn hamerly_gives_lloyds_result_bit_for_bit() {
         let lloyd = run(&x, w.as_deref(), &p);
         p.algorithm = Algorithm::Hamerly;
         let ham = run(&x, w.as_deref(), &p);
-        assert_same_fit(&lloyd, &ham, &format!("n={n} d={dim} k={k} weighted={weighted}"));
+        assert_same_fit(&lloyd, &ham, &format!("hamerly n={n} d={dim} k={k} weighted={weighted}"));
+        p.algorithm = Algorithm::Pruned;
+        let pruned = run(&x, w.as_deref(), &p);
+        assert_same_fit(&lloyd, &pruned, &format!("pruned n={n} d={dim} k={k} weighted={weighted}"));
         if lloyd.iterations >= 8 {
             assert!(
                 ham.full_evaluations < lloyd.full_evaluations,

@@ -27,7 +27,7 @@ fn check_case(case: &str) {
     let ties: Vec<usize> = exp["near_ties"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let sk_inertia = exp["inertia"].as_f64().unwrap();
     assert_eq!(labels.len(), x.n());
-    for alg in [Algorithm::Lloyd, Algorithm::Hamerly] {
+    for alg in [Algorithm::Lloyd, Algorithm::Hamerly, Algorithm::Pruned] {
         let p = KMeansParams {
             init: InitMethod::Given(init.clone()),
             max_iter: exp["max_iter"].as_u64().unwrap() as usize,

@@ -59,7 +59,8 @@ pub(crate) struct FitOpts {
     tol: f64,
     #[arg(long, default_value_t = kmeans::DEFAULT_SEED)]
     seed: u64,
-    /// Exact iteration: Lloyd, or Hamerly's bounds (same result, fewer distances).
+    /// Exact iteration: Lloyd, Hamerly's bounds, or triangle-inequality pruning; all give
+    /// the same model bit for bit. auto: Hamerly below k = 128, pruned from 128 on.
     #[arg(long, value_enum, default_value = "auto")]
     algorithm: AlgorithmArg,
 }
@@ -199,7 +200,9 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     let read_seconds = t_read.elapsed().as_secs_f64();
     let algorithm = match o.algorithm {
         AlgorithmArg::Lloyd => Algorithm::Lloyd,
-        AlgorithmArg::Auto | AlgorithmArg::Hamerly => Algorithm::Hamerly,
+        AlgorithmArg::Auto => Algorithm::auto(o.k),
+        AlgorithmArg::Hamerly => Algorithm::Hamerly,
+        AlgorithmArg::Pruned => Algorithm::Pruned,
     };
     let params = KMeansParams {
         k: o.k,

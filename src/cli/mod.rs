@@ -87,10 +87,11 @@ pub(crate) enum MissingArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum AlgorithmArg {
-    /// Hamerly, falling back to full passes while its bounds prune little.
+    /// Hamerly below k = 128, pruned from 128 on.
     Auto,
     Lloyd,
     Hamerly,
+    Pruned,
 }
 
 /// Resolve the id column: the one named (must exist), else `fallbacks` in order when present.

@@ -164,6 +164,10 @@ fn run_once<B: Backend + ?Sized>(
             (Algorithm::Hamerly, Some(old)) if bounds.is_some() && use_bounds => {
                 hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap())
             }
+            (Algorithm::Pruned, Some(_)) => {
+                let (changed, share) = super::pruned::step(x, &c, &mut nearest, Kernel::Auto);
+                (changed, (share * n as f64) as u64)
+            }
             _ => {
                 labels_old.clear();
                 labels_old.extend(nearest.iter().map(|nr| nr.label));

@@ -35,13 +35,23 @@ pub enum Algorithm {
     Lloyd,
     /// Hamerly's bounds skip points whose nearest centroid cannot have changed.
     Hamerly,
+    /// Lloyd where each cluster's points are only compared with the centroids the
+    /// triangle inequality cannot rule out (see `pruned`).
+    Pruned,
 }
 
 impl Algorithm {
+    /// The faster exact variant for k (measured, docs/benchmarks.md): Hamerly's bounds
+    /// below 128 centroids, triangle-inequality pruning from 128 on.
+    pub fn auto(k: usize) -> Self {
+        if k < 128 { Algorithm::Hamerly } else { Algorithm::Pruned }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Algorithm::Lloyd => "lloyd",
             Algorithm::Hamerly => "hamerly",
+            Algorithm::Pruned => "pruned",
         }
     }
 }
@@ -71,7 +81,7 @@ impl KMeansParams {
             tol: 1e-4,
             n_init: 1,
             seed: DEFAULT_SEED,
-            algorithm: Algorithm::Hamerly,
+            algorithm: Algorithm::auto(k),
             init_sample: 0,
         }
     }

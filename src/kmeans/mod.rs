@@ -5,6 +5,7 @@
 pub mod algorithm;
 pub mod hyperparams;
 pub mod init;
+mod pruned;
 
 pub use algorithm::{IterInfo, KMeansFit, fit, tolerance};
 pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams};
