@@ -36,18 +36,50 @@ fn check_case(case: &str) {
             ..KMeansParams::new(k)
         };
         let f = kmeans::fit(&CpuBackend::default(), &x, w.as_deref(), &p, &mut |_| {}).unwrap();
-        let mismatches: Vec<usize> =
-            (0..x.n()).filter(|&i| f.nearest[i].label != labels[i] && !ties.contains(&i)).collect();
-        assert!(
-            mismatches.is_empty(),
-            "{case}/{alg:?}: {} labels differ from scikit-learn, first rows {:?}",
-            mismatches.len(),
-            &mismatches[..mismatches.len().min(5)]
-        );
-        let r = rel(f.inertia, sk_inertia);
-        assert!(r <= 1e-5, "{case}/{alg:?}: inertia {} vs scikit-learn {sk_inertia} (rel {r:e} > 1e-5)", f.inertia);
-        assert_eq!(f.iterations as u64, exp["n_iter"].as_u64().unwrap(), "{case}/{alg:?}: iterations");
+        check_against(case, alg.name(), &f, &labels, &ties, sk_inertia, exp["n_iter"].as_u64().unwrap());
     }
+    // The GPU backend (lavapipe in CI) from the same start: labels equal but at true
+    // near-ties, inertia within 1e-5.
+    for (name, b) in crate::backend::backends().into_iter().filter(|(n, _)| *n == "wgpu") {
+        let p = KMeansParams {
+            init: InitMethod::Given(init.clone()),
+            max_iter: exp["max_iter"].as_u64().unwrap() as usize,
+            tol: exp["tol"].as_f64().unwrap(),
+            algorithm: Algorithm::Lloyd,
+            ..KMeansParams::new(k)
+        };
+        let f = kmeans::fit(b.as_ref(), &x, w.as_deref(), &p, &mut |_| {}).unwrap();
+        let mismatches = (0..x.n()).filter(|&i| f.nearest[i].label != labels[i]).count();
+        let r = rel(f.inertia, sk_inertia);
+        assert!(r <= 1e-5, "{case}/{name}: inertia {} vs scikit-learn {sk_inertia} (rel {r:e})", f.inertia);
+        assert!(
+            mismatches <= ties.len() + x.n() / 10_000,
+            "{case}/{name}: {mismatches} labels differ from scikit-learn"
+        );
+        eprintln!("{case}/{name}: {mismatches} label differences, inertia rel {r:e}, {} iterations", f.iterations);
+    }
+}
+
+fn check_against(
+    case: &str,
+    alg: &str,
+    f: &kmeans::KMeansFit,
+    labels: &[u32],
+    ties: &[usize],
+    sk_inertia: f64,
+    sk_iter: u64,
+) {
+    let mismatches: Vec<usize> =
+        (0..labels.len()).filter(|&i| f.nearest[i].label != labels[i] && !ties.contains(&i)).collect();
+    assert!(
+        mismatches.is_empty(),
+        "{case}/{alg}: {} labels differ from scikit-learn, first rows {:?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(5)]
+    );
+    let r = rel(f.inertia, sk_inertia);
+    assert!(r <= 1e-5, "{case}/{alg}: inertia {} vs scikit-learn {sk_inertia} (rel {r:e} > 1e-5)", f.inertia);
+    assert_eq!(f.iterations as u64, sk_iter, "{case}/{alg}: iterations");
 }
 
 #[test]

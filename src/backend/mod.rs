@@ -4,6 +4,7 @@
 //! implementation of the same trait. Backends know nothing of files or models.
 
 pub mod cpu;
+pub mod wgpu;
 
 use serde::Serialize;
 
@@ -85,6 +86,13 @@ impl ClusterStats {
 pub trait Backend: Send + Sync {
     /// Short name written into models and summaries ("cpu", "wgpu").
     fn name(&self) -> &'static str;
+
+    /// Whether labels are the exact nearest centroid even at near-ties (the CPU
+    /// decides those in f64; a GPU in f32 may differ where the two nearest are
+    /// within rounding of each other).
+    fn exact_labels(&self) -> bool {
+        true
+    }
 
     /// For every row of `points` (row-major, `centroids.dim` wide) its nearest and
     /// second-nearest centroid. Ties go to the lower centroid index.

@@ -13,7 +13,6 @@ use arrow::record_batch::RecordBatch;
 use clap::Args;
 
 use super::{TableArgs, log};
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Nearest};
 use crate::error::{Error, Result};
 use crate::features::{self, MissingPolicy, MissingReport};
@@ -31,6 +30,8 @@ pub(crate) struct AssignArgs {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     table: TableArgs,
+    #[command(flatten)]
+    backend: super::backend::BackendArgs,
     /// Output Parquet: id, segment (uint32), distance (float32), margin (float32).
     #[arg(long)]
     out: PathBuf,
@@ -189,8 +190,8 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
-    let backend = CpuBackend::default();
-    let res = assign_stream(&model, &ds, a.table.id_col.as_deref(), out, &backend)?;
+    let backend = super::backend::open(&a.backend)?;
+    let res = assign_stream(&model, &ds, a.table.id_col.as_deref(), out, backend.as_ref())?;
     res.output.commit()?;
     log(format!(
         "assigned {} rows to {} segments in {:.2}s ({} left out); wrote {}",
@@ -209,7 +210,7 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
             "segment_counts": res.counts,
             "assign_seconds": res.seconds,
             "rows_per_second": res.rows as f64 / res.seconds.max(1e-9),
-            "backend": Backend::name(&backend),
+            "backend": backend.name(),
             "out": a.out,
         }))?;
     }

@@ -7,7 +7,6 @@ use std::time::Instant;
 use clap::Args;
 
 use super::{AlgorithmArg, MissingArg, ScaleArg, TableArgs, log};
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Centroids};
 use crate::error::{Error, Result};
 use crate::features::{self, MissingPolicy, Scale};
@@ -42,6 +41,8 @@ pub(crate) struct FitOpts {
     weight_col: Option<String>,
     #[command(flatten)]
     table: TableArgs,
+    #[command(flatten)]
+    backend: super::backend::BackendArgs,
     /// k-means++, k-means||, random, or a file of initial centroids (Parquet, or CSV
     /// without header: k lines of d numbers, in the model's feature space).
     #[arg(long, default_value = "k-means++")]
@@ -200,10 +201,18 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     let read_seconds = t_read.elapsed().as_secs_f64();
     let algorithm = match o.algorithm {
         AlgorithmArg::Lloyd => Algorithm::Lloyd,
+        AlgorithmArg::Auto if !backend.exact_labels() => Algorithm::Lloyd,
         AlgorithmArg::Auto => Algorithm::auto(o.k),
         AlgorithmArg::Hamerly => Algorithm::Hamerly,
         AlgorithmArg::Pruned => Algorithm::Pruned,
     };
+    if algorithm != Algorithm::Lloyd && !backend.exact_labels() {
+        return Err(Error::Usage(format!(
+            "--algorithm {} runs its bounds on the CPU backend; use --algorithm lloyd (or auto) with --backend {}",
+            algorithm.name(),
+            backend.name()
+        )));
+    }
     let params = KMeansParams {
         k: o.k,
         init,
@@ -333,7 +342,8 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
 
 pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
     let out = AtomicOutput::create(&a.model, a.force)?;
-    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend::default())?;
+    let backend = super::backend::open(&a.opts.backend)?;
+    let outcome = fit_model(&a.inputs, &a.opts, backend.as_ref())?;
     write_json(out, &outcome.model)?;
     log(format!("wrote the model to {}", a.model.display()));
     if a.json {
@@ -365,14 +375,15 @@ fn segment_into(a: &SegmentArgs) -> Result<()> {
     let model_out = AtomicOutput::create(&a.out_dir.join("model.json"), a.force)?;
     let assign_out = AtomicOutput::create(&a.out_dir.join("assignments.parquet"), a.force)?;
     let summary_out = AtomicOutput::create(&a.out_dir.join("summary.json"), a.force)?;
-    let outcome = fit_model(&a.inputs, &a.opts, &CpuBackend::default())?;
+    let backend = super::backend::open(&a.opts.backend)?;
+    let outcome = fit_model(&a.inputs, &a.opts, backend.as_ref())?;
     let ds = Dataset::open(&a.inputs)?;
     let assigned = super::assign::assign_stream(
         &outcome.model,
         &ds,
         a.opts.table.id_col.as_deref(),
         assign_out,
-        &CpuBackend::default(),
+        backend.as_ref(),
     )?;
     let summary = segment_summary(&outcome.model, &assigned.counts);
     let staged = assigned.output;

@@ -3,6 +3,8 @@
 //! Logs and progress go to stderr; stdout carries only the `--json` summary.
 
 mod assign;
+mod backend;
+mod bench;
 mod fit;
 mod generate;
 
@@ -62,6 +64,10 @@ enum Command {
     Segment(fit::SegmentArgs),
     /// Write a synthetic subscriber table with ground-truth segments.
     Generate(generate::GenerateArgs),
+    /// The compute adapters found, their limits, and which one a job would use.
+    Info(backend::InfoArgs),
+    /// Time the assign and reduce passes on each backend and check they agree.
+    Bench(bench::BenchArgs),
 }
 
 /// Options of the input table shared by fit, segment and assign.
@@ -147,6 +153,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Assign(a) => assign::run_assign(a),
         Command::Segment(a) => fit::run_segment(a),
         Command::Generate(a) => generate::run_generate(a),
+        Command::Info(a) => backend::run_info(a),
+        Command::Bench(a) => bench::run_bench(a),
     }
 }
 

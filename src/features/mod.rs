@@ -483,9 +483,12 @@ pub fn fill_missing(m: &mut Matrix, fill: &[f32]) {
 /// Per-feature means in f64, in a fixed chunk order so reruns repeat bit for bit.
 /// With `skip_non_finite`, NaN/inf values are left out of the mean.
 pub fn column_means(m: &Matrix, skip_non_finite: bool) -> Vec<f64> {
-    let dim = m.dim;
-    let partials: Vec<(Vec<f64>, Vec<u64>)> = m
-        .data
+    column_means_of(&m.data, m.dim, skip_non_finite)
+}
+
+/// `column_means` over a row-major slice of `dim` columns.
+pub fn column_means_of(data: &[f32], dim: usize, skip_non_finite: bool) -> Vec<f64> {
+    let partials: Vec<(Vec<f64>, Vec<u64>)> = data
         .par_chunks(ROWS_PER_TASK * dim)
         .map(|chunk| {
             let mut s = vec![0.0f64; dim];

@@ -1,0 +1,594 @@
+//! The wgpu backend: the assign and reduce passes as WGSL compute shaders
+//! (`shaders/*.wgsl`), on any GPU wgpu reaches (Vulkan, Metal, DX12), or on Mesa's
+//! lavapipe when asked. A `GpuContext` (device, queue, pipelines, layouts) is built
+//! once per job; data that fits stays resident on the device across iterations,
+//! larger data streams through in chunks under the storage-binding cap. GPU labels
+//! equal the CPU backend's except at true near-ties (the CPU decides those in f64).
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::{Backend, Centroids, ClusterStats, Nearest};
+
+use crate::error::{Error, Result};
+/// naga, as wgpu uses it (shader validation in tests).
+pub use wgpu::naga;
+
+/// Shader sources, one entry point (`main`) each.
+pub const ASSIGN_WGSL: &str = include_str!("../../../shaders/assign.wgsl");
+pub const REDUCE_PARTIALS_WGSL: &str = include_str!("../../../shaders/reduce_partials.wgsl");
+pub const REDUCE_COMBINE_WGSL: &str = include_str!("../../../shaders/reduce_combine.wgsl");
+/// Every shader, for validation tests.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("assign.wgsl", ASSIGN_WGSL),
+    ("reduce_partials.wgsl", REDUCE_PARTIALS_WGSL),
+    ("reduce_combine.wgsl", REDUCE_COMBINE_WGSL),
+];
+
+/// Mirrors of the shaders' constants.
+pub const ASSIGN_TILE: u32 = 64;
+pub const REDUCE_WG: u32 = 64;
+/// Largest workgroup count per dispatch dimension WebGPU guarantees.
+const MAX_GROUPS: u32 = 65_535;
+/// Device memory the reduction's partial sums may take.
+const PARTIALS_BUDGET: u64 = 64 << 20;
+
+/// Environment variable: rows per chunk (tests force tiny chunks with it).
+pub const CHUNK_ROWS_ENV: &str = "MICROSEG_GPU_CHUNK_ROWS";
+/// Environment variable: data above this many MiB is streamed, not kept resident.
+pub const RESIDENT_MIB_ENV: &str = "MICROSEG_GPU_RESIDENT_MIB";
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AssignParams {
+    n: u32,
+    k: u32,
+    d: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PartialParams {
+    n: u32,
+    k: u32,
+    d: u32,
+    rows_per_group: u32,
+    weighted: u32,
+    slot0: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CombineParams {
+    k: u32,
+    width: u32,
+    slots: u32,
+    _pad: u32,
+}
+
+/// The shader's per-point output (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GpuNearest {
+    label: u32,
+    dist: f32,
+    second: f32,
+    changed: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<AssignParams>() == 16);
+const _: () = assert!(std::mem::size_of::<PartialParams>() == 32);
+const _: () = assert!(std::mem::size_of::<CombineParams>() == 16);
+const _: () = assert!(std::mem::size_of::<GpuNearest>() == 16);
+
+/// What `microseg info` shows of an adapter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub software: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+}
+
+fn report(a: &wgpu::Adapter) -> AdapterReport {
+    let i = a.get_info();
+    let l = a.limits();
+    AdapterReport {
+        name: i.name.clone(),
+        backend: i.backend.to_str().to_string(),
+        device_type: format!("{:?}", i.device_type),
+        driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+        software: i.device_type == wgpu::DeviceType::Cpu,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+        max_buffer_size: l.max_buffer_size,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+    }
+}
+
+/// Vulkan, Metal and DX12 (GL's compute support is too thin, and probing it on a
+/// headless machine only prints EGL noise); WGPU_BACKEND overrides.
+fn instance() -> wgpu::Instance {
+    let desc = wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    };
+    wgpu::Instance::new(desc.with_env())
+}
+
+/// Usable compute adapters, best first: hardware before software, discrete before
+/// integrated, native APIs before GL.
+fn ranked_adapters() -> Vec<wgpu::Adapter> {
+    let mut v: Vec<wgpu::Adapter> = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        .collect();
+    let rank = |a: &wgpu::Adapter| {
+        let i = a.get_info();
+        let t = match i.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        (t, (i.backend == wgpu::Backend::Gl) as u8)
+    };
+    v.sort_by_key(rank);
+    v
+}
+
+/// Every adapter wgpu finds, best first.
+pub fn list_adapters() -> Vec<AdapterReport> {
+    ranked_adapters().iter().map(report).collect()
+}
+
+/// The adapter a job would use: the best hardware one, or a software one (lavapipe)
+/// only when `allow_software`.
+pub fn pick_adapter(allow_software: bool) -> Option<AdapterReport> {
+    ranked_adapters().iter().find(|a| allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu).map(report)
+}
+
+struct Pipe {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Device, queue and pipelines, built once per job.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pub adapter: AdapterReport,
+    limits: wgpu::Limits,
+    assign: Pipe,
+    partials: Pipe,
+    combine: Pipe,
+}
+
+fn gpu_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Runtime(format!("GPU {what}: {e}"))
+}
+
+fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    }
+}
+
+fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    entry(binding, wgpu::BufferBindingType::Storage { read_only })
+}
+
+impl GpuContext {
+    /// Open the best adapter (software only if allowed). `Ok(None)` when there is none.
+    pub fn new(allow_software: bool) -> Result<Option<Self>> {
+        let Some(adapter) =
+            ranked_adapters().into_iter().find(|a| allow_software || a.get_info().device_type != wgpu::DeviceType::Cpu)
+        else {
+            return Ok(None);
+        };
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("microseg"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| gpu_err("device request failed", e))?;
+        device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
+            eprintln!("microseg: uncaptured GPU error: {e}");
+        }));
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let make = |src: &str, name: &str, entries: &[wgpu::BindGroupLayoutEntry]| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
+            });
+            let layout =
+                device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries });
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            Pipe { pipeline, layout }
+        };
+        let uniform = entry(0, wgpu::BufferBindingType::Uniform);
+        let assign = make(
+            ASSIGN_WGSL,
+            "assign",
+            &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, false), storage(5, false)],
+        );
+        let partials = make(
+            REDUCE_PARTIALS_WGSL,
+            "reduce_partials",
+            &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, true), storage(5, false)],
+        );
+        let combine = make(REDUCE_COMBINE_WGSL, "reduce_combine", &[uniform, storage(1, true), storage(2, false)]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err("pipeline creation failed", e));
+        }
+        Ok(Some(GpuContext { device, queue, adapter: report(&adapter), limits, assign, partials, combine }))
+    }
+
+    fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16),
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn upload(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        if bytes.is_empty() {
+            return self.buffer(label, 16, usage);
+        }
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
+    }
+
+    /// The one readback helper: copy → map → poll → cast → unmap.
+    fn read<T: Pod>(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        let staging = self.buffer("readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_err("wait failed", e))?;
+        rx.recv().map_err(|e| gpu_err("readback failed", e))?.map_err(|e| gpu_err("readback failed", e))?;
+        let out = {
+            let view = slice.get_mapped_range().map_err(|e| gpu_err("readback failed", e))?;
+            bytemuck::cast_slice::<u8, T>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes.
+    fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let v = pollster::block_on(val.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o {
+            return Err(gpu_err(&format!("{what}: out of device memory"), e));
+        }
+        if let Some(e) = v {
+            return Err(gpu_err(&format!("{what}: validation error"), e));
+        }
+        r
+    }
+
+    fn bind(&self, pipe: &Pipe, buffers: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipe.layout,
+            entries: &entries,
+        })
+    }
+
+    fn dispatch(&self, enc: &mut wgpu::CommandEncoder, pipe: &Pipe, bg: &wgpu::BindGroup, groups: u32) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        pass.set_pipeline(&pipe.pipeline);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+    }
+}
+
+/// Row chunks of the points, each under the storage-binding cap.
+struct Chunks {
+    /// (first row, rows) per chunk.
+    ranges: Vec<(usize, usize)>,
+}
+
+/// Rows per chunk: every per-row buffer of a chunk (points: 4·d bytes per row,
+/// outputs: 16) must fit one storage binding, and its workgroups one dispatch.
+fn chunk_rows(ctx: &GpuContext, dim: usize, forced: Option<usize>) -> usize {
+    let by_binding = (ctx.limits.max_storage_buffer_binding_size / (4 * dim.max(4)) as u64) as usize;
+    let by_dispatch = (MAX_GROUPS * ASSIGN_TILE) as usize;
+    let env = std::env::var(CHUNK_ROWS_ENV).ok().and_then(|v| v.parse::<usize>().ok());
+    forced.or(env).unwrap_or(usize::MAX).min(by_binding).min(by_dispatch).max(1)
+}
+
+fn chunks(n: usize, rows: usize) -> Chunks {
+    Chunks { ranges: (0..n).step_by(rows.max(1)).map(|s| (s, rows.min(n - s))).collect() }
+}
+
+/// Points on the device, shifted by their column means: distances do not change, and
+/// the f32 expansion ‖x‖² − 2x·c + ‖c‖² no longer cancels on data far from the origin.
+#[derive(Clone)]
+struct DevicePoints {
+    buffers: Vec<wgpu::Buffer>,
+    shift: Vec<f32>,
+}
+
+/// Points kept on the device between passes (uploaded once per fit).
+struct Resident {
+    key: (usize, usize, u64),
+    dim: usize,
+    chunk_rows: usize,
+    points: DevicePoints,
+}
+
+/// A cheap identity for a points slice: address, length and a sample of values.
+fn key_of(points: &[f32]) -> (usize, usize, u64) {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let step = (points.len() / 64).max(1);
+    for v in points.iter().step_by(step) {
+        h = (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    (points.as_ptr() as usize, points.len(), h)
+}
+
+pub struct WgpuBackend {
+    pub ctx: GpuContext,
+    resident: Mutex<Option<Resident>>,
+    chunk_rows: Option<usize>,
+    resident_budget: Option<u64>,
+}
+
+impl WgpuBackend {
+    pub fn new(ctx: GpuContext) -> Self {
+        WgpuBackend { ctx, resident: Mutex::new(None), chunk_rows: None, resident_budget: None }
+    }
+
+    /// Force chunks of at most `rows` rows (tests exercise tiling with tiny chunks).
+    pub fn with_chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = Some(rows.max(1));
+        self
+    }
+
+    /// Keep at most `bytes` of points resident; larger data streams every pass.
+    pub fn with_resident_budget(mut self, bytes: u64) -> Self {
+        self.resident_budget = Some(bytes);
+        self
+    }
+
+    /// Open the best adapter; `Ok(None)` when none exists.
+    pub fn open(allow_software: bool) -> Result<Option<Self>> {
+        Ok(GpuContext::new(allow_software)?.map(WgpuBackend::new))
+    }
+
+    fn resident_budget(&self) -> u64 {
+        let mib = std::env::var(RESIDENT_MIB_ENV).ok().and_then(|v| v.parse::<u64>().ok());
+        self.resident_budget.or(mib.map(|m| m << 20)).unwrap_or(self.ctx.limits.max_buffer_size.min(8 << 30))
+    }
+
+    /// Device buffers for the points: resident ones when the data fits the budget
+    /// (reused while the same slice comes back), else uploaded for this pass only.
+    fn point_buffers(&self, points: &[f32], dim: usize) -> (DevicePoints, Chunks) {
+        let n = points.len() / dim;
+        let rows = chunk_rows(&self.ctx, dim, self.chunk_rows);
+        let ch = chunks(n, rows);
+        let key = key_of(points);
+        let fits = (points.len() * 4) as u64 <= self.resident_budget();
+        let mut guard = self.resident.lock().unwrap();
+        if let Some(r) = guard.as_ref() {
+            if r.key == key && r.dim == dim && r.chunk_rows == rows {
+                return (r.points.clone(), ch);
+            }
+        }
+        let shift: Vec<f32> = crate::features::column_means_of(points, dim, false).iter().map(|m| *m as f32).collect();
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let buffers: Vec<wgpu::Buffer> = ch
+            .ranges
+            .iter()
+            .map(|&(s, m)| {
+                let shifted: Vec<f32> = points[s * dim..(s + m) * dim]
+                    .chunks_exact(dim)
+                    .flat_map(|row| row.iter().zip(&shift).map(|(v, c)| v - c))
+                    .collect();
+                self.ctx.upload("points", bytemuck::cast_slice(&shifted), usage)
+            })
+            .collect();
+        let dp = DevicePoints { buffers, shift };
+        if fits {
+            *guard = Some(Resident { key, dim, chunk_rows: rows, points: dp.clone() });
+        }
+        (dp, ch)
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn exact_labels(&self) -> bool {
+        false
+    }
+
+    fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
+        let (k, dim) = (centroids.k, centroids.dim);
+        let ctx = &self.ctx;
+        ctx.scoped("assign", || {
+            let (dp, ch) = self.point_buffers(points, dim);
+            let bufs = &dp.buffers;
+            let shifted: Vec<f32> = centroids
+                .data
+                .chunks_exact(dim)
+                .flat_map(|row| row.iter().zip(&dp.shift).map(|(v, c)| v - c))
+                .collect();
+            let norms: Vec<f32> = shifted.chunks_exact(dim).map(|row| row.iter().map(|v| v * v).sum()).collect();
+            let st = wgpu::BufferUsages::STORAGE;
+            let cbuf = ctx.upload("centroids", bytemuck::cast_slice(&shifted), st);
+            let nbuf = ctx.upload("norms", bytemuck::cast_slice(&norms), st);
+            for (buf, &(s, m)) in bufs.iter().zip(&ch.ranges) {
+                let params = AssignParams { n: m as u32, k: k as u32, d: dim as u32, _pad: 0 };
+                let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+                let prev: Vec<GpuNearest> = out[s..s + m]
+                    .iter()
+                    .map(|o| GpuNearest { label: o.label, dist: 0.0, second: 0.0, changed: 0 })
+                    .collect();
+                let obuf = ctx.upload("nearest", bytemuck::cast_slice(&prev), st | wgpu::BufferUsages::COPY_SRC);
+                let changes =
+                    ctx.upload("changes", bytemuck::cast_slice(&[0u32; 4]), st | wgpu::BufferUsages::COPY_SRC);
+                let bg = ctx.bind(
+                    &ctx.assign,
+                    &[
+                        pbuf.as_entire_binding(),
+                        buf.as_entire_binding(),
+                        cbuf.as_entire_binding(),
+                        nbuf.as_entire_binding(),
+                        obuf.as_entire_binding(),
+                        changes.as_entire_binding(),
+                    ],
+                );
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                ctx.dispatch(&mut enc, &ctx.assign, &bg, (m as u32).div_ceil(ASSIGN_TILE));
+                ctx.queue.submit([enc.finish()]);
+                let res: Vec<GpuNearest> = ctx.read(&obuf, (m * 16) as u64)?;
+                for (o, r) in out[s..s + m].iter_mut().zip(&res) {
+                    *o = Nearest { label: r.label, dist: r.dist, second: r.second };
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats> {
+        let n = nearest.len();
+        let dim = if n == 0 { 1 } else { points.len() / n };
+        let ctx = &self.ctx;
+        let width = dim + 2;
+        ctx.scoped("reduce", || {
+            let (dp, ch) = self.point_buffers(points, dim);
+            let bufs = &dp.buffers;
+            let slot_bytes = (k * width * 8) as u64;
+            let cap = PARTIALS_BUDGET.min(ctx.limits.max_storage_buffer_binding_size);
+            let max_slots = (cap / slot_bytes).max(1) as usize;
+            // Slots per chunk: proportional to its rows, at least one, 256 rows or more each.
+            let per_chunk: Vec<usize> = ch
+                .ranges
+                .iter()
+                .map(|&(_, m)| ((max_slots * m).div_ceil(n.max(1))).min(m.div_ceil(256)).clamp(1, MAX_GROUPS as usize))
+                .collect();
+            let slots: usize = per_chunk.iter().sum();
+            if slots as u64 * slot_bytes > ctx.limits.max_storage_buffer_binding_size {
+                return Err(Error::Runtime(format!(
+                    "GPU reduce: {k} centroids × {width} columns do not fit one storage binding; use --backend cpu"
+                )));
+            }
+            let st = wgpu::BufferUsages::STORAGE;
+            let partials = ctx.buffer("partials", slots as u64 * slot_bytes, st | wgpu::BufferUsages::COPY_DST);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            enc.clear_buffer(&partials, 0, None);
+            ctx.queue.submit([enc.finish()]);
+            let mut slot0 = 0usize;
+            for ((buf, &(s, m)), &g) in bufs.iter().zip(&ch.ranges).zip(&per_chunk) {
+                let labels: Vec<u32> = nearest[s..s + m].iter().map(|r| r.label).collect();
+                let dists: Vec<f32> = nearest[s..s + m].iter().map(|r| r.dist).collect();
+                let lbuf = ctx.upload("labels", bytemuck::cast_slice(&labels), st);
+                let dbuf = ctx.upload("dists", bytemuck::cast_slice(&dists), st);
+                let wbuf = match weights {
+                    Some(w) => ctx.upload("weights", bytemuck::cast_slice(&w[s..s + m]), st),
+                    None => ctx.buffer("weights", 16, st),
+                };
+                let params = PartialParams {
+                    n: m as u32,
+                    k: k as u32,
+                    d: dim as u32,
+                    rows_per_group: m.div_ceil(g) as u32,
+                    weighted: weights.is_some() as u32,
+                    slot0: slot0 as u32,
+                    _pad0: 0,
+                    _pad1: 0,
+                };
+                let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+                let bg = ctx.bind(
+                    &ctx.partials,
+                    &[
+                        pbuf.as_entire_binding(),
+                        buf.as_entire_binding(),
+                        lbuf.as_entire_binding(),
+                        dbuf.as_entire_binding(),
+                        wbuf.as_entire_binding(),
+                        partials.as_entire_binding(),
+                    ],
+                );
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                ctx.dispatch(&mut enc, &ctx.partials, &bg, g as u32);
+                ctx.queue.submit([enc.finish()]);
+                slot0 += g;
+            }
+            let cells = k * width;
+            let params = CombineParams { k: k as u32, width: width as u32, slots: slots as u32, _pad: 0 };
+            let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+            let totals = ctx.buffer("totals", (cells * 4) as u64, st | wgpu::BufferUsages::COPY_SRC);
+            let bg = ctx.bind(
+                &ctx.combine,
+                &[pbuf.as_entire_binding(), partials.as_entire_binding(), totals.as_entire_binding()],
+            );
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            ctx.dispatch(&mut enc, &ctx.combine, &bg, (cells as u32).div_ceil(REDUCE_WG));
+            ctx.queue.submit([enc.finish()]);
+            let t: Vec<f32> = ctx.read(&totals, (cells * 4) as u64)?;
+            let mut stats = ClusterStats::zeros(k, dim);
+            for nr in nearest {
+                stats.count[nr.label as usize] += 1;
+            }
+            for j in 0..k {
+                let row = &t[j * width..(j + 1) * width];
+                stats.weight[j] = row[dim] as f64;
+                for p in 0..dim {
+                    // The device summed shifted rows: add the shift back.
+                    stats.sum[j * dim + p] = row[p] as f64 + dp.shift[p] as f64 * stats.weight[j];
+                }
+                stats.sse[j] = row[dim + 1] as f64;
+            }
+            Ok(stats)
+        })
+    }
+}

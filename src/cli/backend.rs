@@ -1,0 +1,130 @@
+//! Backend choice for every command that runs an algorithm (`--backend`, or
+//! MICROSEG_BACKEND for batch jobs), and `microseg info`.
+
+use clap::{Args, ValueEnum};
+
+use super::log;
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::wgpu::{self as gpu, WgpuBackend};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendArg {
+    /// A hardware GPU when one exists (said on stderr), else the CPU.
+    Auto,
+    /// The GPU; fails when there is none.
+    Gpu,
+    Cpu,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BackendArgs {
+    /// Where the passes run.
+    #[arg(long, value_enum, env = "MICROSEG_BACKEND", default_value = "auto")]
+    pub backend: BackendArg,
+    /// Also accept a software GPU adapter (Mesa's lavapipe); slower than the CPU
+    /// backend, useful to test the shaders on a machine without a GPU.
+    #[arg(long, env = "MICROSEG_ALLOW_SOFTWARE_GPU")]
+    pub allow_software_gpu: bool,
+}
+
+/// Open the backend the flags ask for.
+pub(crate) fn open(a: &BackendArgs) -> Result<Box<dyn Backend>> {
+    match a.backend {
+        BackendArg::Cpu => Ok(Box::new(CpuBackend::default())),
+        BackendArg::Gpu => match WgpuBackend::open(a.allow_software_gpu)? {
+            Some(b) => {
+                log(format!(
+                    "using GPU adapter {} ({}, {})",
+                    b.ctx.adapter.name, b.ctx.adapter.backend, b.ctx.adapter.device_type
+                ));
+                Ok(Box::new(b))
+            }
+            None => Err(Error::Usage(no_gpu_message(a.allow_software_gpu))),
+        },
+        BackendArg::Auto => match WgpuBackend::open(a.allow_software_gpu)? {
+            Some(b) => {
+                log(format!(
+                    "using GPU adapter {} ({}, {}); --backend cpu to stay on the CPU",
+                    b.ctx.adapter.name, b.ctx.adapter.backend, b.ctx.adapter.device_type
+                ));
+                Ok(Box::new(b))
+            }
+            None => {
+                log("no GPU adapter found; using the CPU backend");
+                Ok(Box::new(CpuBackend::default()))
+            }
+        },
+    }
+}
+
+fn no_gpu_message(allow_software: bool) -> String {
+    let seen = gpu::list_adapters();
+    let seen = if seen.is_empty() {
+        "wgpu found no adapter at all".to_string()
+    } else {
+        format!(
+            "wgpu found only: {}",
+            seen.iter()
+                .map(|a| format!("{} ({}, {})", a.name, a.backend, a.device_type))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    let hint = if allow_software { "" } else { "; --allow-software-gpu accepts a software adapter such as lavapipe" };
+    format!("--backend gpu: no GPU adapter ({seen}); use --backend cpu{hint}")
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// Also consider software adapters for the job (as --allow-software-gpu).
+    #[arg(long)]
+    allow_software_gpu: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run_info(a: InfoArgs) -> Result<()> {
+    let adapters = gpu::list_adapters();
+    let chosen = gpu::pick_adapter(a.allow_software_gpu);
+    let would_use = match &chosen {
+        Some(c) => format!("wgpu on {} ({})", c.name, c.backend),
+        None => "cpu".to_string(),
+    };
+    if a.json {
+        return super::print_json(&serde_json::json!({
+            "command": "info",
+            "engine_version": crate::ENGINE_VERSION,
+            "cpu_threads": rayon::current_num_threads(),
+            "cpu_fused_kernel": crate::backend::cpu::fused::available(),
+            "adapters": adapters,
+            "auto_backend": would_use,
+        }));
+    }
+    println!("microseg {}", crate::ENGINE_VERSION);
+    println!(
+        "cpu: {} threads, distance kernel: {}",
+        rayon::current_num_threads(),
+        if crate::backend::cpu::fused::available() { "fused AVX2/FMA" } else { "SGEMM (matrixmultiply)" }
+    );
+    if adapters.is_empty() {
+        println!("gpu: no adapter found");
+    }
+    for (i, ad) in adapters.iter().enumerate() {
+        println!(
+            "gpu {i}: {} ({}, {}{}), driver {}; max storage binding {} MiB, max buffer {} MiB, workgroup storage {} B, {} invocations/workgroup",
+            ad.name,
+            ad.backend,
+            ad.device_type,
+            if ad.software { ", software" } else { "" },
+            if ad.driver.is_empty() { "?" } else { &ad.driver },
+            ad.max_storage_buffer_binding_size >> 20,
+            ad.max_buffer_size >> 20,
+            ad.max_compute_workgroup_storage_size,
+            ad.max_compute_invocations_per_workgroup
+        );
+    }
+    println!("--backend auto would use: {would_use}");
+    Ok(())
+}

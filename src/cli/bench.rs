@@ -1,0 +1,180 @@
+//! `microseg bench`: the same data through each backend: per-pass times (upload,
+//! assign, reduce, readback folded into the pass), throughput, and label agreement.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::backend::{BackendArg, BackendArgs};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Centroids, Nearest};
+use crate::error::{Error, Result};
+use crate::features::{self, Matrix, MissingPolicy, Scale};
+use crate::io::Dataset;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// A Parquet table (all numeric feature columns, standard-scaled); default: generated rows.
+    input: Option<PathBuf>,
+    /// Generated rows (without INPUT).
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Generated features (without INPUT).
+    #[arg(long, default_value_t = 32)]
+    dims: usize,
+    #[arg(long)]
+    k: usize,
+    /// Timed repetitions of each pass (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Backends to compare: cpu, gpu or both (gpu skipped with a notice when absent).
+    #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
+    backends: Vec<BackendArg>,
+    #[arg(long)]
+    allow_software_gpu: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+fn data(a: &BenchArgs) -> Result<Matrix> {
+    if let Some(p) = &a.input {
+        let ds = Dataset::open(std::slice::from_ref(p))?;
+        let cols = features::select_columns(&ds, None, &[], &[], &["subscriber_id"])?;
+        let mut t = features::load_training(&ds, &cols, None, MissingPolicy::Drop)?;
+        let tf = features::fit_transforms(&t.matrix, &cols, Scale::Standard, None);
+        features::apply_transforms(&mut t.matrix.data, &tf);
+        return Ok(t.matrix);
+    }
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let centres: Vec<f32> = (0..64 * a.dims).map(|_| rng.random::<f32>() * 6.0 - 3.0).collect();
+    let mut v = Vec::with_capacity(a.rows * a.dims);
+    for i in 0..a.rows {
+        let c = (i * 7919) % 64;
+        for f in 0..a.dims {
+            v.push(centres[c * a.dims + f] + rng.random::<f32>() - 0.5);
+        }
+    }
+    Ok(Matrix::new(v, a.dims))
+}
+
+struct Row {
+    backend: &'static str,
+    first_assign: f64,
+    assign: f64,
+    reduce: f64,
+    labels: Vec<u32>,
+    nearest: Vec<Nearest>,
+}
+
+fn time_backend(b: &dyn Backend, x: &Matrix, c: &Centroids, iters: usize) -> Result<Row> {
+    let mut out = vec![Nearest::default(); x.n()];
+    let t = Instant::now();
+    b.assign(&x.data, c, &mut out)?; // includes the upload of resident data
+    let first_assign = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..iters {
+        b.assign(&x.data, c, &mut out)?;
+    }
+    let assign = t.elapsed().as_secs_f64() / iters as f64;
+    let t = Instant::now();
+    for _ in 0..iters {
+        b.reduce(&x.data, None, &out, c.k)?;
+    }
+    let reduce = t.elapsed().as_secs_f64() / iters as f64;
+    Ok(Row {
+        backend: b.name(),
+        first_assign,
+        assign,
+        reduce,
+        labels: out.iter().map(|o| o.label).collect(),
+        nearest: out,
+    })
+}
+
+pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
+    let x = data(&a)?;
+    if a.k == 0 || a.k > x.n() {
+        return Err(Error::Usage(format!("--k must be between 1 and the {} rows", x.n())));
+    }
+    let (n, d, k) = (x.n(), x.dim, a.k);
+    let step = n / k;
+    let c = Centroids::new((0..k).flat_map(|j| x.row(j * step).to_vec()).collect(), d);
+    let mut rows = Vec::new();
+    for which in &a.backends {
+        let b: Box<dyn Backend> = match which {
+            BackendArg::Cpu => Box::new(CpuBackend::default()),
+            _ => match super::backend::open(&BackendArgs {
+                backend: BackendArg::Gpu,
+                allow_software_gpu: a.allow_software_gpu,
+            }) {
+                Ok(b) => b,
+                Err(e) => {
+                    super::log(format!("skipping the GPU: {e}"));
+                    continue;
+                }
+            },
+        };
+        rows.push(time_backend(b.as_ref(), &x, &c, a.iters.max(1))?);
+    }
+    let flops = 2.0 * n as f64 * k as f64 * d as f64;
+    let reference = rows.iter().position(|r| r.backend == "cpu");
+    let mut out = Vec::new();
+    for r in &rows {
+        let (agree, non_tie) = match reference {
+            Some(i) => {
+                let refr = &rows[i];
+                let mut same = 0usize;
+                let mut non_tie = 0usize;
+                for (p, (l, rl)) in r.labels.iter().zip(&refr.labels).enumerate() {
+                    if l == rl {
+                        same += 1;
+                    } else {
+                        let nr = refr.nearest[p];
+                        if (nr.second - nr.dist) > 1e-5 * nr.second.max(f32::MIN_POSITIVE) {
+                            non_tie += 1;
+                        }
+                    }
+                }
+                (same as f64 / n as f64, non_tie)
+            }
+            None => (f64::NAN, 0),
+        };
+        out.push(serde_json::json!({
+            "backend": r.backend,
+            "first_assign_seconds": r.first_assign,
+            "assign_seconds": r.assign,
+            "reduce_seconds": r.reduce,
+            "assign_gflops": flops / r.assign / 1e9,
+            "points_centroids_dims_per_second": n as f64 * k as f64 * d as f64 / r.assign,
+            "label_agreement_with_cpu": agree,
+            "mismatches_beyond_near_ties": non_tie,
+        }));
+    }
+    if a.json {
+        return super::print_json(
+            &serde_json::json!({"command": "bench", "n": n, "d": d, "k": k, "iters": a.iters, "results": out}),
+        );
+    }
+    println!("n={n} d={d} k={k} ({} timed repetitions; first assign includes the upload)", a.iters);
+    println!(
+        "| backend | first assign s | assign s | reduce s | assign GFLOP/s | label agreement with cpu | mismatches beyond near-ties |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for o in &out {
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.1} | {:.6} | {} |",
+            o["backend"].as_str().unwrap(),
+            o["first_assign_seconds"].as_f64().unwrap(),
+            o["assign_seconds"].as_f64().unwrap(),
+            o["reduce_seconds"].as_f64().unwrap(),
+            o["assign_gflops"].as_f64().unwrap(),
+            o["label_agreement_with_cpu"].as_f64().unwrap_or(f64::NAN),
+            o["mismatches_beyond_near_ties"]
+        );
+    }
+    Ok(())
+}
