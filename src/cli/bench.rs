@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::backend::{BackendArg, BackendArgs};
+use super::backend::BackendArg;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::wgpu::{PassTimes, WgpuBackend};
 use crate::backend::{Backend, Centroids, Nearest};
 use crate::error::{Error, Result};
 use crate::features::{self, Matrix, MissingPolicy, Scale};
@@ -66,30 +67,50 @@ struct Row {
     first_assign: f64,
     assign: f64,
     reduce: f64,
+    /// GPU only: the upload, and per assign pass the compute and readback parts.
+    gpu: Option<(f64, PassTimes)>,
     labels: Vec<u32>,
     nearest: Vec<Nearest>,
 }
 
-fn time_backend(b: &dyn Backend, x: &Matrix, c: &Centroids, iters: usize) -> Result<Row> {
+enum Timed {
+    Cpu(CpuBackend),
+    Gpu(Box<WgpuBackend>),
+}
+
+fn time_backend(which: &Timed, x: &Matrix, c: &Centroids, iters: usize) -> Result<Row> {
+    let b: &dyn Backend = match which {
+        Timed::Cpu(b) => b,
+        Timed::Gpu(b) => b.as_ref(),
+    };
+    let take = || match which {
+        Timed::Gpu(g) => g.take_times(),
+        Timed::Cpu(_) => PassTimes::default(),
+    };
     let mut out = vec![Nearest::default(); x.n()];
     let t = Instant::now();
     b.assign(&x.data, c, &mut out)?; // includes the upload of resident data
     let first_assign = t.elapsed().as_secs_f64();
+    let upload = take().upload;
     let t = Instant::now();
     for _ in 0..iters {
         b.assign(&x.data, c, &mut out)?;
     }
     let assign = t.elapsed().as_secs_f64() / iters as f64;
+    let pt = take();
+    let per = PassTimes { upload, compute: pt.compute / iters as f64, readback: pt.readback / iters as f64 };
     let t = Instant::now();
     for _ in 0..iters {
         b.reduce(&x.data, None, &out, c.k)?;
     }
     let reduce = t.elapsed().as_secs_f64() / iters as f64;
+    let gpu = matches!(which, Timed::Gpu(_)).then_some((upload, per));
     Ok(Row {
         backend: b.name(),
         first_assign,
         assign,
         reduce,
+        gpu,
         labels: out.iter().map(|o| o.label).collect(),
         nearest: out,
     })
@@ -105,20 +126,23 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
     let c = Centroids::new((0..k).flat_map(|j| x.row(j * step).to_vec()).collect(), d);
     let mut rows = Vec::new();
     for which in &a.backends {
-        let b: Box<dyn Backend> = match which {
-            BackendArg::Cpu => Box::new(CpuBackend::default()),
-            _ => match super::backend::open(&BackendArgs {
-                backend: BackendArg::Gpu,
-                allow_software_gpu: a.allow_software_gpu,
-            }) {
-                Ok(b) => b,
-                Err(e) => {
-                    super::log(format!("skipping the GPU: {e}"));
+        let b = match which {
+            BackendArg::Cpu => Timed::Cpu(CpuBackend::default()),
+            _ => match WgpuBackend::open(a.allow_software_gpu)? {
+                Some(g) => {
+                    super::log(format!(
+                        "GPU adapter {} ({}, {})",
+                        g.ctx.adapter.name, g.ctx.adapter.backend, g.ctx.adapter.device_type
+                    ));
+                    Timed::Gpu(Box::new(g))
+                }
+                None => {
+                    super::log("no GPU adapter (--allow-software-gpu accepts lavapipe): GPU skipped");
                     continue;
                 }
             },
         };
-        rows.push(time_backend(b.as_ref(), &x, &c, a.iters.max(1))?);
+        rows.push(time_backend(&b, &x, &c, a.iters.max(1))?);
     }
     let flops = 2.0 * n as f64 * k as f64 * d as f64;
     let reference = rows.iter().position(|r| r.backend == "cpu");
@@ -148,6 +172,9 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
             "first_assign_seconds": r.first_assign,
             "assign_seconds": r.assign,
             "reduce_seconds": r.reduce,
+            "gpu_upload_seconds": r.gpu.map(|g| g.0),
+            "gpu_assign_compute_seconds": r.gpu.map(|g| g.1.compute),
+            "gpu_assign_readback_seconds": r.gpu.map(|g| g.1.readback),
             "assign_gflops": flops / r.assign / 1e9,
             "points_centroids_dims_per_second": n as f64 * k as f64 * d as f64 / r.assign,
             "label_agreement_with_cpu": agree,
@@ -161,15 +188,19 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
     }
     println!("n={n} d={d} k={k} ({} timed repetitions; first assign includes the upload)", a.iters);
     println!(
-        "| backend | first assign s | assign s | reduce s | assign GFLOP/s | label agreement with cpu | mismatches beyond near-ties |"
+        "| backend | first assign s | upload s | assign s | of which compute s | readback s | reduce s | assign GFLOP/s | label agreement with cpu | mismatches beyond near-ties |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let opt = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
     for o in &out {
         println!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.1} | {:.6} | {} |",
+            "| {} | {:.4} | {} | {:.4} | {} | {} | {:.4} | {:.1} | {:.6} | {} |",
             o["backend"].as_str().unwrap(),
             o["first_assign_seconds"].as_f64().unwrap(),
+            opt(&o["gpu_upload_seconds"]),
             o["assign_seconds"].as_f64().unwrap(),
+            opt(&o["gpu_assign_compute_seconds"]),
+            opt(&o["gpu_assign_readback_seconds"]),
             o["reduce_seconds"].as_f64().unwrap(),
             o["assign_gflops"].as_f64().unwrap(),
             o["label_agreement_with_cpu"].as_f64().unwrap_or(f64::NAN),

@@ -372,16 +372,31 @@ fn key_of(points: &[f32]) -> (usize, usize, u64) {
     (points.as_ptr() as usize, points.len(), h)
 }
 
+/// Seconds spent per kind of work since the last `take_times` (for `microseg bench`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PassTimes {
+    pub upload: f64,
+    pub compute: f64,
+    pub readback: f64,
+}
+
 pub struct WgpuBackend {
     pub ctx: GpuContext,
     resident: Mutex<Option<Resident>>,
+    times: Mutex<PassTimes>,
     chunk_rows: Option<usize>,
     resident_budget: Option<u64>,
 }
 
 impl WgpuBackend {
     pub fn new(ctx: GpuContext) -> Self {
-        WgpuBackend { ctx, resident: Mutex::new(None), chunk_rows: None, resident_budget: None }
+        WgpuBackend {
+            ctx,
+            resident: Mutex::new(None),
+            times: Mutex::new(PassTimes::default()),
+            chunk_rows: None,
+            resident_budget: None,
+        }
     }
 
     /// Force chunks of at most `rows` rows (tests exercise tiling with tiny chunks).
@@ -394,6 +409,31 @@ impl WgpuBackend {
     pub fn with_resident_budget(mut self, bytes: u64) -> Self {
         self.resident_budget = Some(bytes);
         self
+    }
+
+    /// Upload, compute and readback seconds since the last call.
+    pub fn take_times(&self) -> PassTimes {
+        std::mem::take(&mut *self.times.lock().unwrap())
+    }
+
+    fn add_time(&self, f: impl FnOnce(&mut PassTimes) -> &mut f64, since: std::time::Instant) {
+        *f(&mut self.times.lock().unwrap()) += since.elapsed().as_secs_f64();
+    }
+
+    /// Submit and wait until the device is done (so compute time is measured alone).
+    fn run(&self, enc: wgpu::CommandEncoder) -> Result<()> {
+        let t = std::time::Instant::now();
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_err("wait failed", e))?;
+        self.add_time(|t| &mut t.compute, t);
+        Ok(())
+    }
+
+    fn read<T: Pod>(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        let t = std::time::Instant::now();
+        let r = self.ctx.read(src, bytes);
+        self.add_time(|t| &mut t.readback, t);
+        r
     }
 
     /// Open the best adapter; `Ok(None)` when none exists.
@@ -421,6 +461,7 @@ impl WgpuBackend {
             }
         }
         let shift: Vec<f32> = crate::features::column_means_of(points, dim, false).iter().map(|m| *m as f32).collect();
+        let t_up = std::time::Instant::now();
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let buffers: Vec<wgpu::Buffer> = ch
             .ranges
@@ -433,6 +474,10 @@ impl WgpuBackend {
                 self.ctx.upload("points", bytemuck::cast_slice(&shifted), usage)
             })
             .collect();
+        // Make the copies happen now, so upload time is not counted as compute.
+        self.ctx.queue.submit([]);
+        let _ = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        self.add_time(|t| &mut t.upload, t_up);
         let dp = DevicePoints { buffers, shift };
         if fits {
             *guard = Some(Resident { key, dim, chunk_rows: rows, points: dp.clone() });
@@ -488,8 +533,8 @@ impl Backend for WgpuBackend {
                 );
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 ctx.dispatch(&mut enc, &ctx.assign, &bg, (m as u32).div_ceil(ASSIGN_TILE));
-                ctx.queue.submit([enc.finish()]);
-                let res: Vec<GpuNearest> = ctx.read(&obuf, (m * 16) as u64)?;
+                self.run(enc)?;
+                let res: Vec<GpuNearest> = self.read(&obuf, (m * 16) as u64)?;
                 for (o, r) in out[s..s + m].iter_mut().zip(&res) {
                     *o = Nearest { label: r.label, dist: r.dist, second: r.second };
                 }
@@ -560,7 +605,7 @@ impl Backend for WgpuBackend {
                 );
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 ctx.dispatch(&mut enc, &ctx.partials, &bg, g as u32);
-                ctx.queue.submit([enc.finish()]);
+                self.run(enc)?;
                 slot0 += g;
             }
             let cells = k * width;
@@ -573,8 +618,8 @@ impl Backend for WgpuBackend {
             );
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             ctx.dispatch(&mut enc, &ctx.combine, &bg, (cells as u32).div_ceil(REDUCE_WG));
-            ctx.queue.submit([enc.finish()]);
-            let t: Vec<f32> = ctx.read(&totals, (cells * 4) as u64)?;
+            self.run(enc)?;
+            let t: Vec<f32> = self.read(&totals, (cells * 4) as u64)?;
             let mut stats = ClusterStats::zeros(k, dim);
             for nr in nearest {
                 stats.count[nr.label as usize] += 1;
