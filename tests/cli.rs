@@ -370,3 +370,164 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("weird"));
 }
+
+#[test]
+fn every_numeric_type_and_embeddings_become_features() {
+    use arrow::array::{BooleanArray, Decimal128Array, FixedSizeListArray, Int16Array, UInt8Array};
+    use arrow::datatypes::Float32Type;
+    let d = TempDir::new().unwrap();
+    let n = 60usize;
+    let emb = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+        (0..n).map(|i| Some(vec![Some(i as f32), Some((i % 5) as f32), Some(1.0)])),
+        3,
+    );
+    write_parquet(
+        &d.path().join("t.parquet"),
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef),
+            ("small", Arc::new(UInt8Array::from_iter_values((0..n).map(|i| (i % 7) as u8))) as ArrayRef),
+            ("signed", Arc::new(Int16Array::from_iter_values((0..n).map(|i| i as i16 - 30))) as ArrayRef),
+            ("flag", Arc::new(BooleanArray::from_iter((0..n).map(|i| Some(i % 2 == 0)))) as ArrayRef),
+            (
+                "price",
+                Arc::new(
+                    Decimal128Array::from_iter_values((0..n).map(|i| i as i128 * 125))
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ) as ArrayRef,
+            ),
+            ("emb", Arc::new(emb) as ArrayRef),
+        ],
+    );
+    let o = run(&["fit", "t.parquet", "--k", "3", "--scale", "none", "--model", "m.json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("m.json")).unwrap()).unwrap();
+    let names: Vec<&str> = model["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["small", "signed", "flag", "price", "emb[0]", "emb[1]", "emb[2]"]);
+    // Decimal 1.25 per row: the centroids' mean price must be in that scale (0 .. 73.75).
+    for s in model["segments"].as_array().unwrap() {
+        let price = s["centroid_original"][3].as_f64().unwrap();
+        assert!((0.0..=73.75).contains(&price), "price {price}");
+        let flag = s["centroid_original"][2].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&flag), "flag {flag}");
+    }
+}
+
+#[test]
+fn several_files_and_a_directory_read_as_one_table() {
+    let d = TempDir::new().unwrap();
+    std::fs::create_dir(d.path().join("parts")).unwrap();
+    table(&d.path().join("parts"), "a.parquet", 100);
+    table(&d.path().join("parts"), "b.parquet", 50);
+    let o = run(&["fit", "parts", "--k", "2", "--model", "dir.json", "--json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_rows"], 150);
+    let o = run(&["fit", "parts/a.parquet", "parts/b.parquet", "--k", "2", "--model", "files.json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("dir.json")).unwrap()).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("files.json")).unwrap()).unwrap();
+    assert_eq!(a["segments"], b["segments"], "a directory is its sorted files");
+    assert_eq!(a["manifest"]["inputs"], serde_json::json!(["a.parquet", "b.parquet"]));
+    // A file with another schema is refused, naming it and the column.
+    write_parquet(
+        &d.path().join("parts/c.parquet"),
+        vec![("spend", Arc::new(Float32Array::from(vec![1.0f32])) as ArrayRef)],
+    );
+    let o = run(&["fit", "parts", "--k", "2", "--model", "bad.json"], d.path());
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("c.parquet") && stderr(&o).contains("subscriber_id"), "{}", stderr(&o));
+}
+
+#[test]
+fn initial_centroids_from_csv_or_parquet() {
+    let d = TempDir::new().unwrap();
+    table(d.path(), "t.parquet", 200);
+    std::fs::write(d.path().join("c0.csv"), "0,0\n60,2\n").unwrap();
+    let o =
+        run(&["fit", "t.parquet", "--k", "2", "--scale", "none", "--init", "c0.csv", "--model", "csv.json"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    write_parquet(
+        &d.path().join("c0.parquet"),
+        vec![
+            ("a", Arc::new(Float64Array::from(vec![0.0, 60.0])) as ArrayRef),
+            ("b", Arc::new(Float64Array::from(vec![0.0, 2.0])) as ArrayRef),
+        ],
+    );
+    let o = run(
+        &["fit", "t.parquet", "--k", "2", "--scale", "none", "--init", "c0.parquet", "--model", "pq.json"],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("csv.json")).unwrap()).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("pq.json")).unwrap()).unwrap();
+    assert_eq!(a["segments"], b["segments"]);
+    assert_eq!(a["manifest"]["init"], "given");
+    // Wrong width, wrong count, not numbers.
+    std::fs::write(d.path().join("w.csv"), "0,0,0\n1,1,1\n").unwrap();
+    std::fs::write(d.path().join("n.csv"), "0,0\n1,1\n2,2\n").unwrap();
+    std::fs::write(d.path().join("x.csv"), "0,zero\n1,1\n").unwrap();
+    for (f, needle) in [("w.csv", "3 values"), ("n.csv", "3 rows but --k is 2"), ("x.csv", "line 1")] {
+        let o = run(&["fit", "t.parquet", "--k", "2", "--init", f, "--model", "e.json"], d.path());
+        assert_eq!(o.status.code(), Some(3), "{f}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{f}: {}", stderr(&o));
+        assert!(!d.path().join("e.json").exists());
+    }
+}
+
+#[test]
+fn sample_weights_from_a_column() {
+    let d = TempDir::new().unwrap();
+    let p = d.path().join("w.parquet");
+    write_parquet(
+        &p,
+        vec![
+            ("x", Arc::new(Float64Array::from(vec![0.0, 4.0, 100.0])) as ArrayRef),
+            ("w", Arc::new(Float64Array::from(vec![3.0, 1.0, 2.0])) as ArrayRef),
+        ],
+    );
+    std::fs::write(d.path().join("c0.csv"), "0\n100\n").unwrap();
+    let o = run(
+        &[
+            "fit",
+            "w.parquet",
+            "--k",
+            "2",
+            "--scale",
+            "none",
+            "--weight-col",
+            "w",
+            "--init",
+            "c0.csv",
+            "--model",
+            "m.json",
+            "--json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["inertia"], 12.0, "3·1² + 1·3²");
+    write_parquet(
+        &d.path().join("neg.parquet"),
+        vec![
+            ("x", Arc::new(Float64Array::from(vec![0.0, 4.0])) as ArrayRef),
+            ("w", Arc::new(Float64Array::from(vec![1.0, -1.0])) as ArrayRef),
+        ],
+    );
+    let o = run(&["fit", "neg.parquet", "--k", "1", "--weight-col", "w", "--model", "n.json"], d.path());
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("weight column 'w'") && stderr(&o).contains(">= 0"), "{}", stderr(&o));
+}
+
+#[test]
+fn exit_codes_are_stable() {
+    use microseg::{Error, ExitCode};
+    assert_eq!(ExitCode::Success as u8, 0);
+    assert_eq!(Error::Runtime("x".into()).exit_code() as u8, 1);
+    assert_eq!(Error::Usage("x".into()).exit_code() as u8, 2);
+    assert_eq!(Error::OutputExists("x".into()).exit_code() as u8, 2);
+    assert_eq!(Error::input("f", "x").exit_code() as u8, 3);
+    assert_eq!(Error::Data("x".into()).exit_code() as u8, 3);
+    assert_eq!(Error::output("f", "x").exit_code() as u8, 4);
+}

@@ -105,6 +105,15 @@ pub trait Backend: Send + Sync {
         self.assign(points, centroids, out)
     }
 
+    /// `points` will be passed, unchanged, to many passes (a fit's iterations) until
+    /// `release`: a device backend may keep them resident instead of uploading each time.
+    fn retain(&self, _points: &[f32], _dim: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// The end of what `retain` announced.
+    fn release(&self) {}
+
     /// Per-centroid count, weight, weighted sum and squared error from a labelling.
     /// The summation order is fixed by row index, so results repeat bit for bit.
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats>;

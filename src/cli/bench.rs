@@ -88,6 +88,7 @@ fn time_backend(which: &Timed, x: &Matrix, c: &Centroids, iters: usize) -> Resul
         Timed::Cpu(_) => PassTimes::default(),
     };
     let mut out = vec![Nearest::default(); x.n()];
+    b.retain(&x.data, x.dim)?; // as a fit does: resident on a device
     let t = Instant::now();
     b.assign(&x.data, c, &mut out)?; // includes the upload of resident data
     let first_assign = t.elapsed().as_secs_f64();
@@ -104,6 +105,7 @@ fn time_backend(which: &Timed, x: &Matrix, c: &Centroids, iters: usize) -> Resul
         b.reduce(&x.data, None, &out, c.k)?;
     }
     let reduce = t.elapsed().as_secs_f64() / iters as f64;
+    b.release();
     let gpu = matches!(which, Timed::Gpu(_)).then_some((upload, per));
     Ok(Row {
         backend: b.name(),

@@ -77,6 +77,22 @@ pub fn fit<B: Backend + ?Sized>(
     }
     let tol_scaled = tolerance(x, params.tol);
     let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
+    // The matrix is borrowed, hence unchanged, for the whole fit.
+    backend.retain(&x.data, x.dim)?;
+    let result = fit_runs(backend, x, weights, params, tol_scaled, runs, on_iter);
+    backend.release();
+    result
+}
+
+fn fit_runs<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    weights: Option<&[f32]>,
+    params: &KMeansParams,
+    tol_scaled: f64,
+    runs: usize,
+    on_iter: &mut dyn FnMut(&IterInfo),
+) -> Result<KMeansFit> {
     let mut best: Option<KMeansFit> = None;
     let mut init_seconds = 0.0;
     for run in 0..runs {

@@ -354,22 +354,12 @@ struct DevicePoints {
     shift: Vec<f32>,
 }
 
-/// Points kept on the device between passes (uploaded once per fit).
+/// Points kept on the device between passes (uploaded once per fit), for the slice
+/// announced by `Backend::retain` (address and length identify it until `release`).
 struct Resident {
-    key: (usize, usize, u64),
+    key: (usize, usize),
     dim: usize,
-    chunk_rows: usize,
-    points: DevicePoints,
-}
-
-/// A cheap identity for a points slice: address, length and a sample of values.
-fn key_of(points: &[f32]) -> (usize, usize, u64) {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let step = (points.len() / 64).max(1);
-    for v in points.iter().step_by(step) {
-        h = (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    (points.as_ptr() as usize, points.len(), h)
+    points: Option<DevicePoints>,
 }
 
 /// Seconds spent per kind of work since the last `take_times` (for `microseg bench`).
@@ -436,6 +426,15 @@ impl WgpuBackend {
         r
     }
 
+    /// Read one chunk's assignment back into `out`.
+    fn collect(&self, obuf: &wgpu::Buffer, out: &mut [Nearest]) -> Result<()> {
+        let res: Vec<GpuNearest> = self.read(obuf, (out.len() * 16) as u64)?;
+        for (o, r) in out.iter_mut().zip(&res) {
+            *o = Nearest { label: r.label, dist: r.dist, second: r.second };
+        }
+        Ok(())
+    }
+
     /// Open the best adapter; `Ok(None)` when none exists.
     pub fn open(allow_software: bool) -> Result<Option<Self>> {
         Ok(GpuContext::new(allow_software)?.map(WgpuBackend::new))
@@ -446,43 +445,89 @@ impl WgpuBackend {
         self.resident_budget.or(mib.map(|m| m << 20)).unwrap_or(self.ctx.limits.max_buffer_size.min(8 << 30))
     }
 
-    /// Device buffers for the points: resident ones when the data fits the budget
-    /// (reused while the same slice comes back), else uploaded for this pass only.
-    fn point_buffers(&self, points: &[f32], dim: usize) -> (DevicePoints, Chunks) {
+    /// Where this pass reads each chunk of points from: the resident buffers of the
+    /// retained slice (uploaded on first use when it fits the budget), or a stream.
+    fn source<'p>(&self, points: &'p [f32], dim: usize) -> (Source<'p>, Chunks) {
         let n = points.len() / dim;
         let rows = chunk_rows(&self.ctx, dim, self.chunk_rows);
         let ch = chunks(n, rows);
-        let key = key_of(points);
+        let key = (points.as_ptr() as usize, points.len());
         let fits = (points.len() * 4) as u64 <= self.resident_budget();
         let mut guard = self.resident.lock().unwrap();
-        if let Some(r) = guard.as_ref() {
-            if r.key == key && r.dim == dim && r.chunk_rows == rows {
-                return (r.points.clone(), ch);
-            }
+        let retained = guard.as_ref().is_some_and(|r| r.key == key && r.dim == dim);
+        if let Some(p) = guard.as_ref().filter(|_| retained).and_then(|r| r.points.clone()) {
+            return (Source::Resident(p), ch);
         }
         let shift: Vec<f32> = crate::features::column_means_of(points, dim, false).iter().map(|m| *m as f32).collect();
-        let t_up = std::time::Instant::now();
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let buffers: Vec<wgpu::Buffer> = ch
-            .ranges
-            .iter()
-            .map(|&(s, m)| {
-                let shifted: Vec<f32> = points[s * dim..(s + m) * dim]
-                    .chunks_exact(dim)
-                    .flat_map(|row| row.iter().zip(&shift).map(|(v, c)| v - c))
-                    .collect();
-                self.ctx.upload("points", bytemuck::cast_slice(&shifted), usage)
-            })
-            .collect();
-        // Make the copies happen now, so upload time is not counted as compute.
-        self.ctx.queue.submit([]);
-        let _ = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
-        self.add_time(|t| &mut t.upload, t_up);
-        let dp = DevicePoints { buffers, shift };
-        if fits {
-            *guard = Some(Resident { key, dim, chunk_rows: rows, points: dp.clone() });
+        if retained && fits {
+            let t_up = std::time::Instant::now();
+            let buffers: Vec<wgpu::Buffer> = ch
+                .ranges
+                .iter()
+                .map(|&(s, m)| {
+                    self.ctx.upload("points", bytemuck::cast_slice(&shifted(points, dim, &shift, s, m)), usage)
+                })
+                .collect();
+            // Make the copies happen now, so upload time is not counted as compute.
+            self.ctx.queue.submit([]);
+            let _ = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+            self.add_time(|t| &mut t.upload, t_up);
+            let dp = DevicePoints { buffers, shift };
+            guard.as_mut().unwrap().points = Some(dp.clone());
+            return (Source::Resident(dp), ch);
         }
-        (dp, ch)
+        // Two buffers in turn: the queue writes chunk i + 1 while chunk i computes
+        // (writes are ordered after the work already submitted, so reuse is safe).
+        let bytes = (rows.min(n.max(1)) * dim * 4) as u64;
+        let bufs = [self.ctx.buffer("points-a", bytes, usage), self.ctx.buffer("points-b", bytes, usage)];
+        (Source::Stream { points, shift, bufs }, ch)
+    }
+
+    /// The device buffer holding chunk `i` (rows s..s+m) of `src`.
+    fn chunk(&self, src: &Source<'_>, i: usize, s: usize, m: usize, dim: usize) -> wgpu::Buffer {
+        match src {
+            Source::Resident(dp) => dp.buffers[i].clone(),
+            Source::Stream { points, shift, bufs } => {
+                let t = std::time::Instant::now();
+                let buf = &bufs[i % 2];
+                self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&shifted(points, dim, shift, s, m)));
+                self.add_time(|t| &mut t.upload, t);
+                buf.clone()
+            }
+        }
+    }
+
+    /// Submit; wait only for resident data (to time compute alone). Streamed chunks
+    /// overlap: the caller reads chunk i − 1 while chunk i runs.
+    fn submit(&self, src: &Source<'_>, enc: wgpu::CommandEncoder) -> Result<()> {
+        match src {
+            Source::Resident(_) => self.run(enc),
+            Source::Stream { .. } => {
+                self.ctx.queue.submit([enc.finish()]);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Rows s..s+m of `points`, shifted by the column means.
+fn shifted(points: &[f32], dim: usize, shift: &[f32], s: usize, m: usize) -> Vec<f32> {
+    points[s * dim..(s + m) * dim].chunks_exact(dim).flat_map(|row| row.iter().zip(shift).map(|(v, c)| v - c)).collect()
+}
+
+/// Points for one pass: resident on the device, or streamed through two buffers.
+enum Source<'p> {
+    Resident(DevicePoints),
+    Stream { points: &'p [f32], shift: Vec<f32>, bufs: [wgpu::Buffer; 2] },
+}
+
+impl Source<'_> {
+    fn shift(&self) -> &[f32] {
+        match self {
+            Source::Resident(dp) => &dp.shift,
+            Source::Stream { shift, .. } => shift,
+        }
     }
 }
 
@@ -495,22 +540,31 @@ impl Backend for WgpuBackend {
         false
     }
 
+    fn retain(&self, points: &[f32], dim: usize) -> Result<()> {
+        *self.resident.lock().unwrap() =
+            Some(Resident { key: (points.as_ptr() as usize, points.len()), dim, points: None });
+        Ok(())
+    }
+
+    fn release(&self) {
+        *self.resident.lock().unwrap() = None;
+    }
+
     fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
         let (k, dim) = (centroids.k, centroids.dim);
         let ctx = &self.ctx;
         ctx.scoped("assign", || {
-            let (dp, ch) = self.point_buffers(points, dim);
-            let bufs = &dp.buffers;
-            let shifted: Vec<f32> = centroids
-                .data
-                .chunks_exact(dim)
-                .flat_map(|row| row.iter().zip(&dp.shift).map(|(v, c)| v - c))
-                .collect();
-            let norms: Vec<f32> = shifted.chunks_exact(dim).map(|row| row.iter().map(|v| v * v).sum()).collect();
+            let (src, ch) = self.source(points, dim);
+            let shift = src.shift();
+            let moved: Vec<f32> =
+                centroids.data.chunks_exact(dim).flat_map(|row| row.iter().zip(shift).map(|(v, c)| v - c)).collect();
+            let norms: Vec<f32> = moved.chunks_exact(dim).map(|row| row.iter().map(|v| v * v).sum()).collect();
             let st = wgpu::BufferUsages::STORAGE;
-            let cbuf = ctx.upload("centroids", bytemuck::cast_slice(&shifted), st);
+            let cbuf = ctx.upload("centroids", bytemuck::cast_slice(&moved), st);
             let nbuf = ctx.upload("norms", bytemuck::cast_slice(&norms), st);
-            for (buf, &(s, m)) in bufs.iter().zip(&ch.ranges) {
+            let mut pending: Option<(usize, usize, wgpu::Buffer)> = None;
+            for (i, &(s, m)) in ch.ranges.iter().enumerate() {
+                let buf = self.chunk(&src, i, s, m, dim);
                 let params = AssignParams { n: m as u32, k: k as u32, d: dim as u32, _pad: 0 };
                 let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
                 let prev: Vec<GpuNearest> = out[s..s + m]
@@ -533,11 +587,13 @@ impl Backend for WgpuBackend {
                 );
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 ctx.dispatch(&mut enc, &ctx.assign, &bg, (m as u32).div_ceil(ASSIGN_TILE));
-                self.run(enc)?;
-                let res: Vec<GpuNearest> = self.read(&obuf, (m * 16) as u64)?;
-                for (o, r) in out[s..s + m].iter_mut().zip(&res) {
-                    *o = Nearest { label: r.label, dist: r.dist, second: r.second };
+                self.submit(&src, enc)?;
+                if let Some((ps, pm, pbuf)) = pending.replace((s, m, obuf)) {
+                    self.collect(&pbuf, &mut out[ps..ps + pm])?;
                 }
+            }
+            if let Some((ps, pm, pbuf)) = pending {
+                self.collect(&pbuf, &mut out[ps..ps + pm])?;
             }
             Ok(())
         })
@@ -549,8 +605,7 @@ impl Backend for WgpuBackend {
         let ctx = &self.ctx;
         let width = dim + 2;
         ctx.scoped("reduce", || {
-            let (dp, ch) = self.point_buffers(points, dim);
-            let bufs = &dp.buffers;
+            let (src, ch) = self.source(points, dim);
             let slot_bytes = (k * width * 8) as u64;
             let cap = PARTIALS_BUDGET.min(ctx.limits.max_storage_buffer_binding_size);
             let max_slots = (cap / slot_bytes).max(1) as usize;
@@ -572,7 +627,8 @@ impl Backend for WgpuBackend {
             enc.clear_buffer(&partials, 0, None);
             ctx.queue.submit([enc.finish()]);
             let mut slot0 = 0usize;
-            for ((buf, &(s, m)), &g) in bufs.iter().zip(&ch.ranges).zip(&per_chunk) {
+            for (i, (&(s, m), &g)) in ch.ranges.iter().zip(&per_chunk).enumerate() {
+                let buf = self.chunk(&src, i, s, m, dim);
                 let labels: Vec<u32> = nearest[s..s + m].iter().map(|r| r.label).collect();
                 let dists: Vec<f32> = nearest[s..s + m].iter().map(|r| r.dist).collect();
                 let lbuf = ctx.upload("labels", bytemuck::cast_slice(&labels), st);
@@ -605,7 +661,7 @@ impl Backend for WgpuBackend {
                 );
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 ctx.dispatch(&mut enc, &ctx.partials, &bg, g as u32);
-                self.run(enc)?;
+                self.submit(&src, enc)?;
                 slot0 += g;
             }
             let cells = k * width;
@@ -629,7 +685,7 @@ impl Backend for WgpuBackend {
                 stats.weight[j] = row[dim] as f64;
                 for p in 0..dim {
                     // The device summed shifted rows: add the shift back.
-                    stats.sum[j * dim + p] = row[p] as f64 + dp.shift[p] as f64 * stats.weight[j];
+                    stats.sum[j * dim + p] = row[p] as f64 + src.shift()[p] as f64 * stats.weight[j];
                 }
                 stats.sse[j] = row[dim + 1] as f64;
             }
