@@ -11,6 +11,7 @@ pub mod features;
 pub mod io;
 pub mod kmeans;
 pub mod model;
+pub mod segments;
 pub mod synth;
 
 pub use error::{Error, ExitCode, Result};

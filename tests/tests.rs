@@ -5,4 +5,5 @@ mod util;
 mod backend;
 mod cli;
 mod kmeans;
+mod segments;
 mod sklearn;

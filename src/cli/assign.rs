@@ -74,51 +74,50 @@ fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn assign_stream(
+/// One batch of input run through a model: what every streaming command needs.
+pub(crate) struct AssignedBatch<'a> {
+    /// The id column (or row numbers), rows with missing values already left out.
+    pub ids: ArrayRef,
+    /// Extra columns asked for (outcomes, protected attributes), filtered like `ids`.
+    pub extra: Vec<ArrayRef>,
+    /// Feature values in input units (log1p undone), row-major.
+    pub raw: &'a [f32],
+    /// Feature values in model space, row-major.
+    pub model_space: &'a [f32],
+    pub nearest: &'a [Nearest],
+}
+
+/// Stream the input through the model's transforms and the backend's assign pass,
+/// batch by batch (bounded memory), handing each batch to `each`. Returns (rows
+/// assigned, rows left out for missing values).
+pub(crate) fn stream_assigned(
     model: &Model,
     ds: &Dataset,
-    id_named: Option<&str>,
-    out: AtomicOutput,
+    id_col: Option<&str>,
+    extra: &[String],
     backend: &dyn Backend,
-) -> Result<Assigned> {
-    let t0 = Instant::now();
+    mut each: impl FnMut(AssignedBatch<'_>) -> Result<()>,
+) -> Result<(u64, u64)> {
     check_columns(model, ds)?;
-    let mut fallbacks: Vec<&str> = Vec::new();
-    if let Some(id) = &model.id_column {
-        fallbacks.push(id);
-    }
-    fallbacks.push("subscriber_id");
-    let id_col = super::resolve_id(ds, id_named, &fallbacks)?;
-    if id_col.is_none() {
-        log("no id column in the input; writing `row` (0-based row number) instead");
+    for c in extra {
+        ds.column_type(c)?;
     }
     let cols = &model.feature_columns;
     let dim = model.dim();
     let mut names: Vec<String> = cols.iter().map(|c| c.column.clone()).collect();
-    if let Some(id) = &id_col {
-        names.push(id.clone());
-    }
-    let id_field = match &id_col {
-        Some(id) => ds.schema.field_with_name(id).unwrap().clone(),
-        None => Field::new("row", DataType::UInt64, false),
-    };
-    let schema = Arc::new(Schema::new(vec![
-        id_field,
-        Field::new("segment", DataType::UInt32, false),
-        Field::new("distance", DataType::Float32, false),
-        Field::new("margin", DataType::Float32, true),
-    ]));
-    let mut writer = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
+    names.extend(id_col.map(str::to_string));
+    names.extend(extra.iter().cloned());
     let centroids = model.centroids();
     let fill: Option<Vec<f32>> = if model.missing == MissingPolicy::Mean {
         Some(model.features.iter().map(|f| f.impute.unwrap_or(0.0)).collect())
     } else {
         None
     };
-    let mut counts = vec![0u64; model.k];
+    let log1p: Vec<bool> = cols.iter().flat_map(|c| std::iter::repeat_n(c.log1p, c.width)).collect();
     let mut report = MissingReport::new(cols.len());
     let (mut rows, mut row_base, mut dropped) = (0u64, 0u64, 0u64);
     let mut block: Vec<f32> = Vec::with_capacity(BATCH_ROWS * dim);
+    let mut raw: Vec<f32> = Vec::with_capacity(BATCH_ROWS * dim);
     let mut nearest: Vec<Nearest> = Vec::with_capacity(BATCH_ROWS);
     for sb in ds.batches(&names)? {
         let sb = sb?;
@@ -133,17 +132,23 @@ pub(crate) fn assign_stream(
             row_base += m as u64;
             continue;
         }
-        let mut id_array: ArrayRef = match &id_col {
+        let first_extra = cols.len() + id_col.is_some() as usize;
+        let mut ids: ArrayRef = match id_col {
             Some(_) => sb.batch.column(cols.len()).clone(),
             None => Arc::new(UInt64Array::from_iter_values(row_base..row_base + m as u64)),
         };
+        let mut extra_arrays: Vec<ArrayRef> =
+            (0..extra.len()).map(|i| sb.batch.column(first_extra + i).clone()).collect();
         row_base += m as u64;
         match (model.missing, &fill) {
             (MissingPolicy::Drop, _) if !all_complete => {
                 let kept = features::compact_rows(&mut block, dim, &complete);
                 dropped += (m - kept) as u64;
-                id_array = filter(&id_array, &BooleanArray::from(complete.clone()))
-                    .map_err(|e| Error::Runtime(e.to_string()))?;
+                let mask = BooleanArray::from(complete.clone());
+                ids = filter(&ids, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                for a in extra_arrays.iter_mut() {
+                    *a = filter(a, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                }
             }
             (MissingPolicy::Mean, Some(f)) if !all_complete => {
                 let mut mtx = features::Matrix::new(std::mem::take(&mut block), dim);
@@ -156,26 +161,17 @@ pub(crate) fn assign_stream(
         if kept == 0 {
             continue;
         }
+        raw.clear();
+        raw.extend(
+            block
+                .chunks_exact(dim)
+                .flat_map(|row| row.iter().zip(&log1p).map(|(v, l)| if *l { v.exp_m1() } else { *v })),
+        );
         features::apply_transforms(&mut block, &model.features);
         nearest.clear();
         nearest.resize(kept, Nearest::default());
         backend.assign(&block, &centroids, &mut nearest)?;
-        for nr in &nearest {
-            counts[nr.label as usize] += 1;
-        }
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                id_array,
-                Arc::new(UInt32Array::from_iter_values(nearest.iter().map(|n| n.label))),
-                Arc::new(Float32Array::from_iter_values(nearest.iter().map(|n| n.dist.sqrt()))),
-                Arc::new(Float32Array::from_iter(
-                    nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
-                )),
-            ],
-        )
-        .map_err(|e| Error::Runtime(e.to_string()))?;
-        writer.write(&batch)?;
+        each(AssignedBatch { ids, extra: extra_arrays, raw: &raw, model_space: &block, nearest: &nearest })?;
         rows += kept as u64;
     }
     if model.missing == MissingPolicy::Error {
@@ -183,6 +179,64 @@ pub(crate) fn assign_stream(
             return Err(e);
         }
     }
+    Ok((rows, dropped))
+}
+
+/// The id column for a streaming command: the one named, else the model's, else
+/// `subscriber_id`, when present in the input.
+pub(crate) fn id_column(model: &Model, ds: &Dataset, named: Option<&str>) -> Result<Option<String>> {
+    let mut fallbacks: Vec<&str> = Vec::new();
+    if let Some(id) = &model.id_column {
+        fallbacks.push(id);
+    }
+    fallbacks.push("subscriber_id");
+    super::resolve_id(ds, named, &fallbacks)
+}
+
+pub(crate) fn assign_stream(
+    model: &Model,
+    ds: &Dataset,
+    id_named: Option<&str>,
+    out: AtomicOutput,
+    backend: &dyn Backend,
+) -> Result<Assigned> {
+    let t0 = Instant::now();
+    check_columns(model, ds)?;
+    let id_col = id_column(model, ds, id_named)?;
+    if id_col.is_none() {
+        log("no id column in the input; writing `row` (0-based row number) instead");
+    }
+    let id_field = match &id_col {
+        Some(id) => ds.schema.field_with_name(id).unwrap().clone(),
+        None => Field::new("row", DataType::UInt64, false),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        id_field,
+        Field::new("segment", DataType::UInt32, false),
+        Field::new("distance", DataType::Float32, false),
+        Field::new("margin", DataType::Float32, true),
+    ]));
+    let mut writer = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
+    let seg_ids: Vec<u32> = model.segments.iter().map(|s| s.id).collect();
+    let mut counts = vec![0u64; model.k];
+    let (rows, dropped) = stream_assigned(model, ds, id_col.as_deref(), &[], backend, |b| {
+        for nr in b.nearest {
+            counts[nr.label as usize] += 1;
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                b.ids,
+                Arc::new(UInt32Array::from_iter_values(b.nearest.iter().map(|n| seg_ids[n.label as usize]))),
+                Arc::new(Float32Array::from_iter_values(b.nearest.iter().map(|n| n.dist.sqrt()))),
+                Arc::new(Float32Array::from_iter(
+                    b.nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
+                )),
+            ],
+        )
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+        writer.write(&batch)
+    })?;
     Ok(Assigned { output: writer, counts, rows, dropped, seconds: t0.elapsed().as_secs_f64() })
 }
 

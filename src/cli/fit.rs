@@ -60,6 +60,13 @@ pub(crate) struct FitOpts {
     tol: f64,
     #[arg(long, default_value_t = kmeans::DEFAULT_SEED)]
     seed: u64,
+    /// A previous model of the same features: matching segments keep its ids and names,
+    /// and the new model records the lineage (kept, split, new, vanished).
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    /// Allow features whose names look sensitive (gender, race, religion, health, …).
+    #[arg(long)]
+    allow_sensitive: bool,
     /// Exact iteration: Lloyd, Hamerly's bounds, or triangle-inequality pruning; all give
     /// the same model bit for bit. auto: Hamerly below k = 128, pruned from 128 on.
     #[arg(long, value_enum, default_value = "auto")]
@@ -158,6 +165,19 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     }
     let cols = features::select_columns(&ds, o.features.as_deref(), &o.exclude, &o.log1p, &reserved)?;
     let dim = features::dim_of(&cols);
+    let sensitive: Vec<&str> =
+        cols.iter().map(|c| c.column.as_str()).filter(|c| crate::segments::looks_sensitive(c)).collect();
+    if !sensitive.is_empty() {
+        let list = sensitive.join(", ");
+        if !o.allow_sensitive {
+            return Err(Error::Usage(format!(
+                "feature column(s) {list} look like protected or sensitive attributes; leave them out \
+                 (--exclude {list}) and audit them instead (microseg audit --protected), or pass \
+                 --allow-sensitive to cluster on them anyway"
+            )));
+        }
+        log(format!("warning: clustering on sensitive-looking column(s) {list} (--allow-sensitive)"));
+    }
     log(format!(
         "{}: {} rows; {} features from {} columns: {}",
         ds.display_name(),
@@ -266,8 +286,27 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         per_iter,
         fit.relocations
     ));
-    let segments = Model::segments_from(&fit.centroids, &fit.stats, &cols, &transforms);
+    let mut segments = Model::segments_from(&fit.centroids, &fit.stats, &cols, &transforms);
+    let lineage = match &o.previous {
+        Some(p) => {
+            let prev = Model::load(p)?;
+            let l = crate::segments::lineage::link(&prev, &mut segments, &cols, &transforms)?;
+            let kept = l.entries.iter().filter(|e| e.kind == "kept").count();
+            log(format!(
+                "segment ids from {}: {kept} kept, {} split, {} new, {} vanished",
+                p.display(),
+                l.entries.iter().filter(|e| e.kind == "split").count(),
+                l.entries.iter().filter(|e| e.kind == "new").count(),
+                l.vanished.len()
+            ));
+            Some(l)
+        }
+        None => None,
+    };
+    let baseline = Some(crate::segments::Baseline::fit(&table.matrix.data, dim, &fit.nearest));
     let model = Model {
+        baseline,
+        lineage,
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         method: "kmeans".into(),
@@ -410,7 +449,8 @@ pub(crate) fn segment_summary(model: &Model, counts: &[u64]) -> serde_json::Valu
     let segs: Vec<serde_json::Value> = model
         .segments
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let mut order: Vec<usize> = (0..names.len()).collect();
             order.sort_by(|&a, &b| s.centroid[b].abs().total_cmp(&s.centroid[a].abs()).then(a.cmp(&b)));
             let top: Vec<serde_json::Value> = order
@@ -420,7 +460,7 @@ pub(crate) fn segment_summary(model: &Model, counts: &[u64]) -> serde_json::Valu
                 .collect();
             let centroid: serde_json::Map<String, serde_json::Value> =
                 names.iter().zip(&s.centroid_original).map(|(n, v)| (n.to_string(), (*v).into())).collect();
-            let c = counts.get(s.id as usize).copied().unwrap_or(0);
+            let c = counts.get(i).copied().unwrap_or(0);
             serde_json::json!({
                 "segment": s.id,
                 "name": s.name,

@@ -7,6 +7,7 @@ mod backend;
 mod bench;
 mod fit;
 mod generate;
+mod segments;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +40,7 @@ pub const THREADS_ENV: &str = "MICROSEG_THREADS";
 #[derive(Debug, Parser)]
 #[command(name = "microseg", version, about = "Subscriber tables (Parquet) to micro-segments", long_about = None)]
 #[command(after_help = "Exit codes: 0 success, 1 runtime failure, 2 usage error (including an existing \
-output without --force), 3 bad input data, 4 output cannot be written.")]
+output without --force), 3 bad input data, 4 output cannot be written; drift: 10 watch, 11 retrain.")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,6 +65,12 @@ enum Command {
     Segment(fit::SegmentArgs),
     /// Write a synthetic subscriber table with ground-truth segments.
     Generate(generate::GenerateArgs),
+    /// Per-segment profiles (means, quantiles, distinctions, names, outcomes) as JSON.
+    Profile(segments::ProfileArgs),
+    /// Drift of new data against the model: PSI, distances, a verdict and exit code.
+    Drift(segments::DriftArgs),
+    /// Fairness audit of assignments over protected columns (four-fifths rule).
+    Audit(segments::AuditArgs),
     /// The compute adapters found, their limits, and which one a job would use.
     Info(backend::InfoArgs),
     /// Time the assign and reduce passes on each backend and check they agree.
@@ -154,6 +161,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Segment(a) => fit::run_segment(a),
         Command::Generate(a) => generate::run_generate(a),
         Command::Info(a) => backend::run_info(a),
+        Command::Profile(a) => segments::run_profile(a),
+        Command::Audit(a) => segments::run_audit(a),
+        Command::Drift(_) => unreachable!("drift returns its verdict through main"),
         Command::Bench(a) => bench::run_bench(a),
     }
 }
@@ -168,8 +178,15 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(code as u8);
         }
     };
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let result = match cli.command {
+        Command::Drift(a) => {
+            QUIET.store(cli.quiet, Ordering::Relaxed);
+            configure_threads(cli.threads).and_then(|_| segments::run_drift(a))
+        }
+        command => run(Cli { command, ..cli }).map(|_| 0),
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("microseg: error: {e}");
             let mut src = std::error::Error::source(&e);

@@ -34,6 +34,12 @@ pub struct Model {
     pub features: Vec<FeatureTransform>,
     pub segments: Vec<Segment>,
     pub manifest: Manifest,
+    /// Training distributions for `microseg drift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::segments::Baseline>,
+    /// How the segments relate to the previous model's (`fit --previous`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<crate::segments::lineage::Lineage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +131,11 @@ impl Model {
         self.features.len()
     }
 
+    /// The segment with this id.
+    pub fn segment(&self, id: u32) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.id == id)
+    }
+
     pub fn centroids(&self) -> Centroids {
         Centroids::new(self.segments.iter().flat_map(|s| s.centroid.iter().copied()).collect(), self.dim())
     }
@@ -153,6 +164,11 @@ impl Model {
             && model.segments.len() == model.k
             && model.k > 0
             && model.segments.iter().all(|s| s.centroid.len() == dim && s.centroid.iter().all(|v| v.is_finite()))
+            && {
+                let mut ids: Vec<u32> = model.segments.iter().map(|s| s.id).collect();
+                ids.sort_unstable();
+                ids.windows(2).all(|w| w[0] != w[1])
+            }
             && model.features.iter().all(|t| t.scale.is_finite() && t.scale != 0.0 && t.center.is_finite());
         if !ok {
             return Err(Error::input(path, "the model is inconsistent (features, k and centroids disagree); refit it"));

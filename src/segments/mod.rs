@@ -1,0 +1,147 @@
+//! Segments people can use: profiles and names, drift against the training baseline,
+//! stable ids across retrains (lineage), and fairness audits. Everything here works on
+//! statistics gathered from streamed batches; nothing reads files or runs clusters.
+
+pub mod audit;
+pub mod drift;
+pub mod lineage;
+pub mod profile;
+
+use serde::{Deserialize, Serialize};
+
+/// A feature's training distribution: bin edges (deciles, ascending, distinct) and the
+/// share of training rows per bin (`edges.len() + 1` bins: (−∞, e₀], (e₀, e₁], …, (eₙ, ∞)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub edges: Vec<f64>,
+    pub shares: Vec<f64>,
+}
+
+impl Histogram {
+    /// Decile edges and shares of `values` (sorted in place).
+    pub fn fit(values: &mut [f32]) -> Self {
+        values.sort_by(|a, b| a.total_cmp(b));
+        let mut edges: Vec<f64> = (1..10).map(|i| quantile_sorted(values, i as f64 / 10.0)).collect();
+        edges.dedup();
+        // A bin per edge interval; the last edge equal to the maximum would leave an empty top bin.
+        if let (Some(&last), Some(&max)) = (edges.last(), values.last()) {
+            if last >= max as f64 && edges.len() > 1 {
+                edges.pop();
+            }
+        }
+        let mut counts = vec![0u64; edges.len() + 1];
+        for v in values.iter() {
+            counts[bin(&edges, *v as f64)] += 1;
+        }
+        let n = values.len().max(1) as f64;
+        Histogram { edges, shares: counts.iter().map(|c| *c as f64 / n).collect() }
+    }
+
+    pub fn bin(&self, v: f64) -> usize {
+        bin(&self.edges, v)
+    }
+}
+
+fn bin(edges: &[f64], v: f64) -> usize {
+    edges.partition_point(|e| *e < v)
+}
+
+/// Linear-interpolation quantile (numpy's default) of sorted values.
+pub fn quantile_sorted(sorted: &[f32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let f = pos - lo as f64;
+    sorted[lo] as f64 * (1.0 - f) + sorted[hi] as f64 * f
+}
+
+/// Shares below this count as this (PSI is undefined for empty bins).
+pub const PSI_FLOOR: f64 = 1e-4;
+
+/// Population stability index Σ (a − e)·ln(a / e) between expected and actual shares.
+pub fn psi(expected: &[f64], actual: &[f64]) -> f64 {
+    expected
+        .iter()
+        .zip(actual)
+        .map(|(e, a)| {
+            let (e, a) = (e.max(PSI_FLOOR), a.max(PSI_FLOOR));
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
+/// What drift compares against, fitted on the training rows and stored in the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Per feature (model space).
+    pub features: Vec<Histogram>,
+    /// Mean distance of a training row to its centroid (model space).
+    pub mean_distance: f64,
+    /// Margin (second − best distance) under which a member counts as weakly assigned:
+    /// the 10th percentile of training margins, so 10 % of training rows are below it.
+    pub low_margin: f64,
+    pub low_margin_share: f64,
+}
+
+/// Rows sampled (by fixed stride) to fit histograms and margins.
+const BASELINE_ROWS: usize = 200_000;
+
+impl Baseline {
+    /// From the training matrix (model space) and its final assignment.
+    pub fn fit(x: &[f32], dim: usize, nearest: &[crate::backend::Nearest]) -> Self {
+        let n = nearest.len();
+        let step = n.div_ceil(BASELINE_ROWS).max(1);
+        let features = (0..dim)
+            .map(|j| {
+                let mut v: Vec<f32> = (0..n).step_by(step).map(|i| x[i * dim + j]).collect();
+                Histogram::fit(&mut v)
+            })
+            .collect();
+        let mean_distance = nearest.iter().map(|nr| (nr.dist as f64).sqrt()).sum::<f64>() / n.max(1) as f64;
+        let mut margins: Vec<f32> = (0..n).step_by(step).filter_map(|i| margin(&nearest[i])).collect();
+        margins.sort_by(|a, b| a.total_cmp(b));
+        let low_margin = if margins.is_empty() { 0.0 } else { quantile_sorted(&margins, 0.1) };
+        let low_margin_share =
+            margins.iter().filter(|m| (**m as f64) < low_margin).count() as f64 / margins.len().max(1) as f64;
+        Baseline { features, mean_distance, low_margin, low_margin_share }
+    }
+}
+
+/// Column names that look like protected or sensitive attributes (matched as words
+/// of the lower-cased name).
+const SENSITIVE: &[&str] = &[
+    "gender",
+    "sex",
+    "race",
+    "ethnic",
+    "ethnicity",
+    "religion",
+    "religious",
+    "disability",
+    "disabled",
+    "health",
+    "pregnan",
+    "orientation",
+    "nationality",
+    "citizenship",
+    "marital",
+    "birth",
+    "dob",
+    "age",
+    "ssn",
+    "caste",
+];
+
+pub fn looks_sensitive(column: &str) -> bool {
+    let c = column.to_lowercase();
+    c.split(|ch: char| !ch.is_ascii_alphanumeric())
+        .any(|w| SENSITIVE.iter().any(|s| w == *s || (s.len() > 4 && w.starts_with(s))))
+}
+
+/// Second-best minus best distance (not squared), when there is a runner-up.
+pub fn margin(nr: &crate::backend::Nearest) -> Option<f32> {
+    nr.second.is_finite().then(|| nr.second.max(0.0).sqrt() - nr.dist.max(0.0).sqrt())
+}

@@ -1,0 +1,374 @@
+//! Profiles, drift, lineage and audits: every number against an independent
+//! computation or a constructed case whose answer is known.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt32Array};
+use arrow::datatypes::{Field, Schema};
+use arrow::record_batch::RecordBatch;
+use microseg::segments::audit::AuditBuilder;
+use microseg::segments::{Histogram, psi, quantile_sorted};
+use parquet::arrow::ArrowWriter;
+use rand::{RngExt, SeedableRng};
+use tempfile::TempDir;
+
+use crate::util::repo;
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_microseg")).args(args).current_dir(dir).output().unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn write(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    let batch =
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols.into_iter().map(|(_, a)| a).collect()).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn psi_matches_the_formula_on_known_shares() {
+    // Σ (a − e) ln(a / e), computed by hand.
+    let e = [0.25, 0.25, 0.5];
+    let a = [0.5, 0.25, 0.25];
+    let want = (0.5f64 - 0.25) * (0.5f64 / 0.25).ln() + 0.0 + (0.25f64 - 0.5) * (0.25f64 / 0.5).ln();
+    assert!((psi(&e, &a) - want).abs() < 1e-15);
+    assert_eq!(psi(&e, &e), 0.0);
+    // Empty bins are floored, not infinite.
+    assert!(psi(&[0.5, 0.5, 0.0], &[0.4, 0.4, 0.2]).is_finite());
+}
+
+#[test]
+fn quantiles_and_histograms() {
+    let v = [1.0f32, 2.0, 3.0, 4.0];
+    assert_eq!(quantile_sorted(&v, 0.5), 2.5);
+    assert!((quantile_sorted(&v, 0.1) - 1.3).abs() < 1e-12);
+    assert_eq!(quantile_sorted(&v, 1.0), 4.0);
+    let mut x: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    let h = Histogram::fit(&mut x);
+    assert_eq!(h.edges.len(), 9);
+    for s in &h.shares {
+        assert!((s - 0.1).abs() < 0.002, "{:?}", h.shares);
+    }
+    // A binary feature: one edge, two bins.
+    let mut b: Vec<f32> = (0..100).map(|i| (i % 4 == 0) as u8 as f32).collect();
+    let h = Histogram::fit(&mut b);
+    assert_eq!(h.shares.iter().sum::<f64>(), 1.0);
+    assert_eq!((h.bin(0.0), h.bin(1.0)), (0, 1));
+    assert_eq!(h.shares, vec![0.75, 0.25]);
+}
+
+#[test]
+fn disparate_impact_on_a_constructed_case() {
+    // Group a: 60 rows, 30 in segment 0; group b: 40 rows, 10 in segment 0.
+    let mut b = AuditBuilder::default();
+    for i in 0..60 {
+        b.add((i >= 30) as u32, "a");
+    }
+    for i in 0..40 {
+        b.add((i >= 10) as u32, "b");
+    }
+    let r = b.finish("group");
+    let s0 = &r.segments[0];
+    let ga = s0.groups.iter().find(|g| g.group == "a").unwrap();
+    let gb = s0.groups.iter().find(|g| g.group == "b").unwrap();
+    assert_eq!((ga.selection_rate, gb.selection_rate), (0.5, 0.25));
+    assert_eq!((ga.disparate_impact, gb.disparate_impact), (1.0, 0.5));
+    assert!(gb.flagged && !ga.flagged);
+    assert_eq!(gb.share_of_segment, 0.25);
+    assert_eq!(gb.share_of_population, 0.4);
+    let s1 = &r.segments[1];
+    let ga1 = s1.groups.iter().find(|g| g.group == "a").unwrap();
+    assert!((ga1.disparate_impact - 0.5 / 0.75).abs() < 1e-15 && ga1.flagged);
+    assert_eq!(r.flags, 2);
+}
+
+/// Three tight blobs in 2-D, far apart; ids 0.. in order.
+fn blobs(dir: &Path, name: &str, centres: &[(f64, f64)], per: usize, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for &(cx, cy) in centres {
+        for _ in 0..per {
+            x.push(cx + rng.random::<f64>() - 0.5);
+            y.push(cy + rng.random::<f64>() - 0.5);
+        }
+    }
+    let n = x.len() as i64;
+    write(
+        &dir.join(name),
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef),
+            ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
+            ("y", Arc::new(Float64Array::from(y)) as ArrayRef),
+        ],
+    );
+}
+
+fn centroid_ids(model: &serde_json::Value) -> Vec<(u32, f64)> {
+    model["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_u64().unwrap() as u32, s["centroid_original"][0].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn lineage_keeps_ids_and_records_splits_and_vanished_segments() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    blobs(p, "three.parquet", &[(0.0, 0.0), (100.0, 0.0), (0.0, 100.0)], 200, 1);
+    ok(&run(&["fit", "three.parquet", "--k", "3", "--scale", "none", "--model", "a.json"], p));
+    // Name a segment; a refit with another seed keeps ids (by place) and the name.
+    let mut a = json(&p.join("a.json"));
+    let far_x = centroid_ids(&a).iter().find(|(_, x)| *x > 50.0).unwrap().0;
+    for s in a["segments"].as_array_mut().unwrap() {
+        if s["id"] == far_x {
+            s["name"] = "the far east".into();
+        }
+    }
+    std::fs::write(p.join("a.json"), serde_json::to_vec(&a).unwrap()).unwrap();
+    ok(&run(
+        &[
+            "fit",
+            "three.parquet",
+            "--k",
+            "3",
+            "--scale",
+            "none",
+            "--seed",
+            "7",
+            "--previous",
+            "a.json",
+            "--model",
+            "b.json",
+        ],
+        p,
+    ));
+    let b = json(&p.join("b.json"));
+    let place = |m: &serde_json::Value| {
+        let mut v: Vec<(i64, u32)> = centroid_ids(m).iter().map(|(id, x)| ((x / 50.0).round() as i64, *id)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(place(&a), place(&b), "same places, same ids");
+    let kept: Vec<&str> =
+        b["lineage"]["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kept, vec!["kept"; 3]);
+    let named = b["segments"].as_array().unwrap().iter().find(|s| s["id"] == far_x).unwrap();
+    assert_eq!(named["name"], "the far east");
+    // One blob split in two: three kept, one split from the blob that split.
+    blobs(p, "four.parquet", &[(0.0, 0.0), (100.0, 0.0), (0.0, 100.0), (0.0, 110.0)], 200, 2);
+    ok(&run(&["fit", "four.parquet", "--k", "4", "--scale", "none", "--previous", "a.json", "--model", "c.json"], p));
+    let c = json(&p.join("c.json"));
+    let entries = c["lineage"]["entries"].as_array().unwrap();
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "kept").count(), 3);
+    let split: Vec<_> = entries.iter().filter(|e| e["kind"] == "split").collect();
+    assert_eq!(split.len(), 1);
+    let up_id =
+        centroid_ids(&a).iter().find(|(_, x)| x.abs() < 50.0).map(|_| ()).and(Some(())).map(|_| {
+            a["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["centroid_original"][1].as_f64().unwrap() > 50.0)
+                .unwrap()["id"]
+                .clone()
+        });
+    assert_eq!(split[0]["previous"], up_id.unwrap(), "split from the blob at (0, 100)");
+    assert_eq!(split[0]["id"], 3, "a fresh id after the previous ones");
+    // Two of the three blobs merged: one vanished, merged into a kept segment.
+    blobs(p, "two.parquet", &[(0.0, 0.0), (100.0, 0.0)], 300, 3);
+    ok(&run(&["fit", "two.parquet", "--k", "2", "--scale", "none", "--previous", "a.json", "--model", "e.json"], p));
+    let e = json(&p.join("e.json"));
+    assert_eq!(e["lineage"]["vanished"].as_array().unwrap().len(), 1);
+    // Other features: refused with a clear message.
+    std::fs::copy(repo().join("datasets/online_retail_customers.parquet"), p.join("cust.parquet")).unwrap();
+    let o = run(&["fit", "cust.parquet", "--k", "3", "--previous", "a.json", "--model", "f.json"], p);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("same features"));
+}
+
+#[test]
+fn profile_numbers_match_a_direct_computation() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let data = repo().join("datasets/online_retail_customers.parquet");
+    let input = data.to_str().unwrap();
+    ok(&run(&["fit", input, "--k", "5", "--log1p", "monetary", "--exclude", "is_uk", "--model", "m.json"], p));
+    ok(&run(&["assign", "--model", "m.json", input, "--out", "a.parquet"], p));
+    ok(&run(&["profile", "--model", "m.json", input, "--outcomes", "is_uk,country", "--out", "p.json"], p));
+    let prof = json(&p.join("p.json"));
+    // Independent: read the raw columns and the assignments, group, compute.
+    let (x, _) = crate::util::load(&data, &["monetary", "recency_days"], None);
+    let f = std::fs::File::open(p.join("a.parquet")).unwrap();
+    let mut seg: Vec<u32> = Vec::new();
+    for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
+        let b = b.unwrap();
+        seg.extend(b.column(1).as_any().downcast_ref::<UInt32Array>().unwrap().values().iter());
+    }
+    let mut by: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, s) in seg.iter().enumerate() {
+        by.entry(*s).or_default().push(i);
+    }
+    let pop_mean: f64 = (0..x.n()).map(|i| x.row(i)[0] as f64).sum::<f64>() / x.n() as f64;
+    let pop_sd = ((0..x.n()).map(|i| (x.row(i)[0] as f64 - pop_mean).powi(2)).sum::<f64>() / x.n() as f64).sqrt();
+    for s in prof["segments"].as_array().unwrap() {
+        let id = s["id"].as_u64().unwrap() as u32;
+        let rows = &by[&id];
+        assert_eq!(s["size"].as_u64().unwrap() as usize, rows.len());
+        let f = s["features"].as_array().unwrap().iter().find(|f| f["name"] == "monetary").unwrap();
+        let mean: f64 = rows.iter().map(|&i| x.row(i)[0] as f64).sum::<f64>() / rows.len() as f64;
+        assert!((f["mean"].as_f64().unwrap() - mean).abs() <= 1e-3 * mean.abs().max(1.0), "segment {id} mean");
+        let mut v: Vec<f32> = rows.iter().map(|&i| x.row(i)[0]).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        // numpy.median (linear interpolation), written out.
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2] as f64
+        } else {
+            (v[v.len() / 2 - 1] as f64 + v[v.len() / 2] as f64) / 2.0
+        };
+        assert!((f["median"].as_f64().unwrap() - median).abs() <= 1e-2 * median.abs().max(1.0), "segment {id} median");
+        let sd = f["std_diff"].as_f64().unwrap();
+        assert!((sd - (mean - pop_mean) / pop_sd).abs() < 1e-3, "segment {id} standardised difference");
+        assert!(!s["name"].as_str().unwrap().is_empty());
+        let uk = &s["outcomes"][0];
+        assert_eq!(uk["kind"], "numeric");
+        assert_eq!(uk["rate"], true);
+        let country = &s["outcomes"][1];
+        assert_eq!(country["kind"], "categorical");
+    }
+}
+
+#[test]
+fn drift_is_stable_on_training_data_and_flags_a_moved_feature() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let data = repo().join("datasets/online_retail_customers.parquet");
+    ok(&run(&["fit", data.to_str().unwrap(), "--k", "5", "--exclude", "is_uk", "--model", "m.json"], p));
+    let o = run(&["drift", "--model", "m.json", data.to_str().unwrap(), "--json"], p);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"], "stable");
+    assert!(v["segment_psi"].as_f64().unwrap() < 1e-9);
+    // Everyone bought again recently: recency collapses.
+    let (x, _) = crate::util::load(&data, &["recency_days"], None);
+    let f = std::fs::File::open(&data).unwrap();
+    let mut cols: Vec<(String, ArrayRef)> = Vec::new();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().with_batch_size(1 << 20);
+    for b in reader.build().unwrap() {
+        let b = b.unwrap();
+        for (i, field) in b.schema().fields().iter().enumerate() {
+            let a = if field.name() == "recency_days" {
+                Arc::new(Float64Array::from_iter_values((0..x.n()).map(|r| x.row(r)[0] as f64 * 0.2))) as ArrayRef
+            } else {
+                b.column(i).clone()
+            };
+            cols.push((field.name().clone(), a));
+        }
+    }
+    write(&p.join("moved.parquet"), cols.iter().map(|(n, a)| (n.as_str(), a.clone())).collect());
+    let o = run(&["drift", "--model", "m.json", "moved.parquet", "--out", "r.json", "--json"], p);
+    assert_eq!(o.status.code(), Some(11), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = json(&p.join("r.json"));
+    assert_eq!(r["verdict"], "retrain");
+    assert_eq!(r["feature_psi"][0]["feature"], "recency_days");
+    // PSI recomputed here from the stored training shares and the new bin counts.
+    let m = json(&p.join("m.json"));
+    let names: Vec<&str> = m["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let j = names.iter().position(|n| *n == "recency_days").unwrap();
+    let h = &m["baseline"]["features"][j];
+    let edges: Vec<f64> = h["edges"].as_array().unwrap().iter().map(|e| e.as_f64().unwrap()).collect();
+    let shares: Vec<f64> = h["shares"].as_array().unwrap().iter().map(|e| e.as_f64().unwrap()).collect();
+    let t = &m["features"][j];
+    let (c, s) = (t["center"].as_f64().unwrap(), t["scale"].as_f64().unwrap());
+    let mut counts = vec![0f64; shares.len()];
+    for r in 0..x.n() {
+        let z = (((x.row(r)[0] as f64 * 0.2) as f32 as f64 - c) / s) as f32 as f64;
+        counts[edges.iter().filter(|e| **e < z).count()] += 1.0;
+    }
+    let actual: Vec<f64> = counts.iter().map(|c| c / x.n() as f64).collect();
+    let want: f64 = shares
+        .iter()
+        .zip(&actual)
+        .map(|(e, a)| {
+            let (e, a) = (e.max(1e-4), a.max(1e-4));
+            (a - e) * (a / e).ln()
+        })
+        .sum();
+    let got = r["feature_psi"][0]["psi"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-6 * want, "PSI {got} vs {want}");
+    // Thresholds can be set: a lax watch/retrain turns the verdict to stable.
+    let o = run(&["drift", "--model", "m.json", "moved.parquet", "--watch", "50", "--retrain", "60"], p);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn audit_reports_the_four_fifths_rule_from_files() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let n = 100i64;
+    write(
+        &p.join("seg.parquet"),
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef),
+            (
+                "segment",
+                Arc::new(UInt32Array::from_iter_values(
+                    (0..n).map(|i| if i < 60 { (i >= 30) as u32 } else { (i >= 70) as u32 }),
+                )) as ArrayRef,
+            ),
+        ],
+    );
+    write(
+        &p.join("people.parquet"),
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values((0..n).rev())) as ArrayRef),
+            (
+                "group",
+                Arc::new(StringArray::from_iter_values((0..n).rev().map(|i| if i < 60 { "a" } else { "b" })))
+                    as ArrayRef,
+            ),
+        ],
+    );
+    let o =
+        run(&["audit", "--segments", "seg.parquet", "--input", "people.parquet", "--protected", "group", "--json"], p);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v["report"][0];
+    assert_eq!(r["flags"], 2);
+    let b0 = r["segments"][0]["groups"].as_array().unwrap().iter().find(|g| g["group"] == "b").unwrap();
+    assert_eq!(b0["disparate_impact"], 0.5);
+}
+
+#[test]
+fn sensitive_looking_features_need_consent() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    write(
+        &p.join("t.parquet"),
+        vec![
+            ("spend", Arc::new(Float64Array::from_iter_values((0..50).map(|i| i as f64))) as ArrayRef),
+            ("gender", Arc::new(Float64Array::from_iter_values((0..50).map(|i| (i % 2) as f64))) as ArrayRef),
+        ],
+    );
+    let o = run(&["fit", "t.parquet", "--k", "2", "--model", "m.json"], p);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("gender"));
+    assert!(!p.join("m.json").exists());
+    ok(&run(&["fit", "t.parquet", "--k", "2", "--model", "m.json", "--allow-sensitive"], p));
+    ok(&run(&["fit", "t.parquet", "--k", "2", "--model", "n.json", "--exclude", "gender"], p));
+}
