@@ -95,7 +95,10 @@ fn main_job_on_the_shipped_data_set() {
         d.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(listing(&d.path().join("out")), vec!["assignments.parquet", "model.json", "summary.json"]);
+    assert_eq!(
+        listing(&d.path().join("out")),
+        vec!["assignments.parquet", "model.json", "profile.json", "report.html"]
+    );
     let s = String::from_utf8(o.stdout).unwrap();
     assert_eq!(s.lines().count(), 1, "one JSON line on stdout");
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();

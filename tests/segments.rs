@@ -177,16 +177,15 @@ fn lineage_keeps_ids_and_records_splits_and_vanished_segments() {
     assert_eq!(entries.iter().filter(|e| e["kind"] == "kept").count(), 3);
     let split: Vec<_> = entries.iter().filter(|e| e["kind"] == "split").collect();
     assert_eq!(split.len(), 1);
-    let up_id =
-        centroid_ids(&a).iter().find(|(_, x)| x.abs() < 50.0).map(|_| ()).and(Some(())).map(|_| {
-            a["segments"]
+    let up_id = centroid_ids(&a).iter().find(|(_, x)| x.abs() < 50.0).map(|_| ()).and(Some(())).map(|_| {
+        a["segments"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|s| s["centroid_original"][1].as_f64().unwrap() > 50.0)
                 .unwrap()["id"]
                 .clone()
-        });
+    });
     assert_eq!(split[0]["previous"], up_id.unwrap(), "split from the blob at (0, 100)");
     assert_eq!(split[0]["id"], 3, "a fresh id after the previous ones");
     // Two of the three blobs merged: one vanished, merged into a kept segment.
@@ -371,4 +370,73 @@ fn sensitive_looking_features_need_consent() {
     assert!(!p.join("m.json").exists());
     ok(&run(&["fit", "t.parquet", "--k", "2", "--model", "m.json", "--allow-sensitive"], p));
     ok(&run(&["fit", "t.parquet", "--k", "2", "--model", "n.json", "--exclude", "gender"], p));
+}
+
+#[test]
+fn explanations_and_pseudonymised_ids() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let data = repo().join("datasets/online_retail_customers.parquet");
+    let input = data.to_str().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_microseg"))
+        .args([
+            "segment",
+            input,
+            "--k",
+            "5",
+            "--exclude",
+            "is_uk",
+            "--explain",
+            "--pseudonymize-ids",
+            "--out-dir",
+            "out",
+        ])
+        .env("MICROSEG_ID_KEY", "a-test-key-of-some-length")
+        .current_dir(p)
+        .output()
+        .unwrap();
+    ok(&o);
+    let f = std::fs::File::open(p.join("out/assignments.parquet")).unwrap();
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+    let expl = b.column(4).as_any().downcast_ref::<StringArray>().unwrap();
+    // HMAC-SHA-256("a-test-key-of-some-length", "12346"), first 16 bytes, computed independently.
+    let want = {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"a-test-key-of-some-length").unwrap();
+        m.update(b"12346");
+        m.finalize().into_bytes()[..16].iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    assert_eq!(ids.value(0), want, "the first customer is 12346");
+    assert!(
+        !std::fs::read_to_string(p.join("out/model.json")).unwrap().contains("a-test-key"),
+        "the key is never stored"
+    );
+    let prof = json(&p.join("out/profile.json"));
+    let seg = b.column(1).as_any().downcast_ref::<UInt32Array>().unwrap();
+    for i in 0..20 {
+        let name = prof["segments"].as_array().unwrap().iter().find(|s| s["id"] == seg.value(i)).unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let e = expl.value(i);
+        assert!(e.starts_with(&format!("you are in {name}")), "{e}");
+        assert!(e.contains(" because your "), "{e}");
+    }
+    // Without a key: a clear usage error, nothing written.
+    let o = Command::new(env!("CARGO_BIN_EXE_microseg"))
+        .args(["assign", "--model", "out/model.json", input, "--out", "x.parquet", "--pseudonymize-ids"])
+        .env_remove("MICROSEG_ID_KEY")
+        .current_dir(p)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("MICROSEG_ID_KEY"));
+    assert!(!p.join("x.parquet").exists());
 }

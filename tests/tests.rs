@@ -5,5 +5,6 @@ mod util;
 mod backend;
 mod cli;
 mod kmeans;
+mod report;
 mod segments;
 mod sklearn;

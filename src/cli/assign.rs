@@ -32,6 +32,16 @@ pub(crate) struct AssignArgs {
     table: TableArgs,
     #[command(flatten)]
     backend: super::backend::BackendArgs,
+    /// Add an `explanation` column: the features that most pull each subscriber toward
+    /// their segment, in words.
+    #[arg(long)]
+    explain: bool,
+    /// Segment names for explanations (a profile from `microseg profile`); default:
+    /// the model's names, else "segment N".
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    #[command(flatten)]
+    privacy: PrivacyArgs,
     /// Output Parquet: id, segment (uint32), distance (float32), margin (float32).
     #[arg(long)]
     out: PathBuf,
@@ -39,6 +49,22 @@ pub(crate) struct AssignArgs {
     force: bool,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct PrivacyArgs {
+    /// Replace the id column in the output by a keyed hash (HMAC-SHA-256; the key is read
+    /// from MICROSEG_ID_KEY and never stored).
+    #[arg(long)]
+    pub pseudonymize_ids: bool,
+}
+
+/// How assignments are written beyond id, segment, distance and margin.
+#[derive(Default)]
+pub(crate) struct AssignOptions {
+    /// Segment names, by segment index, when explanations are wanted.
+    pub explain: Option<Vec<String>>,
+    pub pseudonymize: Option<crate::segments::privacy::Pseudonymizer>,
 }
 
 /// A finished (but not yet committed) assignment output.
@@ -199,6 +225,7 @@ pub(crate) fn assign_stream(
     id_named: Option<&str>,
     out: AtomicOutput,
     backend: &dyn Backend,
+    opts: &AssignOptions,
 ) -> Result<Assigned> {
     let t0 = Instant::now();
     check_columns(model, ds)?;
@@ -206,46 +233,100 @@ pub(crate) fn assign_stream(
     if id_col.is_none() {
         log("no id column in the input; writing `row` (0-based row number) instead");
     }
-    let id_field = match &id_col {
-        Some(id) => ds.schema.field_with_name(id).unwrap().clone(),
-        None => Field::new("row", DataType::UInt64, false),
+    let id_field = match (&id_col, &opts.pseudonymize) {
+        (Some(id), Some(_)) => Field::new(id, DataType::Utf8, true),
+        (Some(id), None) => ds.schema.field_with_name(id).unwrap().clone(),
+        (None, _) => Field::new("row", DataType::UInt64, false),
     };
-    let schema = Arc::new(Schema::new(vec![
+    let mut fields = vec![
         id_field,
         Field::new("segment", DataType::UInt32, false),
         Field::new("distance", DataType::Float32, false),
         Field::new("margin", DataType::Float32, true),
-    ]));
+    ];
+    if opts.explain.is_some() {
+        fields.push(Field::new("explanation", DataType::Utf8, false));
+    }
+    let schema = Arc::new(Schema::new(fields));
     let mut writer = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
     let seg_ids: Vec<u32> = model.segments.iter().map(|s| s.id).collect();
+    let centroids = model.centroids();
     let mut counts = vec![0u64; model.k];
     let (rows, dropped) = stream_assigned(model, ds, id_col.as_deref(), &[], backend, |b| {
         for nr in b.nearest {
             counts[nr.label as usize] += 1;
         }
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                b.ids,
-                Arc::new(UInt32Array::from_iter_values(b.nearest.iter().map(|n| seg_ids[n.label as usize]))),
-                Arc::new(Float32Array::from_iter_values(b.nearest.iter().map(|n| n.dist.sqrt()))),
-                Arc::new(Float32Array::from_iter(
-                    b.nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
-                )),
-            ],
-        )
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+        let ids = match (&opts.pseudonymize, id_col.is_some()) {
+            (Some(p), true) => p.apply(&b.ids)?,
+            _ => b.ids,
+        };
+        let mut columns: Vec<ArrayRef> = vec![
+            ids,
+            Arc::new(UInt32Array::from_iter_values(b.nearest.iter().map(|n| seg_ids[n.label as usize]))),
+            Arc::new(Float32Array::from_iter_values(b.nearest.iter().map(|n| n.dist.sqrt()))),
+            Arc::new(Float32Array::from_iter(
+                b.nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
+            )),
+        ];
+        if let Some(names) = &opts.explain {
+            let dim = model.dim();
+            let texts: Vec<String> = b
+                .nearest
+                .iter()
+                .zip(b.model_space.chunks_exact(dim))
+                .map(|(n, x)| {
+                    let runner = runner_up(&centroids, x, n.label as usize);
+                    crate::segments::explain::explain(model, names, x, n.label as usize, runner, 2)
+                })
+                .collect();
+            columns.push(Arc::new(arrow::array::StringArray::from(texts)));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Runtime(e.to_string()))?;
         writer.write(&batch)
     })?;
     Ok(Assigned { output: writer, counts, rows, dropped, seconds: t0.elapsed().as_secs_f64() })
 }
 
+/// The nearest centroid to `x` other than `best` (exact, small k per row is fine).
+fn runner_up(c: &crate::backend::Centroids, x: &[f32], best: usize) -> Option<usize> {
+    (0..c.k)
+        .filter(|&j| j != best)
+        .map(|j| (crate::backend::cpu::exact_sq_dist(x, c.row(j)), j))
+        .min_by(|a, b| a.partial_cmp(b).unwrap())
+        .map(|(_, j)| j)
+}
+
+/// Segment names by index: the profile's, else the model's, else "segment N".
+pub(crate) fn segment_names(model: &Model, profile: Option<&crate::segments::profile::Profile>) -> Vec<String> {
+    model
+        .segments
+        .iter()
+        .map(|s| {
+            profile
+                .and_then(|p| p.segment(s.id))
+                .map(|p| p.name.clone())
+                .or_else(|| s.name.clone())
+                .unwrap_or_else(|| format!("segment {}", s.id))
+        })
+        .collect()
+}
+
 pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
+    let pseudonymize =
+        a.privacy.pseudonymize_ids.then(crate::segments::privacy::Pseudonymizer::from_env).transpose()?;
+    let profile: Option<crate::segments::profile::Profile> = match &a.profile {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::input(p, format!("cannot read: {e}")))?;
+            Some(serde_json::from_str(&text).map_err(|e| Error::input(p, format!("not a microseg profile ({e})")))?)
+        }
+        None => None,
+    };
     let out = AtomicOutput::create(&a.out, a.force)?;
     let backend = super::backend::open(&a.backend)?;
-    let res = assign_stream(&model, &ds, a.table.id_col.as_deref(), out, backend.as_ref())?;
+    let opts = AssignOptions { explain: a.explain.then(|| segment_names(&model, profile.as_ref())), pseudonymize };
+    let res = assign_stream(&model, &ds, a.table.id_col.as_deref(), out, backend.as_ref(), &opts)?;
     res.output.commit()?;
     log(format!(
         "assigned {} rows to {} segments in {:.2}s ({} left out); wrote {}",

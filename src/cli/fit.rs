@@ -97,9 +97,17 @@ pub(crate) struct SegmentArgs {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     opts: FitOpts,
-    /// Directory for model.json, assignments.parquet and summary.json (created if missing).
+    /// Directory for model.json, assignments.parquet, profile.json and report.html (created if missing).
     #[arg(long)]
     out_dir: PathBuf,
+    /// Columns that are not features to summarise per segment in the profile.
+    #[arg(long, value_delimiter = ',')]
+    outcomes: Vec<String>,
+    /// Add an `explanation` column to the assignments.
+    #[arg(long)]
+    explain: bool,
+    #[command(flatten)]
+    privacy: super::assign::PrivacyArgs,
     #[arg(long)]
     force: bool,
     #[arg(long)]
@@ -413,65 +421,39 @@ pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
 fn segment_into(a: &SegmentArgs) -> Result<()> {
     let model_out = AtomicOutput::create(&a.out_dir.join("model.json"), a.force)?;
     let assign_out = AtomicOutput::create(&a.out_dir.join("assignments.parquet"), a.force)?;
-    let summary_out = AtomicOutput::create(&a.out_dir.join("summary.json"), a.force)?;
+    let profile_out = AtomicOutput::create(&a.out_dir.join("profile.json"), a.force)?;
+    let report_out = AtomicOutput::create(&a.out_dir.join("report.html"), a.force)?;
     let backend = super::backend::open(&a.opts.backend)?;
     let outcome = fit_model(&a.inputs, &a.opts, backend.as_ref())?;
     let ds = Dataset::open(&a.inputs)?;
-    let assigned = super::assign::assign_stream(
-        &outcome.model,
-        &ds,
-        a.opts.table.id_col.as_deref(),
-        assign_out,
-        backend.as_ref(),
-    )?;
-    let summary = segment_summary(&outcome.model, &assigned.counts);
-    let staged = assigned.output;
-    write_json(summary_out, &summary)?;
-    staged.commit()?;
+    let id = a.opts.table.id_col.as_deref();
+    let pseudonymize =
+        a.privacy.pseudonymize_ids.then(crate::segments::privacy::Pseudonymizer::from_env).transpose()?;
+    let profile = super::segments::profile_of(&outcome.model, &ds, id, &a.outcomes, backend.as_ref())?;
+    let opts = super::assign::AssignOptions {
+        explain: a.explain.then(|| super::assign::segment_names(&outcome.model, Some(&profile))),
+        pseudonymize,
+    };
+    let assigned = super::assign::assign_stream(&outcome.model, &ds, id, assign_out, backend.as_ref(), &opts)?;
+    let html = crate::segments::report::render(&outcome.model, &profile, None, None);
+    // Commit only when every output is ready: a failure above leaves nothing behind.
+    assigned.output.commit()?;
+    write_json(profile_out, &profile)?;
+    super::segments::write_html(report_out, &html)?;
     write_json(model_out, &outcome.model)?;
-    log(format!("wrote model.json, assignments.parquet and summary.json to {}", a.out_dir.display()));
+    for s in &profile.segments {
+        log(format!("segment {}: {} ({:.1} %)", s.id, s.name, 100.0 * s.share));
+    }
+    log(format!("wrote model.json, assignments.parquet, profile.json and report.html to {}", a.out_dir.display()));
     if a.json {
         let mut s = outcome.summary;
         s["command"] = "segment".into();
         s["out_dir"] = a.out_dir.display().to_string().into();
         s["assigned_rows"] = assigned.rows.into();
         s["assign_seconds"] = assigned.seconds.into();
+        s["segment_names"] =
+            profile.segments.iter().map(|p| serde_json::json!([p.id, p.name])).collect::<Vec<_>>().into();
         super::print_json(&s)?;
     }
     Ok(())
-}
-
-/// Per-segment summary: size, share, centroid in original units and the features
-/// that set the segment apart most (largest standardised centroid coordinates).
-pub(crate) fn segment_summary(model: &Model, counts: &[u64]) -> serde_json::Value {
-    let total: u64 = counts.iter().sum();
-    let names: Vec<&str> = model.features.iter().map(|f| f.name.as_str()).collect();
-    let segs: Vec<serde_json::Value> = model
-        .segments
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut order: Vec<usize> = (0..names.len()).collect();
-            order.sort_by(|&a, &b| s.centroid[b].abs().total_cmp(&s.centroid[a].abs()).then(a.cmp(&b)));
-            let top: Vec<serde_json::Value> = order
-                .iter()
-                .take(3)
-                .map(|&j| serde_json::json!({"feature": names[j], "z": s.centroid[j], "value": s.centroid_original[j]}))
-                .collect();
-            let centroid: serde_json::Map<String, serde_json::Value> =
-                names.iter().zip(&s.centroid_original).map(|(n, v)| (n.to_string(), (*v).into())).collect();
-            let c = counts.get(i).copied().unwrap_or(0);
-            serde_json::json!({
-                "segment": s.id,
-                "name": s.name,
-                "assigned_rows": c,
-                "share": if total > 0 { c as f64 / total as f64 } else { 0.0 },
-                "training_rows": s.size,
-                "rms_distance": s.rms_distance,
-                "distinguishing_features": top,
-                "centroid": centroid,
-            })
-        })
-        .collect();
-    serde_json::json!({"k": model.k, "assigned_rows": total, "scale": model.scale, "segments": segs})
 }

@@ -69,6 +69,8 @@ enum Command {
     Profile(segments::ProfileArgs),
     /// Drift of new data against the model: PSI, distances, a verdict and exit code.
     Drift(segments::DriftArgs),
+    /// One self-contained HTML report of a model and its profile (and drift, audit).
+    Report(segments::ReportArgs),
     /// Fairness audit of assignments over protected columns (four-fifths rule).
     Audit(segments::AuditArgs),
     /// The compute adapters found, their limits, and which one a job would use.
@@ -163,6 +165,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => backend::run_info(a),
         Command::Profile(a) => segments::run_profile(a),
         Command::Audit(a) => segments::run_audit(a),
+        Command::Report(a) => segments::run_report(a),
         Command::Drift(_) => unreachable!("drift returns its verdict through main"),
         Command::Bench(a) => bench::run_bench(a),
     }

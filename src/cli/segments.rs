@@ -241,3 +241,45 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// A profile written by `microseg profile` (or `segment`).
+    #[arg(long)]
+    profile: PathBuf,
+    /// A drift report (`microseg drift --out`), to include.
+    #[arg(long)]
+    drift: Option<PathBuf>,
+    /// An audit report (`microseg audit --out`), to include.
+    #[arg(long)]
+    audit: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not a {what} ({e})")))
+}
+
+pub(crate) fn run_report(a: ReportArgs) -> Result<()> {
+    let out = AtomicOutput::create(&a.out, a.force)?;
+    let model = Model::load(&a.model)?;
+    let profile: Profile = read_json(&a.profile, "microseg profile")?;
+    let drift: Option<crate::segments::drift::DriftReport> =
+        a.drift.as_deref().map(|p| read_json(p, "drift report")).transpose()?;
+    let audit: Option<Vec<crate::segments::audit::AttributeAudit>> =
+        a.audit.as_deref().map(|p| read_json(p, "audit report")).transpose()?;
+    write_html(out, &crate::segments::report::render(&model, &profile, drift.as_ref(), audit.as_deref()))?;
+    log(format!("wrote {}", a.out.display()));
+    Ok(())
+}
+
+pub(crate) fn write_html(mut out: AtomicOutput, html: &str) -> Result<()> {
+    out.write_all(html.as_bytes())?;
+    out.commit()
+}

@@ -4,8 +4,11 @@
 
 pub mod audit;
 pub mod drift;
+pub mod explain;
 pub mod lineage;
+pub mod privacy;
 pub mod profile;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 

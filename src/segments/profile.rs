@@ -346,6 +346,11 @@ fn summarise(acc: &OutcomeAcc, name: &str) -> OutcomeSummary {
 fn phrase(feature: &str, high: bool) -> String {
     let f = feature.to_lowercase();
     let has = |keys: &[&str]| keys.iter().any(|k| f.contains(k));
+    if let Some(rest) = f.strip_prefix("is_").or_else(|| f.strip_prefix("has_")) {
+        // A flag: "uk" or "non-uk"; short words read as acronyms.
+        let word = if rest.len() <= 3 { rest.to_uppercase() } else { rest.replace('_', " ") };
+        return if high { word } else { format!("non-{word}") };
+    }
     let (hi, lo) = if has(&["recen", "days_since"]) {
         ("lapsed", "recent")
     } else if has(&["freq", "orders", "invoices", "purchases"]) {

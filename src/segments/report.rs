@@ -1,0 +1,284 @@
+//! The HTML report: one self-contained file (inline SVG and CSS, no script, no
+//! network) with segment sizes, a heat map of standardised feature means, a 2-D
+//! projection of the centroids sized by membership, the drift and fairness summaries
+//! when given, and a table of segments with their names and why.
+
+use std::fmt::Write;
+
+use super::audit::AttributeAudit;
+use super::drift::DriftReport;
+use super::profile::{OutcomeSummary, Profile};
+use crate::model::Model;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// Diverging colour for a standardised difference (blue low, white 0, red high).
+fn colour(z: f64) -> String {
+    let t = (z / 2.0).clamp(-1.0, 1.0);
+    let (r, g, b) = if t >= 0.0 {
+        (255.0, 255.0 * (1.0 - t * 0.75), 255.0 * (1.0 - t * 0.8))
+    } else {
+        (255.0 * (1.0 + t * 0.8), 255.0 * (1.0 + t * 0.6), 255.0)
+    };
+    format!("rgb({},{},{})", r as u8, g as u8, b as u8)
+}
+
+/// The first two principal axes of the centroids (power iteration on the covariance).
+fn project(points: &[Vec<f64>]) -> Vec<(f64, f64)> {
+    let k = points.len();
+    let d = points.first().map_or(0, |p| p.len());
+    if k == 0 || d == 0 {
+        return vec![(0.0, 0.0); k];
+    }
+    let mean: Vec<f64> = (0..d).map(|j| points.iter().map(|p| p[j]).sum::<f64>() / k as f64).collect();
+    let c: Vec<Vec<f64>> = points.iter().map(|p| p.iter().zip(&mean).map(|(a, m)| a - m).collect()).collect();
+    let cov = |v: &[f64]| -> Vec<f64> {
+        let mut out = vec![0.0; d];
+        for row in &c {
+            let dot: f64 = row.iter().zip(v).map(|(a, b)| a * b).sum();
+            for j in 0..d {
+                out[j] += dot * row[j];
+            }
+        }
+        out
+    };
+    let norm = |v: &mut Vec<f64>| {
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if n > 0.0 {
+            v.iter_mut().for_each(|x| *x /= n);
+        }
+    };
+    let mut axes: Vec<Vec<f64>> = Vec::new();
+    for a in 0..2.min(d) {
+        let mut v: Vec<f64> = (0..d).map(|j| 1.0 + ((j * 7 + a * 3) % 5) as f64).collect();
+        for _ in 0..100 {
+            let mut w = cov(&v);
+            for prev in &axes {
+                let dot: f64 = w.iter().zip(prev).map(|(x, y)| x * y).sum();
+                w.iter_mut().zip(prev).for_each(|(x, y)| *x -= dot * y);
+            }
+            norm(&mut w);
+            v = w;
+        }
+        axes.push(v);
+    }
+    c.iter()
+        .map(|row| {
+            let x = axes.first().map_or(0.0, |a| row.iter().zip(a).map(|(p, q)| p * q).sum());
+            let y = axes.get(1).map_or(0.0, |a| row.iter().zip(a).map(|(p, q)| p * q).sum());
+            (x, y)
+        })
+        .collect()
+}
+
+pub fn render(
+    model: &Model,
+    profile: &Profile,
+    drift: Option<&DriftReport>,
+    audit: Option<&[AttributeAudit]>,
+) -> String {
+    let mut h = String::new();
+    let names: Vec<&str> = profile.population.iter().map(|f| f.name.as_str()).collect();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>microseg report</title>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>\
+         body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}\
+         h1{{font-size:22px}}h2{{font-size:17px;margin-top:28px}}table{{border-collapse:collapse;font-size:13px}}\
+         td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}th{{background:#f4f4f4}}\
+         .num{{text-align:right}}.flag{{color:#b00;font-weight:bold}}.muted{{color:#777;font-size:12px}}\
+         svg text{{font-size:11px}}</style></head><body>"
+    );
+    let _ = write!(
+        h,
+        "<h1>Segments</h1><p>{} segments of {} rows; features: {}.<br><span class=\"muted\">model: engine {} {}, \
+         {} iterations, inertia {:.6e}, input {}</span></p>",
+        profile.k,
+        profile.n_rows,
+        esc(&names.join(", ")),
+        esc(&model.manifest.engine),
+        esc(&model.manifest.engine_version),
+        model.manifest.iterations,
+        model.manifest.objective,
+        esc(&model.manifest.input_fingerprint)
+    );
+    // Sizes.
+    let bar_h = 22;
+    let w = 900;
+    let _ = write!(
+        h,
+        "<h2>Segment sizes</h2><svg width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"segment sizes\">",
+        profile.segments.len() * bar_h + 4
+    );
+    let max_share = profile.segments.iter().map(|s| s.share).fold(0.0, f64::max).max(1e-9);
+    for (i, s) in profile.segments.iter().enumerate() {
+        let y = i * bar_h;
+        let len = (s.share / max_share * 360.0).max(1.0);
+        let _ = write!(
+            h,
+            "<text x=\"0\" y=\"{}\">{} · {}</text><rect x=\"330\" y=\"{}\" width=\"{len:.1}\" height=\"{}\" fill=\"#4a7fb5\"></rect>\
+             <text x=\"{:.1}\" y=\"{}\">{:.1} % ({})</text>",
+            y + 15,
+            s.id,
+            esc(&s.name),
+            y + 3,
+            bar_h - 6,
+            335.0 + len,
+            y + 15,
+            100.0 * s.share,
+            s.size
+        );
+    }
+    h.push_str("</svg>");
+    // Heat map.
+    let cw = 64;
+    let ch = 22;
+    let left = 260;
+    let top = 110;
+    let hw = left + names.len() * cw + 10;
+    let hh = top + profile.segments.len() * ch + 10;
+    let _ = write!(
+        h,
+        "<h2>Standardised feature means</h2><p class=\"muted\">(segment mean − population mean) / population sd; red high, blue low.</p><svg width=\"{hw}\" height=\"{hh}\" role=\"img\" aria-label=\"heat map\">"
+    );
+    for (j, n) in names.iter().enumerate() {
+        let x = left + j * cw + cw / 2;
+        let _ = write!(h, "<text transform=\"translate({x},{}) rotate(-45)\">{}</text>", top - 6, esc(n));
+    }
+    for (i, s) in profile.segments.iter().enumerate() {
+        let y = top + i * ch;
+        let _ = write!(h, "<text x=\"0\" y=\"{}\">{} · {}</text>", y + 15, s.id, esc(&s.name));
+        for (j, f) in s.features.iter().enumerate() {
+            let z = f.std_diff.unwrap_or(0.0);
+            let _ = write!(
+                h,
+                "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{}\" fill=\"{}\" stroke=\"#fff\"></rect><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{z:+.1}</text>",
+                left + j * cw,
+                cw,
+                ch,
+                colour(z),
+                left + j * cw + cw / 2,
+                y + 15
+            );
+        }
+    }
+    h.push_str("</svg>");
+    // Projection.
+    let cents: Vec<Vec<f64>> = model.segments.iter().map(|s| s.centroid.iter().map(|v| *v as f64).collect()).collect();
+    let pts = project(&cents);
+    let (minx, maxx) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (miny, maxy) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+    let (pw, ph, pad) = (560.0, 380.0, 40.0);
+    let sx = |x: f64| pad + (x - minx) / (maxx - minx).max(1e-12) * (pw - 2.0 * pad);
+    let sy = |y: f64| ph - pad - (y - miny) / (maxy - miny).max(1e-12) * (ph - 2.0 * pad);
+    let _ = write!(
+        h,
+        "<h2>Centroids, first two principal axes</h2><p class=\"muted\">area ∝ members</p><svg width=\"{pw}\" height=\"{ph}\" role=\"img\" aria-label=\"centroid map\"><rect x=\"0\" y=\"0\" width=\"{pw}\" height=\"{ph}\" fill=\"#fafafa\" stroke=\"#ddd\"></rect>"
+    );
+    let max_size = model.segments.iter().map(|s| s.size).max().unwrap_or(1).max(1) as f64;
+    for (s, p) in model.segments.iter().zip(&pts) {
+        let r = 4.0 + 26.0 * (s.size as f64 / max_size).sqrt();
+        let _ = write!(
+            h,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{r:.1}\" fill=\"#4a7fb5\" fill-opacity=\"0.45\" stroke=\"#2d5d8f\"></circle><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            sx(p.0),
+            sy(p.1),
+            sx(p.0),
+            sy(p.1) + 4.0,
+            s.id
+        );
+    }
+    h.push_str("</svg>");
+    // Table.
+    h.push_str("<h2>Segments and why</h2><table><tr><th>id</th><th>name</th><th class=\"num\">members</th><th class=\"num\">share</th><th>why</th><th>outcomes</th></tr>");
+    for s in &profile.segments {
+        let why: Vec<String> = s
+            .top_features
+            .iter()
+            .map(|t| format!("{} {} ({:+.2} sd)", t.direction, esc(&t.feature), t.std_diff))
+            .collect();
+        let outcomes: Vec<String> = s
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                OutcomeSummary::Numeric { column, mean, rate, .. } => {
+                    if *rate {
+                        format!("{}: {:.1} %", esc(column), 100.0 * mean)
+                    } else {
+                        format!("{}: mean {:.3}", esc(column), mean)
+                    }
+                }
+                OutcomeSummary::Hour { column, best_hour, best_hour_share, .. } => {
+                    format!("{}: best hour {best_hour}:00 ({:.0} %)", esc(column), 100.0 * best_hour_share)
+                }
+                OutcomeSummary::Categorical { column, top, .. } => format!(
+                    "{}: {}",
+                    esc(column),
+                    top.iter()
+                        .take(3)
+                        .map(|(k, v)| format!("{} {:.0} %", esc(k), 100.0 * v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1} %</td><td>{}</td><td>{}</td></tr>",
+            s.id,
+            esc(&s.name),
+            s.size,
+            100.0 * s.share,
+            why.join("; "),
+            outcomes.join("<br>")
+        );
+    }
+    h.push_str("</table>");
+    if let Some(d) = drift {
+        let _ = write!(
+            h,
+            "<h2>Drift</h2><p>Verdict: <b>{:?}</b> (watch from PSI {}, retrain from {}). Segment-share PSI {:.3}; mean distance {:.3} (training {:.3}); weakly assigned {:.1} % (training {:.1} %).</p><table><tr><th>feature</th><th class=\"num\">PSI</th></tr>",
+            d.verdict,
+            d.thresholds.watch,
+            d.thresholds.retrain,
+            d.segment_psi,
+            d.mean_distance,
+            d.training_mean_distance,
+            100.0 * d.low_margin_share,
+            100.0 * d.training_low_margin_share
+        );
+        for f in &d.feature_psi {
+            let _ = write!(h, "<tr><td>{}</td><td class=\"num\">{:.4}</td></tr>", esc(&f.feature), f.psi);
+        }
+        h.push_str("</table>");
+    }
+    if let Some(a) = audit {
+        h.push_str("<h2>Fairness</h2><p class=\"muted\">Disparate impact: a group's rate of landing in the segment over the highest group's rate; flagged under 0.8 (four-fifths rule).</p>");
+        for attr in a {
+            let _ = write!(
+                h,
+                "<h3>{}</h3><table><tr><th>segment</th><th>group</th><th class=\"num\">share of segment</th><th class=\"num\">share of population</th><th class=\"num\">disparate impact</th></tr>",
+                esc(&attr.column)
+            );
+            for s in &attr.segments {
+                for g in &s.groups {
+                    let _ = write!(
+                        h,
+                        "<tr><td>{}</td><td>{}</td><td class=\"num\">{:.1} %</td><td class=\"num\">{:.1} %</td><td class=\"num{}\">{:.2}</td></tr>",
+                        s.segment,
+                        esc(&g.group),
+                        100.0 * g.share_of_segment,
+                        100.0 * g.share_of_population,
+                        if g.flagged { " flag" } else { "" },
+                        g.disparate_impact
+                    );
+                }
+            }
+            h.push_str("</table>");
+        }
+    }
+    h.push_str("<p class=\"muted\">Made by microseg. Names are generated from the features that most set each segment apart; set your own in the model file.</p></body></html>\n");
+    h
+}
