@@ -440,3 +440,56 @@ fn explanations_and_pseudonymised_ids() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("MICROSEG_ID_KEY"));
     assert!(!p.join("x.parquet").exists());
 }
+
+#[test]
+fn outcome_summaries_rates_means_hours_and_categories() {
+    use microseg::segments::profile::{OutcomeSummary, ProfileBuilder};
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    // Two obvious segments on x; outcomes: churned (0/1), revenue, open_hour, channel.
+    let n = 200usize;
+    let x: Vec<f64> =
+        (0..n).map(|i| if i < 100 { (i % 10) as f64 * 0.01 } else { 10.0 + (i % 10) as f64 * 0.01 }).collect();
+    write(&p.join("t.parquet"), vec![("x", Arc::new(Float64Array::from(x.clone())) as ArrayRef)]);
+    std::fs::write(p.join("c0.csv"), "0\n10\n").unwrap();
+    ok(&run(&["fit", "t.parquet", "--k", "2", "--scale", "none", "--init", "c0.csv", "--model", "m.json"], p));
+    let model = microseg::model::Model::load(&p.join("m.json")).unwrap();
+    let mut b =
+        ProfileBuilder::new(&model, &["churned".into(), "revenue".into(), "open_hour".into(), "channel".into()]);
+    let raw: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i >= 100) as u32).collect();
+    let churned = Arc::new(Int64Array::from_iter_values((0..n).map(|i| (i % 4 == 0) as i64))) as ArrayRef;
+    let revenue = Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))) as ArrayRef;
+    let hour =
+        Arc::new(Int64Array::from_iter_values((0..n).map(|i| if i < 100 { 9 + (i % 3 == 0) as i64 } else { 20 })))
+            as ArrayRef;
+    let channel =
+        Arc::new(StringArray::from_iter_values((0..n).map(|i| if i % 5 == 0 { "sms" } else { "email" }))) as ArrayRef;
+    b.add(&raw, &labels, &[churned, revenue, hour, channel]).unwrap();
+    let prof = b.finish();
+    let s0 = &prof.segments[0];
+    match &s0.outcomes[0] {
+        OutcomeSummary::Numeric { mean, rate, count, .. } => assert_eq!((*mean, *rate, *count), (0.25, true, 100)),
+        o => panic!("{o:?}"),
+    }
+    match &s0.outcomes[1] {
+        OutcomeSummary::Numeric { mean, rate, .. } => assert_eq!((*mean, *rate), (49.5, false)),
+        o => panic!("{o:?}"),
+    }
+    match (&s0.outcomes[2], &prof.segments[1].outcomes[2]) {
+        (
+            OutcomeSummary::Hour { best_hour: h0, best_hour_share: s, .. },
+            OutcomeSummary::Hour { best_hour: h1, .. },
+        ) => {
+            assert_eq!((*h0, *h1), (9, 20));
+            assert!((s - 0.66).abs() < 1e-12, "{s}");
+        }
+        o => panic!("{o:?}"),
+    }
+    match &s0.outcomes[3] {
+        OutcomeSummary::Categorical { top, .. } => {
+            assert_eq!(top, &vec![("email".to_string(), 0.8), ("sms".to_string(), 0.2)])
+        }
+        o => panic!("{o:?}"),
+    }
+}

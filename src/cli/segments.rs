@@ -161,6 +161,9 @@ pub(crate) struct AuditArgs {
     /// Id column in both files (default: subscriber_id).
     #[arg(long, default_value = "subscriber_id")]
     id_col: String,
+    /// The model the segments came from: refuse if a protected column was a feature.
+    #[arg(long)]
+    model: Option<PathBuf>,
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long)]
@@ -176,6 +179,18 @@ fn keys(a: &dyn Array) -> Result<Vec<Option<String>>> {
 }
 
 pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
+    if let Some(m) = &a.model {
+        let model = Model::load(m)?;
+        let used: Vec<&String> =
+            a.protected.iter().filter(|p| model.feature_columns.iter().any(|c| &c.column == *p)).collect();
+        if !used.is_empty() {
+            return Err(Error::Usage(format!(
+                "protected column(s) {} were clustering features of {}; refit without them (--exclude) before auditing",
+                used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                m.display()
+            )));
+        }
+    }
     let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
     let seg_ds = Dataset::open(std::slice::from_ref(&a.segments))?;
     let cols = vec![a.id_col.clone(), "segment".to_string()];
