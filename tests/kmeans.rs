@@ -202,3 +202,102 @@ fn invalid_parameters_are_refused_before_fitting() {
     let e = kmeans::fit(&b, &x, Some(&w), &KMeansParams::new(2), &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("1 usable rows"), "{e}");
 }
+
+/// Spherical k-means in f64, the plain way: assign by largest cosine (ties to the
+/// lower index), centroid = normalised sum, until no label changes.
+fn spherical_reference(x: &[Vec<f64>], mut c: Vec<Vec<f64>>, max_iter: usize) -> (f64, usize) {
+    let n = x.len();
+    let mut labels = vec![usize::MAX; n];
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+    let mut it = 0;
+    while it < max_iter {
+        it += 1;
+        let mut changed = false;
+        for i in 0..n {
+            let mut best = (f64::NEG_INFINITY, 0);
+            for (j, cj) in c.iter().enumerate() {
+                let s = dot(&x[i], cj);
+                if s > best.0 {
+                    best = (s, j);
+                }
+            }
+            if labels[i] != best.1 {
+                changed = true;
+                labels[i] = best.1;
+            }
+        }
+        if !changed {
+            break;
+        }
+        for (j, cj) in c.iter_mut().enumerate() {
+            let mut s = vec![0.0; x[0].len()];
+            for i in (0..n).filter(|&i| labels[i] == j) {
+                s.iter_mut().zip(&x[i]).for_each(|(a, b)| *a += b);
+            }
+            let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                *cj = s.iter().map(|v| v / norm).collect();
+            }
+        }
+    }
+    let obj = (0..n).map(|i| 1.0 - dot(&x[i], &c[labels[i]])).sum();
+    (obj, it)
+}
+
+#[test]
+fn spherical_kmeans_matches_an_f64_reference_on_real_embeddings() {
+    let path = crate::util::repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet");
+    let (m, _) = crate::util::load(&path, &["embedding"], None);
+    let mut m = m;
+    microseg::features::normalize_rows(&mut m, microseg::features::MissingPolicy::Error, "embeddings").unwrap();
+    let k = 16;
+    let starts: Vec<usize> = (0..k).map(|j| j * 263).collect();
+    let x64: Vec<Vec<f64>> = (0..m.n()).map(|i| m.row(i).iter().map(|v| *v as f64).collect()).collect();
+    let (want, ref_iters) = spherical_reference(&x64, starts.iter().map(|&i| x64[i].clone()).collect(), 60);
+    for alg in [Algorithm::Lloyd, Algorithm::Hamerly, Algorithm::Pruned] {
+        let mut p = given(k, m.dim, starts.iter().flat_map(|&i| m.row(i).to_vec()).collect());
+        p.metric = microseg::kmeans::Metric::Cosine;
+        p.tol = 0.0;
+        p.max_iter = 60;
+        p.algorithm = alg;
+        let f = run(&m, None, &p);
+        // ‖x − c‖² = 2 (1 − cos) on the unit sphere.
+        let got = f.inertia / 2.0;
+        assert!(
+            crate::util::rel(got, want) <= 1e-5,
+            "{alg:?}: objective {got} vs f64 reference {want} ({} vs {ref_iters} iterations)",
+            f.iterations
+        );
+        for j in 0..k {
+            let n: f64 = f.centroids.row(j).iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((n - 1.0).abs() < 1e-5, "centroid {j} norm {n}");
+        }
+    }
+}
+
+#[test]
+fn embedding_blocks_are_scaled_as_a_whole() {
+    use microseg::features::{FeatureColumn, Scale, fit_transforms_weighted};
+    // Two scalars (variance 4 and 1) and a 3-wide embedding with variances 1, 2, 3.
+    let rows: Vec<[f32; 5]> = (0..400)
+        .map(|i| {
+            let s = if i % 2 == 0 { 1.0 } else { -1.0 };
+            let t = if i % 4 < 2 { 1.0 } else { -1.0 };
+            [2.0 * s, t, s, 2f32.sqrt() * t, 3f32.sqrt() * s * t]
+        })
+        .collect();
+    let m = Matrix::new(rows.iter().flatten().copied().collect(), 5);
+    let cols = vec![
+        FeatureColumn { column: "a".into(), width: 1, log1p: false },
+        FeatureColumn { column: "b".into(), width: 1, log1p: false },
+        FeatureColumn { column: "e".into(), width: 3, log1p: false },
+    ];
+    let tf = fit_transforms_weighted(&m, &cols, Scale::Standard, None, None);
+    assert!((tf[0].scale - 2.0).abs() < 1e-9 && (tf[1].scale - 1.0).abs() < 1e-9);
+    // Total embedding variance 6, default weight 2 (two scalars): one scale sqrt(3).
+    for t in &tf[2..] {
+        assert!((t.scale - 3f64.sqrt()).abs() < 1e-6, "{}", t.scale);
+    }
+    let tf = fit_transforms_weighted(&m, &cols, Scale::Standard, None, Some(6.0));
+    assert!((tf[2].scale - 1.0).abs() < 1e-6);
+}

@@ -194,6 +194,25 @@ pub(crate) fn stream_assigned(
                 .flat_map(|row| row.iter().zip(&log1p).map(|(v, l)| if *l { v.exp_m1() } else { *v })),
         );
         features::apply_transforms(&mut block, &model.features);
+        if model.metric == "cosine" {
+            let mut mtx = features::Matrix::new(std::mem::take(&mut block), dim);
+            let policy = if model.missing == MissingPolicy::Drop { MissingPolicy::Drop } else { MissingPolicy::Error };
+            let keep = features::normalize_rows(&mut mtx, policy, &sb.path.display().to_string())?;
+            block = mtx.data;
+            if let Some(k) = keep {
+                dropped += k.iter().filter(|v| !**v).count() as u64;
+                features::compact_rows(&mut raw, dim, &k);
+                let mask = BooleanArray::from(k);
+                ids = filter(&ids, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                for a in extra_arrays.iter_mut() {
+                    *a = filter(a, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                }
+            }
+        }
+        let kept = block.len() / dim;
+        if kept == 0 {
+            continue;
+        }
         nearest.clear();
         nearest.resize(kept, Nearest::default());
         backend.assign(&block, &centroids, &mut nearest)?;

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::{AlgorithmArg, MissingArg, ScaleArg, TableArgs, log};
+use super::{AlgorithmArg, MetricArg, MissingArg, ScaleArg, TableArgs, log};
 use crate::backend::{Backend, Centroids};
 use crate::error::{Error, Result};
 use crate::features::{self, MissingPolicy, Scale};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, write_json};
-use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams};
+use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams, Metric};
 use crate::model::{FORMAT, FORMAT_VERSION, Manifest, Model};
 
 /// Options of a fit, shared by `fit` and `segment`.
@@ -67,6 +67,14 @@ pub(crate) struct FitOpts {
     /// Allow features whose names look sensitive (gender, race, religion, health, …).
     #[arg(long)]
     allow_sensitive: bool,
+    /// euclidean, or cosine: spherical k-means (rows and centroids on the unit sphere;
+    /// zero rows are an error, or left out with --missing drop).
+    #[arg(long, value_enum, default_value = "euclidean")]
+    metric: MetricArg,
+    /// Total variance each embedding column gets under --scale standard (each scalar
+    /// feature has 1); default: the number of scalar features, so both groups weigh the same.
+    #[arg(long)]
+    embedding_weight: Option<f64>,
     /// Exact iteration: Lloyd, Hamerly's bounds, or triangle-inequality pruning; all give
     /// the same model bit for bit. auto: Hamerly below k = 128, pruned from 128 on.
     #[arg(long, value_enum, default_value = "auto")]
@@ -224,8 +232,28 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
             table.rows_dropped, table.rows_read
         ));
     }
-    let transforms = features::fit_transforms(&table.matrix, &cols, scale, table.impute.as_deref());
+    if o.embedding_weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
+        return Err(Error::Usage("--embedding-weight must be a positive number".into()));
+    }
+    let transforms =
+        features::fit_transforms_weighted(&table.matrix, &cols, scale, table.impute.as_deref(), o.embedding_weight);
     features::apply_transforms(&mut table.matrix.data, &transforms);
+    let metric = match o.metric {
+        MetricArg::Euclidean => Metric::Euclidean,
+        MetricArg::Cosine => Metric::Cosine,
+    };
+    if metric == Metric::Cosine {
+        let keep = features::normalize_rows(&mut table.matrix, missing, &ds.display_name())?;
+        if let (Some(k), Some(w)) = (&keep, table.weights.as_mut()) {
+            let mut it = k.iter();
+            w.retain(|_| *it.next().unwrap());
+        }
+        if let Some(k) = keep {
+            let dropped = k.iter().filter(|v| !**v).count() as u64;
+            table.rows_dropped += dropped;
+            log(format!("left out {dropped} rows with a zero vector (--metric cosine, --missing drop)"));
+        }
+    }
     let read_seconds = t_read.elapsed().as_secs_f64();
     let algorithm = match o.algorithm {
         AlgorithmArg::Lloyd => Algorithm::Lloyd,
@@ -250,6 +278,7 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         seed: o.seed,
         algorithm,
         init_sample: o.init_sample,
+        metric,
     };
     let n = table.matrix.n();
     log(format!(
@@ -318,7 +347,10 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         method: "kmeans".into(),
-        metric: "euclidean".into(),
+        metric: match metric {
+            Metric::Euclidean => "euclidean".into(),
+            Metric::Cosine => "cosine".into(),
+        },
         k: o.k,
         id_column: id_col,
         weight_column: o.weight_col.clone(),

@@ -94,6 +94,12 @@ pub(crate) enum ScaleArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum MetricArg {
+    Euclidean,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum MissingArg {
     Error,
     Drop,

@@ -544,23 +544,51 @@ pub fn column_variances(m: &Matrix, means: &[f64]) -> Vec<f64> {
 }
 
 /// Fit the scaling on the training matrix (after log1p and imputation).
+///
+/// Scalar columns are standardised one by one. An embedding column is centred per
+/// element but scaled as one block, so that its elements keep their relative
+/// geometry and its total variance equals `embedding_weight` (each scalar feature has
+/// variance 1): with the default weight (the number of scalar features, at least 1)
+/// the embedding and the scalars weigh the same in the distance.
 pub fn fit_transforms(
     m: &Matrix,
     cols: &[FeatureColumn],
     scale: Scale,
     impute: Option<&[f32]>,
 ) -> Vec<FeatureTransform> {
+    fit_transforms_weighted(m, cols, scale, impute, None)
+}
+
+/// `fit_transforms` with an explicit total variance per embedding column.
+pub fn fit_transforms_weighted(
+    m: &Matrix,
+    cols: &[FeatureColumn],
+    scale: Scale,
+    impute: Option<&[f32]>,
+    embedding_weight: Option<f64>,
+) -> Vec<FeatureTransform> {
     let names = feature_names(cols);
+    let scalars = cols.iter().filter(|c| c.width == 1).count();
+    let weight = embedding_weight.unwrap_or(scalars.max(1) as f64);
     let (centers, scales) = match scale {
         Scale::None => (vec![0.0; m.dim], vec![1.0; m.dim]),
         Scale::Standard => {
             let means = column_means(m, false);
             let vars = column_variances(m, &means);
             // As scikit-learn's StandardScaler: a constant feature keeps scale 1.
-            let sd = vars
+            let mut sd: Vec<f64> = vars
                 .iter()
                 .map(|v| if *v > 0.0 && v.sqrt() > 10.0 * f64::EPSILON * 1.0 { v.sqrt() } else { 1.0 })
                 .collect();
+            let mut off = 0;
+            for c in cols {
+                if c.width > 1 {
+                    let total: f64 = vars[off..off + c.width].iter().sum();
+                    let block = if total > 0.0 { (total / weight).sqrt() } else { 1.0 };
+                    sd[off..off + c.width].fill(block);
+                }
+                off += c.width;
+            }
             (means, sd)
         }
     };
@@ -587,4 +615,33 @@ pub fn apply_transforms(block: &mut [f32], transforms: &[FeatureTransform]) {
             }
         }
     });
+}
+
+/// Put every row on the unit sphere (cosine metric). A zero row is an error, or, with
+/// `MissingPolicy::Drop`, left out: then the mask of kept rows is returned.
+pub fn normalize_rows(m: &mut Matrix, missing: MissingPolicy, source: &str) -> Result<Option<Vec<bool>>> {
+    let dim = m.dim;
+    let norms: Vec<f64> =
+        m.data.par_chunks(dim).map(|r| r.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt()).collect();
+    let zero = norms.iter().filter(|n| **n == 0.0).count();
+    if zero > 0 && missing != MissingPolicy::Drop {
+        let first = norms.iter().position(|n| *n == 0.0).unwrap();
+        return Err(Error::input(
+            source,
+            format!(
+                "{zero} rows are zero vectors (first: row {first}); --metric cosine needs non-zero rows; pass --missing drop to leave them out"
+            ),
+        ));
+    }
+    m.data.par_chunks_mut(dim).zip(&norms).for_each(|(r, n)| {
+        if *n > 0.0 {
+            r.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
+        }
+    });
+    if zero == 0 {
+        return Ok(None);
+    }
+    let keep: Vec<bool> = norms.iter().map(|n| *n > 0.0).collect();
+    compact_rows(&mut m.data, dim, &keep);
+    Ok(Some(keep))
 }

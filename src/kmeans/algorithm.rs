@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::hyperparams::{Algorithm, InitMethod, KMeansParams};
+use super::hyperparams::{Algorithm, InitMethod, KMeansParams, Metric};
 use super::init;
 use crate::backend::cpu::{Kernel, PreparedCentroids, REDUCE_ROWS, assign_block, exact_sq_dist};
 use crate::backend::{Backend, Centroids, ClusterStats, Nearest};
@@ -112,7 +112,16 @@ fn fit_runs<B: Backend + ?Sized>(
 fn initial_centroids(x: &Matrix, w: Option<&[f32]>, p: &KMeansParams, run: usize) -> Centroids {
     let mut rng = init::rng_for(p.seed, run);
     if let InitMethod::Given(c) = &p.init {
-        return c.clone();
+        let mut c = c.clone();
+        if p.metric == Metric::Cosine {
+            for row in c.data.chunks_mut(c.dim) {
+                let n = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+                if n > 0.0 {
+                    row.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
+                }
+            }
+        }
+        return c;
     }
     let (sample, sw) = init::sample_rows(x, w, p.init_sample_rows(x.n()), &mut rng);
     match &p.init {
@@ -210,7 +219,7 @@ fn run_once<B: Backend + ?Sized>(
         }
         let moved = relocate_empty(&mut stats, x, w, &nearest);
         relocations += moved;
-        let new_c = centroids_from(&stats, &c);
+        let new_c = centroids_from(&stats, &c, p.metric);
         let shift: f64 = (0..k).map(|j| exact_sq_dist(new_c.row(j), c.row(j))).sum();
         prev_c = Some(std::mem::replace(&mut c, new_c));
         iterations = it + 1;
@@ -319,15 +328,29 @@ impl Ord for OrdF32 {
 }
 
 /// New centroids: weighted means; a cluster left with no weight keeps its centroid.
-fn centroids_from(stats: &ClusterStats, old: &Centroids) -> Centroids {
+/// For the cosine metric the mean is put back on the unit sphere (a zero mean keeps the
+/// old centroid).
+fn centroids_from(stats: &ClusterStats, old: &Centroids, metric: Metric) -> Centroids {
     let dim = stats.dim;
     let mut data = old.data.clone();
     for j in 0..stats.k {
         let wj = stats.weight[j];
-        if wj > 0.0 {
-            for p in 0..dim {
-                data[j * dim + p] = (stats.sum[j * dim + p] / wj) as f32;
+        if wj <= 0.0 {
+            continue;
+        }
+        let sum = &stats.sum[j * dim..(j + 1) * dim];
+        let scale = match metric {
+            Metric::Euclidean => 1.0 / wj,
+            Metric::Cosine => {
+                let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+                if norm == 0.0 {
+                    continue;
+                }
+                1.0 / norm
             }
+        };
+        for p in 0..dim {
+            data[j * dim + p] = (sum[p] * scale) as f32;
         }
     }
     Centroids::new(data, dim)

@@ -56,6 +56,18 @@ impl Algorithm {
     }
 }
 
+/// The geometry of the fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metric {
+    /// Squared Euclidean distance.
+    #[default]
+    Euclidean,
+    /// Spherical k-means: rows and centroids on the unit sphere (the caller normalises
+    /// the rows; centroids are renormalised after every update), so the nearest
+    /// centroid is the most cosine-similar and ‖x − c‖² = 2(1 − cos).
+    Cosine,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct KMeansParams {
     pub k: usize,
@@ -68,6 +80,7 @@ pub struct KMeansParams {
     pub algorithm: Algorithm,
     /// Rows the initialisation looks at (a seeded sample); 0 means 64·k, at least 10 000.
     pub init_sample: usize,
+    pub metric: Metric,
 }
 
 pub const DEFAULT_SEED: u64 = 0;
@@ -83,6 +96,7 @@ impl KMeansParams {
             seed: DEFAULT_SEED,
             algorithm: Algorithm::auto(k),
             init_sample: 0,
+            metric: Metric::Euclidean,
         }
     }
 

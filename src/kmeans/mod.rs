@@ -8,4 +8,4 @@ pub mod init;
 mod pruned;
 
 pub use algorithm::{IterInfo, KMeansFit, fit, tolerance};
-pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams};
+pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams, Metric};
