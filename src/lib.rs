@@ -12,6 +12,7 @@ pub mod io;
 pub mod kmeans;
 pub mod model;
 pub mod segments;
+pub mod similarity;
 pub mod synth;
 
 pub use error::{Error, ExitCode, Result};

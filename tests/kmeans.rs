@@ -301,3 +301,44 @@ fn embedding_blocks_are_scaled_as_a_whole() {
     let tf = fit_transforms_weighted(&m, &cols, Scale::Standard, None, Some(6.0));
     assert!((tf[2].scale - 1.0).abs() < 1e-6);
 }
+
+#[test]
+fn exact_top_k_similarity_has_recall_one_on_real_embeddings() {
+    use microseg::similarity::{SimMetric, search};
+    let path = crate::util::repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet");
+    let (m, _) = crate::util::load(&path, &["embedding"], None);
+    let dim = m.dim;
+    let queries: Vec<f32> = (0..120).flat_map(|i| m.row(i * 35).to_vec()).collect();
+    // float64 brute force: inner product, or cosine of the vectors as stored.
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let reference = |k: usize, metric: SimMetric| -> Vec<Vec<usize>> {
+        (0..120)
+            .map(|qi| {
+                let q = &queries[qi * dim..(qi + 1) * dim];
+                let mut s: Vec<(f64, usize)> = (0..m.n())
+                    .map(|j| {
+                        let dot = q.iter().zip(m.row(j)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+                        let s = if metric == SimMetric::Cosine {
+                            dot * (1.0 / norm(q)) * (1.0 / norm(m.row(j)))
+                        } else {
+                            dot
+                        };
+                        (s, j)
+                    })
+                    .collect();
+                s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                s.iter().take(k).map(|x| x.1).collect()
+            })
+            .collect()
+    };
+    for k in [1, 10, 100] {
+        for (metric, chunk) in [(SimMetric::Ip, usize::MAX / dim), (SimMetric::Cosine, 997), (SimMetric::Ip, 64)] {
+            let want = reference(k, metric);
+            let got = search(&queries, &m.data, dim, k, metric, chunk);
+            for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();
+                assert_eq!(&ids, w, "k={k} {metric:?} chunk={chunk} query {qi}");
+            }
+        }
+    }
+}

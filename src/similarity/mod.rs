@@ -1,0 +1,219 @@
+//! Exact top-k similarity (inner product or cosine) between query and base vectors.
+//! Scores are computed in f32 with the CPU backend's fused kernel, base chunk by base
+//! chunk (so a base larger than memory streams through), into a per-query running
+//! top-k; every candidate within the f32 rounding bound of the k-th score is re-scored
+//! in f64, and the final order is by f64 score, ties to the lower base index, so the
+//! result equals a float64 brute force (recall 1.0).
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::cpu::{ErrorTerms, fused};
+
+/// Query rows per tile (the fused kernel's register tile).
+const QROWS: usize = fused::ROWS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimMetric {
+    /// x·y.
+    Ip,
+    /// x·y / (‖x‖‖y‖): the caller normalises both sides first.
+    Cosine,
+}
+
+/// One neighbour: base row (global index) and its exact (f64) score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub index: u64,
+    pub score: f64,
+}
+
+/// Running top-k of one query: candidates with exact scores, trimmed lazily.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    k: usize,
+    hits: Vec<Hit>,
+    /// The k-th best exact score so far (−inf until k hits).
+    kth: f64,
+}
+
+fn better(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then(a.index.cmp(&b.index))
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        TopK { k, hits: Vec::with_capacity(2 * k + 8), kth: f64::NEG_INFINITY }
+    }
+
+    fn push(&mut self, h: Hit) {
+        self.hits.push(h);
+        if self.hits.len() >= 2 * self.k + 8 {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.hits.len() > self.k {
+            self.hits.select_nth_unstable_by(self.k - 1, better);
+            self.hits.truncate(self.k);
+        }
+        if self.hits.len() == self.k {
+            self.kth = self.hits.iter().map(|h| h.score).fold(f64::INFINITY, f64::min);
+        }
+    }
+
+    /// Merge another partial list of the same query (chunks searched separately).
+    pub fn merge(&mut self, other: TopK) {
+        for h in other.hits {
+            self.push(h);
+        }
+        self.trim();
+    }
+
+    /// The final list, best first.
+    pub fn finish(mut self) -> Vec<Hit> {
+        self.trim();
+        self.hits.sort_by(better);
+        self.hits
+    }
+}
+
+fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Put rows on the unit sphere (zero rows stay zero).
+pub fn normalize(v: &mut [f32], dim: usize) {
+    v.par_chunks_mut(dim).for_each(|r| {
+        let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        if n > 0.0 {
+            r.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
+        }
+    });
+}
+
+/// Base vectors packed per block: the block is read by every query tile, so it should
+/// stay in the last-level cache (4096 × 384 × 4 B = 6 MiB).
+const BASE_BLOCK: usize = 4096;
+
+/// Vectors as searched (`scan`, normalised for cosine) and as scored exactly
+/// (`exact` · `scale`: the original vector and 1/‖v‖ for cosine, 1 for inner product).
+pub struct Side<'a> {
+    pub scan: &'a [f32],
+    pub exact: &'a [f32],
+    pub scale: &'a [f64],
+}
+
+/// Search one chunk of the base (rows `base_offset..`) for every query, updating the
+/// per-query lists.
+pub fn search_chunk(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, lists: &mut [TopK]) {
+    let (queries, base) = (q.scan, b.scan);
+    // |f32 dot − exact| ≤ γ_{d+2} ‖q‖‖b‖ (plus the rounding of normalisation); a
+    // candidate is re-scored when its f32 score is within twice that of the k-th.
+    let gamma = (dim as f64 + 8.0) * f32::EPSILON as f64;
+    let qnorms: Vec<f64> =
+        queries.chunks_exact(dim).map(|r| r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()).collect();
+    let fused_ok = fused::available();
+    for (bi, block) in base.chunks(BASE_BLOCK * dim).enumerate() {
+        let nb = block.len() / dim;
+        let offset = base_offset + (bi * BASE_BLOCK) as u64;
+        let zeros = vec![0.0f32; nb];
+        let no_err = ErrorTerms { a: zeros.clone(), b: zeros.clone() };
+        let bnorm =
+            block.chunks_exact(dim).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).fold(0.0f32, f32::max) as f64;
+        let packed = fused_ok.then(|| fused::PackedCentroids::new(block, &zeros, &no_err, dim));
+        let stride = nb.next_multiple_of(fused::PANEL);
+        let b0 = bi * BASE_BLOCK;
+        queries
+            .par_chunks(QROWS * dim)
+            .zip(lists.par_chunks_mut(QROWS))
+            .zip(qnorms.par_chunks(QROWS))
+            .enumerate()
+            .for_each_init(Vec::new, |scores: &mut Vec<f32>, (ti, ((qt, l), qn))| {
+                let q0 = ti * QROWS;
+                let rows = l.len();
+                scores.clear();
+                scores.resize(rows * stride, 0.0);
+                match &packed {
+                    Some(pk) => {
+                        let mut upper = [[0.0f32; 2]; QROWS];
+                        let xn = [0.0f32; QROWS];
+                        // SAFETY: `packed` exists only with AVX2 + FMA; `q` holds `rows`
+                        // rows, `scores` rows × padded block.
+                        unsafe { fused::values(qt, rows, pk, &xn, scores, &mut upper) };
+                    }
+                    None => {
+                        for r in 0..rows {
+                            for j in 0..nb {
+                                let d: f32 = qt[r * dim..(r + 1) * dim]
+                                    .iter()
+                                    .zip(&block[j * dim..(j + 1) * dim])
+                                    .map(|(a, b)| a * b)
+                                    .sum();
+                                scores[r * stride + j] = -2.0 * d;
+                            }
+                        }
+                    }
+                }
+                for r in 0..rows {
+                    let qi = q0 + r;
+                    let qr = &q.exact[qi * dim..(qi + 1) * dim];
+                    let slack = 2.0 * gamma * qn[r] * bnorm + f64::MIN_POSITIVE;
+                    let list = &mut l[r];
+                    // v = 0 − 2·dot: the f32 score is −v/2 (exact); compare in v.
+                    for (j, &v) in scores[r * stride..r * stride + nb].iter().enumerate() {
+                        if (v as f64) <= -2.0 * (list.kth - slack) || list.hits.len() < list.k {
+                            let bj = b0 + j;
+                            let exact = dot64(qr, &b.exact[bj * dim..(bj + 1) * dim]) * q.scale[qi] * b.scale[bj];
+                            if exact >= list.kth || list.hits.len() < list.k {
+                                list.push(Hit { index: offset + j as u64, score: exact });
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// Exact top-k of every query over an in-memory base, in chunks of `chunk_rows` base
+/// rows (the partial lists merge as they go). Normalises copies for cosine.
+pub fn search(
+    queries: &[f32],
+    base: &[f32],
+    dim: usize,
+    k: usize,
+    metric: SimMetric,
+    chunk_rows: usize,
+) -> Vec<Vec<Hit>> {
+    let (qs, qscale) = prepare(queries, dim, metric);
+    let mut lists: Vec<TopK> = (0..queries.len() / dim).map(|_| TopK::new(k)).collect();
+    let q = Side { scan: qs.as_deref().unwrap_or(queries), exact: queries, scale: &qscale };
+    let rows = chunk_rows.max(1);
+    for (ci, chunk) in base.chunks(rows * dim).enumerate() {
+        let (bs, bscale) = prepare(chunk, dim, metric);
+        let b = Side { scan: bs.as_deref().unwrap_or(chunk), exact: chunk, scale: &bscale };
+        search_chunk(&q, &b, dim, (ci * rows) as u64, &mut lists);
+    }
+    lists.into_iter().map(TopK::finish).collect()
+}
+
+/// The scan copy (normalised, for cosine) and the exact scale of each row.
+pub fn prepare(v: &[f32], dim: usize, metric: SimMetric) -> (Option<Vec<f32>>, Vec<f64>) {
+    match metric {
+        SimMetric::Ip => (None, vec![1.0; v.len() / dim]),
+        SimMetric::Cosine => {
+            let mut s = v.to_vec();
+            normalize(&mut s, dim);
+            let scale = v
+                .chunks_exact(dim)
+                .map(|r| {
+                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                    if n > 0.0 { 1.0 / n } else { 0.0 }
+                })
+                .collect();
+            (Some(s), scale)
+        }
+    }
+}
