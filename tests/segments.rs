@@ -493,3 +493,88 @@ fn outcome_summaries_rates_means_hours_and_categories() {
         o => panic!("{o:?}"),
     }
 }
+
+#[test]
+fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let (m, _) = crate::util::load(
+        &repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet"),
+        &["embedding"],
+        None,
+    );
+    let n = 1500usize;
+    let dim = m.dim;
+    let emb = arrow::array::FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", arrow::datatypes::DataType::Float32, true)),
+        dim as i32,
+        Arc::new(arrow::array::Float32Array::from(m.data[..n * dim].to_vec())),
+        None,
+    )
+    .unwrap();
+    write(
+        &p.join("people.parquet"),
+        vec![
+            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef),
+            ("emb", Arc::new(emb) as ArrayRef),
+        ],
+    );
+    std::fs::write(p.join("seeds.txt"), "5\n77\n300\n").unwrap();
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot * (1.0 / na) * (1.0 / nb)
+    };
+    for mode in ["max", "mean"] {
+        let out = format!("{mode}.parquet");
+        ok(&run(
+            &[
+                "similar",
+                "--input",
+                "people.parquet",
+                "--embedding",
+                "emb",
+                "--seed-ids",
+                "seeds.txt",
+                "--top",
+                "25",
+                "--mode",
+                mode,
+                "--out",
+                &out,
+            ],
+            p,
+        ));
+        let f = std::fs::File::open(p.join(&out)).unwrap();
+        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let scores = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(b.num_rows(), 25);
+        // Independent: score every non-seed row, take the 25 best (ties to the lower row).
+        let seeds = [5usize, 77, 300];
+        let mut all: Vec<(f64, usize)> = (0..n)
+            .filter(|i| !seeds.contains(i))
+            .map(|i| {
+                let s: Vec<f64> = seeds.iter().map(|&j| cos(m.row(i), m.row(j))).collect();
+                let v = if mode == "max" {
+                    s.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+                } else {
+                    s.iter().sum::<f64>() / 3.0
+                };
+                (v, i)
+            })
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for r in 0..25 {
+            assert_eq!(ids.value(r), all[r].1.to_string(), "{mode} rank {r}");
+            assert!((scores.value(r) - all[r].0).abs() < 1e-9, "{mode} rank {r}: {} vs {}", scores.value(r), all[r].0);
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod bench;
 mod fit;
 mod generate;
 mod segments;
+mod similarity;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,10 @@ enum Command {
     Report(segments::ReportArgs),
     /// Fairness audit of assignments over protected columns (four-fifths rule).
     Audit(segments::AuditArgs),
+    /// Exact top-k neighbours of query rows among base rows (embedding column).
+    Neighbors(similarity::NeighborsArgs),
+    /// Look-alike audience: the input rows most similar to a seed set.
+    Similar(similarity::SimilarArgs),
     /// The compute adapters found, their limits, and which one a job would use.
     Info(backend::InfoArgs),
     /// Time the assign and reduce passes on each backend and check they agree.
@@ -172,6 +177,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Profile(a) => segments::run_profile(a),
         Command::Audit(a) => segments::run_audit(a),
         Command::Report(a) => segments::run_report(a),
+        Command::Neighbors(a) => similarity::run_neighbors(a),
+        Command::Similar(a) => similarity::run_similar(a),
         Command::Drift(_) => unreachable!("drift returns its verdict through main"),
         Command::Bench(a) => bench::run_bench(a),
     }

@@ -44,12 +44,13 @@ fn better(a: &Hit, b: &Hit) -> std::cmp::Ordering {
 
 impl TopK {
     pub fn new(k: usize) -> Self {
-        TopK { k, hits: Vec::with_capacity(2 * k + 8), kth: f64::NEG_INFINITY }
+        TopK { k, hits: Vec::with_capacity(k + k / 4 + 16), kth: f64::NEG_INFINITY }
     }
 
     fn push(&mut self, h: Hit) {
         self.hits.push(h);
-        if self.hits.len() >= 2 * self.k + 8 {
+        // Trim often, so the k-th score (the filter) rises early.
+        if self.hits.len() >= self.k + self.k / 4 + 16 {
             self.trim();
         }
     }
@@ -61,6 +62,13 @@ impl TopK {
         }
         if self.hits.len() == self.k {
             self.kth = self.hits.iter().map(|h| h.score).fold(f64::INFINITY, f64::min);
+        }
+    }
+
+    /// Offer a hit with its exact score.
+    pub fn push_hit(&mut self, h: Hit) {
+        if h.score >= self.kth || self.hits.len() < self.k {
+            self.push(h);
         }
     }
 
@@ -80,8 +88,19 @@ impl TopK {
     }
 }
 
+/// Exact-enough dot product: f64 products summed in four lanes (vectorises).
 fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    let mut acc = [0.0f64; 4];
+    let n4 = a.len() / 4 * 4;
+    for (x, y) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
+        for l in 0..4 {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
+        acc[0] += *x as f64 * *y as f64;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// Put rows on the unit sphere (zero rows stay zero).
@@ -162,15 +181,36 @@ pub fn search_chunk(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, li
                     let qr = &q.exact[qi * dim..(qi + 1) * dim];
                     let slack = 2.0 * gamma * qn[r] * bnorm + f64::MIN_POSITIVE;
                     let list = &mut l[r];
-                    // v = 0 − 2·dot: the f32 score is −v/2 (exact); compare in v.
-                    for (j, &v) in scores[r * stride..r * stride + nb].iter().enumerate() {
-                        if (v as f64) <= -2.0 * (list.kth - slack) || list.hits.len() < list.k {
-                            let bj = b0 + j;
-                            let exact = dot64(qr, &b.exact[bj * dim..(bj + 1) * dim]) * q.scale[qi] * b.scale[bj];
-                            if exact >= list.kth || list.hits.len() < list.k {
-                                list.push(Hit { index: offset + j as u64, score: exact });
+                    // v = 0 − 2·dot: the f32 score is −v/2 (exact); compare in v against
+                    // a limit rounded up (conservative), eight values at a time.
+                    let limit = |l: &TopK| -> f32 {
+                        if l.hits.len() < l.k {
+                            return f32::INFINITY;
+                        }
+                        let x = -2.0 * (l.kth - slack);
+                        let f = x as f32;
+                        if (f as f64) < x { f.next_up() } else { f }
+                    };
+                    let mut lim = limit(list);
+                    let row = &scores[r * stride..r * stride + nb];
+                    let mut j0 = 0;
+                    while j0 < nb {
+                        let end = (j0 + 8).min(nb);
+                        if row[j0..end].iter().all(|v| *v > lim) {
+                            j0 = end;
+                            continue;
+                        }
+                        for (j, &v) in row.iter().enumerate().take(end).skip(j0) {
+                            if v <= lim {
+                                let bj = b0 + j;
+                                let exact = dot64(qr, &b.exact[bj * dim..(bj + 1) * dim]) * q.scale[qi] * b.scale[bj];
+                                if exact >= list.kth || list.hits.len() < list.k {
+                                    list.push(Hit { index: offset + j as u64, score: exact });
+                                    lim = limit(list);
+                                }
                             }
                         }
+                        j0 = end;
                     }
                 }
             });

@@ -1,0 +1,410 @@
+//! `microseg neighbors`: exact top-k neighbours of each query row among base rows, by
+//! inner product or cosine over a Parquet embedding column; the base streams through
+//! batch by batch, so it can be larger than memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, Float64Array, StringArray, UInt32Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use clap::{Args, ValueEnum};
+
+use super::log;
+use crate::error::{Error, Result};
+use crate::features::{self, FeatureColumn, MissingPolicy};
+use crate::io::output::{AtomicOutput, ParquetOutput};
+use crate::io::{ColumnKind, Dataset, column_kind};
+use crate::similarity::{Side, SimMetric, TopK, prepare, search_chunk};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum SimMetricArg {
+    Cosine,
+    Ip,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NeighborsArgs {
+    /// Base Parquet files (or directories).
+    #[arg(long, required = true, num_args = 1..)]
+    base: Vec<PathBuf>,
+    /// Query Parquet file(s).
+    #[arg(long, required = true, num_args = 1..)]
+    queries: Vec<PathBuf>,
+    /// The embedding column (FixedSizeList of numbers) in both.
+    #[arg(long)]
+    embedding: String,
+    #[arg(long)]
+    k: usize,
+    #[arg(long, value_enum, default_value = "cosine")]
+    metric: SimMetricArg,
+    /// Id column in both (default: subscriber_id when present, else row numbers).
+    #[arg(long)]
+    id_col: Option<String>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn embedding_column(ds: &Dataset, name: &str) -> Result<Vec<FeatureColumn>> {
+    let dt = ds.column_type(name)?;
+    match column_kind(dt) {
+        Some(ColumnKind::Embedding { width }) => {
+            Ok(vec![FeatureColumn { column: name.to_string(), width, log1p: false }])
+        }
+        _ => Err(Error::input(
+            &ds.files[0],
+            format!("column '{name}' has type {dt}; --embedding needs a FixedSizeList of numbers"),
+        )),
+    }
+}
+
+/// Ids as text for the given rows of a dataset (row numbers when there is no id column).
+fn ids_of(ds: &Dataset, id: Option<&str>, rows: &[u64]) -> Result<Vec<String>> {
+    let Some(id) = id else {
+        return Ok(rows.iter().map(|r| r.to_string()).collect());
+    };
+    let mut wanted: Vec<(u64, usize)> = rows.iter().enumerate().map(|(i, r)| (*r, i)).collect();
+    wanted.sort_unstable();
+    let mut out = vec![String::new(); rows.len()];
+    let (mut base, mut w) = (0u64, 0usize);
+    for sb in ds.batches(&[id.to_string()])? {
+        let sb = sb?;
+        let m = sb.batch.num_rows() as u64;
+        let s = cast(sb.batch.column(0), &DataType::Utf8).map_err(|e| Error::input(sb.path, e.to_string()))?;
+        let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+        while w < wanted.len() && wanted[w].0 < base + m {
+            out[wanted[w].1] = s.value((wanted[w].0 - base) as usize).to_string();
+            w += 1;
+        }
+        base += m;
+    }
+    Ok(out)
+}
+
+pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
+    if a.k == 0 {
+        return Err(Error::Usage("--k must be at least 1".into()));
+    }
+    let out = AtomicOutput::create(&a.out, a.force)?;
+    let metric = match a.metric {
+        SimMetricArg::Cosine => SimMetric::Cosine,
+        SimMetricArg::Ip => SimMetric::Ip,
+    };
+    let t0 = Instant::now();
+    let qds = Dataset::open(&a.queries)?;
+    let bds = Dataset::open(&a.base)?;
+    let qcols = embedding_column(&qds, &a.embedding)?;
+    let bcols = embedding_column(&bds, &a.embedding)?;
+    let dim = qcols[0].width;
+    if bcols[0].width != dim {
+        return Err(Error::input(
+            &bds.files[0],
+            format!("'{}' has {} values per row but the queries have {dim}", a.embedding, bcols[0].width),
+        ));
+    }
+    let queries = features::load_training(&qds, &qcols, None, MissingPolicy::Error)?.matrix.data;
+    let (qs, qscale) = prepare(&queries, dim, metric);
+    let q = Side { scan: qs.as_deref().unwrap_or(&queries), exact: &queries, scale: &qscale };
+    let nq = queries.len() / dim;
+    let mut lists: Vec<TopK> = (0..nq).map(|_| TopK::new(a.k)).collect();
+    let read_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut offset = 0u64;
+    let mut compute_s = 0.0;
+    let mut block: Vec<f32> = Vec::new();
+    for sb in bds.batches(&bcols.iter().map(|c| c.column.clone()).collect::<Vec<_>>())? {
+        let sb = sb?;
+        let m = sb.batch.num_rows();
+        block.clear();
+        block.resize(m * dim, 0.0);
+        features::convert_batch(&sb.batch, &bcols, sb.path, &mut block)?;
+        if let Some(bad) = block.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(
+                sb.path,
+                format!("'{}' has a null, NaN or infinite value at batch row {}", a.embedding, bad / dim),
+            ));
+        }
+        let tc = Instant::now();
+        let (bs, bscale) = prepare(&block, dim, metric);
+        let b = Side { scan: bs.as_deref().unwrap_or(&block), exact: &block, scale: &bscale };
+        search_chunk(&q, &b, dim, offset, &mut lists);
+        compute_s += tc.elapsed().as_secs_f64();
+        offset += m as u64;
+    }
+    let search_s = t1.elapsed().as_secs_f64();
+    let hits: Vec<Vec<crate::similarity::Hit>> = lists.into_iter().map(TopK::finish).collect();
+    let resolve = |ds: &Dataset| super::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
+    let (qid, bid) = (resolve(&qds)?, resolve(&bds)?);
+    let qids = ids_of(&qds, qid.as_deref(), &(0..nq as u64).collect::<Vec<_>>())?;
+    let rows: Vec<u64> = hits.iter().flatten().map(|h| h.index).collect();
+    let bids = ids_of(&bds, bid.as_deref(), &rows)?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, false),
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("neighbor", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+    ]));
+    let mut w = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
+    let mut q_col = Vec::new();
+    let mut r_col = Vec::new();
+    let mut s_col = Vec::new();
+    for (qi, hs) in hits.iter().enumerate() {
+        for (r, h) in hs.iter().enumerate() {
+            q_col.push(qids[qi].clone());
+            r_col.push(r as u32 + 1);
+            s_col.push(h.score);
+        }
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(q_col)),
+        Arc::new(UInt32Array::from(r_col)),
+        Arc::new(StringArray::from(bids)),
+        Arc::new(Float64Array::from(s_col)),
+    ];
+    w.write(&RecordBatch::try_new(schema, cols).map_err(|e| Error::Runtime(e.to_string()))?)?;
+    w.commit()?;
+    let qps = nq as f64 / search_s.max(1e-9);
+    log(format!(
+        "{nq} queries × {offset} base rows, k={}: search {search_s:.2}s ({qps:.0} queries/s); wrote {}",
+        a.k,
+        a.out.display()
+    ));
+    if a.json {
+        super::print_json(&serde_json::json!({
+            "command": "neighbors", "queries": nq, "base_rows": offset, "dim": dim, "k": a.k,
+            "metric": metric, "read_seconds": read_s, "search_seconds": search_s, "queries_per_second": qps,
+            "compute_seconds": compute_s, "queries_per_second_compute_only": nq as f64 / compute_s.max(1e-9),
+            "threads": rayon::current_num_threads(), "backend": "cpu",
+        }))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum SeedMode {
+    /// Similarity to the most similar seed.
+    Max,
+    /// Mean similarity over the seeds.
+    Mean,
+    /// Similarity to the seeds' centroid (normalised for cosine).
+    Centroid,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimilarArgs {
+    /// The subscribers to score (Parquet files or directories).
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    #[arg(long)]
+    embedding: String,
+    /// Seed vectors: a Parquet file with the same embedding column.
+    #[arg(long, conflicts_with = "seed_ids", required_unless_present = "seed_ids")]
+    seeds: Option<PathBuf>,
+    /// Seed ids, one per line, looked up in the input's id column.
+    #[arg(long)]
+    seed_ids: Option<PathBuf>,
+    /// How many look-alikes to write.
+    #[arg(long)]
+    top: usize,
+    #[arg(long, value_enum, default_value = "max")]
+    mode: SeedMode,
+    #[arg(long, value_enum, default_value = "cosine")]
+    metric: SimMetricArg,
+    /// Id column (default: subscriber_id when present, else row numbers).
+    #[arg(long)]
+    id_col: Option<String>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Stream rows (embedding and optional id as text) batch by batch.
+fn stream_rows(
+    ds: &Dataset,
+    cols: &[FeatureColumn],
+    id: Option<&str>,
+    mut each: impl FnMut(&[f32], Option<&StringArray>, u64) -> Result<()>,
+) -> Result<()> {
+    let dim = cols[0].width;
+    let mut names = vec![cols[0].column.clone()];
+    names.extend(id.map(str::to_string));
+    let mut offset = 0u64;
+    let mut block = Vec::new();
+    for sb in ds.batches(&names)? {
+        let sb = sb?;
+        let m = sb.batch.num_rows();
+        block.clear();
+        block.resize(m * dim, 0.0);
+        features::convert_batch(&sb.batch, cols, sb.path, &mut block)?;
+        if let Some(bad) = block.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(
+                sb.path,
+                format!("'{}' has a null, NaN or infinite value at batch row {}", cols[0].column, bad / dim),
+            ));
+        }
+        let ids = match id {
+            Some(_) => {
+                Some(cast(sb.batch.column(1), &DataType::Utf8).map_err(|e| Error::input(sb.path, e.to_string()))?)
+            }
+            None => None,
+        };
+        each(&block, ids.as_ref().map(|a| a.as_any().downcast_ref::<StringArray>().unwrap()), offset)?;
+        offset += m as u64;
+    }
+    Ok(())
+}
+
+pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
+    if a.top == 0 {
+        return Err(Error::Usage("--top must be at least 1".into()));
+    }
+    let out = AtomicOutput::create(&a.out, a.force)?;
+    let metric = match a.metric {
+        SimMetricArg::Cosine => SimMetric::Cosine,
+        SimMetricArg::Ip => SimMetric::Ip,
+    };
+    let ds = Dataset::open(&a.input)?;
+    let cols = embedding_column(&ds, &a.embedding)?;
+    let dim = cols[0].width;
+    let id = super::resolve_id(&ds, a.id_col.as_deref(), &["subscriber_id"])?;
+    // The seeds and the ids to leave out.
+    let mut exclude = std::collections::HashSet::new();
+    let seeds: Vec<f32> = match (&a.seeds, &a.seed_ids) {
+        (Some(p), _) => {
+            let sds = Dataset::open(std::slice::from_ref(p))?;
+            let scols = embedding_column(&sds, &a.embedding)?;
+            if scols[0].width != dim {
+                return Err(Error::input(
+                    p,
+                    format!("'{}' has {} values per row, the input {dim}", a.embedding, scols[0].width),
+                ));
+            }
+            let sid = super::resolve_id(&sds, a.id_col.as_deref(), &["subscriber_id"])?;
+            let mut v = Vec::new();
+            stream_rows(&sds, &scols, sid.as_deref(), |block, ids, _| {
+                v.extend_from_slice(block);
+                if let Some(ids) = ids {
+                    exclude.extend((0..ids.len()).map(|i| ids.value(i).to_string()));
+                }
+                Ok(())
+            })?;
+            v
+        }
+        (None, Some(p)) => {
+            let Some(idc) = id.as_deref() else {
+                return Err(Error::Usage("--seed-ids needs an id column in the input (--id-col)".into()));
+            };
+            let text = std::fs::read_to_string(p).map_err(|e| Error::input(p, format!("cannot read: {e}")))?;
+            let wanted: std::collections::HashSet<String> =
+                text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            let mut v = Vec::new();
+            stream_rows(&ds, &cols, Some(idc), |block, ids, _| {
+                let ids = ids.unwrap();
+                for i in 0..ids.len() {
+                    if wanted.contains(ids.value(i)) {
+                        v.extend_from_slice(&block[i * dim..(i + 1) * dim]);
+                    }
+                }
+                Ok(())
+            })?;
+            if v.is_empty() {
+                return Err(Error::input(
+                    p,
+                    format!("none of its {} ids is in the input's '{idc}' column", wanted.len()),
+                ));
+            }
+            exclude = wanted;
+            v
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    if seeds.is_empty() {
+        return Err(Error::Usage("no seed vectors".into()));
+    }
+    let (ss, sscale) = prepare(&seeds, dim, metric);
+    let seed_side = Side { scan: ss.as_deref().unwrap_or(&seeds), exact: &seeds, scale: &sscale };
+    // Mean and centroid modes score against one vector (the mean of the scored seeds).
+    let ns = seeds.len() / dim;
+    let mut mean = vec![0f64; dim];
+    for (r, row) in seeds.chunks_exact(dim).enumerate() {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += *v as f64 * sscale[r] / ns as f64;
+        }
+    }
+    let mean_norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let t0 = Instant::now();
+    let mut best = TopK::new(a.top);
+    let mut row_ids: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    stream_rows(&ds, &cols, id.as_deref(), |block, ids, offset| {
+        let m = block.len() / dim;
+        let (bs, bscale) = prepare(block, dim, metric);
+        let scores: Vec<f64> = match a.mode {
+            SeedMode::Max => {
+                let b = Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale };
+                let mut lists: Vec<TopK> = (0..m).map(|_| TopK::new(1)).collect();
+                search_chunk(&b, &seed_side, dim, 0, &mut lists);
+                lists.into_iter().map(|l| l.finish().first().map_or(f64::NEG_INFINITY, |h| h.score)).collect()
+            }
+            SeedMode::Mean | SeedMode::Centroid => block
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(r, x)| {
+                    let d: f64 = x.iter().zip(&mean).map(|(p, q)| *p as f64 * q).sum::<f64>() * bscale[r];
+                    if matches!(a.mode, SeedMode::Centroid) && metric == SimMetric::Cosine && mean_norm > 0.0 {
+                        d / mean_norm
+                    } else {
+                        d
+                    }
+                })
+                .collect(),
+        };
+        let mut part = TopK::new(a.top);
+        for (r, s) in scores.iter().enumerate() {
+            let key = ids.map_or_else(|| (offset + r as u64).to_string(), |ids| ids.value(r).to_string());
+            if exclude.contains(&key) {
+                continue;
+            }
+            part.push_hit(crate::similarity::Hit { index: offset + r as u64, score: *s });
+        }
+        for h in part.finish() {
+            let key = ids.map_or_else(|| h.index.to_string(), |ids| ids.value((h.index - offset) as usize).to_string());
+            row_ids.insert(h.index, key);
+            best.push_hit(h);
+        }
+        Ok(())
+    })?;
+    let hits = best.finish();
+    let secs = t0.elapsed().as_secs_f64();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(id.as_deref().unwrap_or("row"), DataType::Utf8, false),
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("score", DataType::Float64, false),
+    ]));
+    let mut w = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
+    let cols_out: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(hits.iter().map(|h| row_ids[&h.index].clone()).collect::<Vec<_>>())),
+        Arc::new(UInt32Array::from_iter_values(1..=hits.len() as u32)),
+        Arc::new(Float64Array::from(hits.iter().map(|h| h.score).collect::<Vec<_>>())),
+    ];
+    w.write(&RecordBatch::try_new(schema, cols_out).map_err(|e| Error::Runtime(e.to_string()))?)?;
+    w.commit()?;
+    log(format!(
+        "scored against {ns} seeds ({} excluded ids) in {secs:.2}s; wrote the top {} to {}",
+        exclude.len(),
+        hits.len(),
+        a.out.display()
+    ));
+    if a.json {
+        super::print_json(&serde_json::json!({"command": "similar", "seeds": ns, "top": hits.len(), "seconds": secs}))?;
+    }
+    Ok(())
+}
