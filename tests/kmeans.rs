@@ -273,6 +273,17 @@ fn spherical_kmeans_matches_an_f64_reference_on_real_embeddings() {
             assert!((n - 1.0).abs() < 1e-5, "centroid {j} norm {n}");
         }
     }
+    // The wgpu backend (lavapipe in CI) from the same start.
+    for (name, b) in crate::backend::backends().into_iter().filter(|(n, _)| *n == "wgpu") {
+        let mut p = given(k, m.dim, starts.iter().flat_map(|&i| m.row(i).to_vec()).collect());
+        p.metric = microseg::kmeans::Metric::Cosine;
+        p.tol = 0.0;
+        p.max_iter = 60;
+        p.algorithm = Algorithm::Lloyd;
+        let f = kmeans::fit(b.as_ref(), &m, None, &p, &mut |_| {}).unwrap();
+        let got = f.inertia / 2.0;
+        assert!(crate::util::rel(got, want) <= 1e-5, "{name}: objective {got} vs f64 reference {want}");
+    }
 }
 
 #[test]
