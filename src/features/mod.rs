@@ -206,10 +206,12 @@ fn flat_values<'a>(
     } else {
         cast(&child_sliced, &DataType::Float32).map_err(|e| e.to_string())?
     };
-    let child = child_f32.as_primitive::<Float32Type>();
-    if list.null_count() == 0 && child.null_count() == 0 {
-        return Ok(Cow::Owned(child.values().to_vec()));
+    if list.null_count() == 0 && child_f32.null_count() == 0 {
+        // Borrow the values (no copy): `keep` holds the array for the caller's lifetime.
+        *keep = Some(child_f32);
+        return Ok(Cow::Borrowed(keep.as_ref().unwrap().as_primitive::<Float32Type>().values()));
     }
+    let child = child_f32.as_primitive::<Float32Type>();
     let mut v: Vec<f32> = child.iter().map(|x| x.unwrap_or(f32::NAN)).collect();
     for i in 0..n {
         if list.is_null(i) {
