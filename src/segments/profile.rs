@@ -2,7 +2,8 @@
 //! against the whole population, standardised differences, the features that most
 //! set the segment apart, a short generated name, and outcome summaries (rates,
 //! means, the best send hour, category shares) for columns that were not features.
-//! Quantiles come from a seeded reservoir sample (exact up to its size).
+//! Quantiles come from a seeded reservoir sample (exact up to its size, see
+//! `segment_sample`); means and standardised differences use every row.
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
@@ -14,9 +15,12 @@ use serde::{Deserialize, Serialize};
 use super::quantile_sorted;
 use crate::error::{Error, Result};
 
-/// Rows kept per segment for quantiles (and for the population).
+/// Rows kept per segment for quantiles (and for the population), at most; the samples
+/// together stay under SAMPLE_BUDGET bytes (k = 256 segments of 32 features keep 8,192
+/// rows each), so profiling 10⁷ rows does not hold a second copy of the data.
 pub const SEGMENT_SAMPLE: usize = 50_000;
 pub const POPULATION_SAMPLE: usize = 200_000;
+const SAMPLE_BUDGET: usize = 256 << 20;
 /// Standardised difference under which a feature does not name a segment.
 const NAMING_THRESHOLD: f64 = 0.25;
 
@@ -107,6 +111,11 @@ enum OutcomeAcc {
     Categorical { counts: std::collections::BTreeMap<String, u64>, count: u64 },
 }
 
+/// Rows sampled per segment for k segments of `dim` features.
+pub fn segment_sample(k: usize, dim: usize) -> usize {
+    (SAMPLE_BUDGET * 3 / 4 / (4 * dim.max(1) * k.max(1))).clamp(1_000, SEGMENT_SAMPLE)
+}
+
 /// Gathers a profile batch by batch.
 pub struct ProfileBuilder {
     names: Vec<String>,
@@ -140,8 +149,8 @@ impl ProfileBuilder {
             sumsq: vec![0.0; k * dim],
             pop_sum: vec![0.0; dim],
             pop_sumsq: vec![0.0; dim],
-            samples: (0..k).map(|_| Reservoir::new(SEGMENT_SAMPLE)).collect(),
-            pop_sample: Reservoir::new(POPULATION_SAMPLE),
+            samples: (0..k).map(|_| Reservoir::new(segment_sample(k, dim))).collect(),
+            pop_sample: Reservoir::new(POPULATION_SAMPLE.min(SAMPLE_BUDGET / 4 / (4 * dim.max(1))).max(1_000)),
             outcomes: vec![Vec::new(); k],
             pop_outcomes: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(0x9e37_79b9),
