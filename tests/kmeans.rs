@@ -350,6 +350,17 @@ fn exact_top_k_similarity_has_recall_one_on_real_embeddings() {
                 let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();
                 assert_eq!(&ids, w, "k={k} {metric:?} chunk={chunk} query {qi}");
             }
+            // The wgpu backend (lavapipe in CI): the same exact lists.
+            if let Ok(Some(gpu)) = microseg::backend::wgpu::WgpuBackend::open(true) {
+                let got = microseg::similarity::search_gpu(&gpu, &queries, &m.data, dim, k, metric, chunk.min(m.n()))
+                    .unwrap();
+                for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();
+                    assert_eq!(&ids, w, "wgpu k={k} {metric:?} chunk={chunk} query {qi}");
+                }
+            } else if std::env::var_os("MICROSEG_REQUIRE_GPU_TESTS").is_some() {
+                panic!("no wgpu adapter but MICROSEG_REQUIRE_GPU_TESTS is set");
+            }
         }
     }
 }

@@ -257,3 +257,59 @@ pub fn prepare(v: &[f32], dim: usize, metric: SimMetric) -> (Option<Vec<f32>>, V
         }
     }
 }
+
+/// `search` on a GPU: the device keeps a running top-(k + 16) per query in f32 (the
+/// tiles of scores never travel back); the host re-scores those in f64 and keeps k.
+/// Where the device's list is too tight to prove the f64 order (near-ties around the
+/// k-th score), that query is redone on the CPU, so the result is always exact.
+pub fn search_gpu(
+    gpu: &crate::backend::wgpu::WgpuBackend,
+    queries: &[f32],
+    base: &[f32],
+    dim: usize,
+    k: usize,
+    metric: SimMetric,
+    chunk_rows: usize,
+) -> crate::error::Result<Vec<Vec<Hit>>> {
+    let keep = k + 16;
+    let (qs, qscale) = prepare(queries, dim, metric);
+    let (bs, bscale) = prepare(base, dim, metric);
+    let (q_scan, b_scan) = (qs.as_deref().unwrap_or(queries), bs.as_deref().unwrap_or(base));
+    let mut dev = gpu.topk_start(q_scan, dim, keep).ok_or_else(|| {
+        crate::error::Error::Runtime("this GPU lacks the workgroup memory of the top-k shader".into())
+    })?;
+    let rows = chunk_rows.max(1);
+    for (ci, chunk) in b_scan.chunks(rows * dim).enumerate() {
+        dev.add(chunk, (ci * rows) as u64)?;
+    }
+    let kept = dev.finish()?;
+    let gamma = (dim as f64 + 8.0) * f32::EPSILON as f64;
+    let bnorm =
+        b_scan.chunks_exact(dim).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).fold(0.0f32, f32::max) as f64;
+    let nb = base.len() / dim;
+    let mut out = Vec::with_capacity(kept.len());
+    for (qi, list) in kept.into_iter().enumerate() {
+        let qr = &queries[qi * dim..(qi + 1) * dim];
+        let mut hits: Vec<Hit> = list
+            .iter()
+            .map(|&(j, _)| {
+                let j = j as usize;
+                Hit { index: j as u64, score: dot64(qr, &base[j * dim..(j + 1) * dim]) * qscale[qi] * bscale[j] }
+            })
+            .collect();
+        hits.sort_by(better);
+        let qn = q_scan[qi * dim..(qi + 1) * dim].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let slack = 2.0 * gamma * qn * bnorm;
+        // Rows the device left out scored at most the lowest kept f32 score; they cannot
+        // reach the k-th exact score when that lies more than the rounding bound above.
+        let lowest_kept = list.iter().map(|p| p.1 as f64).fold(f64::INFINITY, f64::min);
+        let proven = list.len() < keep.min(nb) || (hits.len() >= k && lowest_kept + slack < hits[k - 1].score);
+        if list.len() >= keep.min(nb) && proven || list.len() == nb {
+            hits.truncate(k);
+            out.push(hits);
+        } else {
+            out.push(search(qr, base, dim, k, metric, chunk_rows).remove(0));
+        }
+    }
+    Ok(out)
+}

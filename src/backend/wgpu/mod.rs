@@ -21,12 +21,21 @@ pub use wgpu::naga;
 pub const ASSIGN_WGSL: &str = include_str!("../../../shaders/assign.wgsl");
 pub const REDUCE_PARTIALS_WGSL: &str = include_str!("../../../shaders/reduce_partials.wgsl");
 pub const REDUCE_COMBINE_WGSL: &str = include_str!("../../../shaders/reduce_combine.wgsl");
+pub const TOPK_WGSL: &str = include_str!("../../../shaders/topk.wgsl");
 /// Every shader, for validation tests.
 pub const SHADERS: &[(&str, &str)] = &[
     ("assign.wgsl", ASSIGN_WGSL),
     ("reduce_partials.wgsl", REDUCE_PARTIALS_WGSL),
     ("reduce_combine.wgsl", REDUCE_COMBINE_WGSL),
+    ("topk.wgsl", TOPK_WGSL),
 ];
+/// Workgroup memory topk.wgsl needs (bytes).
+const TOPK_WORKGROUP_BYTES: u32 = (1024 + 1024 + 4096) * 4;
+/// Base rows per top-k dispatch. On lavapipe (Mesa 22.3.6), dispatches merging about
+/// 1,000 rows or more into lists longer than 64 lost some rows (cause not found; every
+/// list is owned by one invocation); 256-row dispatches pass the exactness tests.
+/// Check this first on a real GPU.
+pub const TOPK_DISPATCH_ROWS: usize = 256;
 
 /// Mirrors of the shaders' constants.
 pub const ASSIGN_TILE: u32 = 64;
@@ -65,6 +74,17 @@ struct PartialParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
+struct TopkParams {
+    nq: u32,
+    nb: u32,
+    d: u32,
+    k: u32,
+    offset: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 struct CombineParams {
     k: u32,
     width: u32,
@@ -85,6 +105,7 @@ struct GpuNearest {
 const _: () = assert!(std::mem::size_of::<AssignParams>() == 16);
 const _: () = assert!(std::mem::size_of::<PartialParams>() == 32);
 const _: () = assert!(std::mem::size_of::<CombineParams>() == 16);
+const _: () = assert!(std::mem::size_of::<TopkParams>() == 32);
 const _: () = assert!(std::mem::size_of::<GpuNearest>() == 16);
 
 /// What `microseg info` shows of an adapter.
@@ -174,6 +195,8 @@ pub struct GpuContext {
     assign: Pipe,
     partials: Pipe,
     combine: Pipe,
+    /// None when the adapter's workgroup memory is too small for the top-k tile.
+    topk: Option<Pipe>,
 }
 
 fn gpu_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -247,10 +270,17 @@ impl GpuContext {
             &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, true), storage(5, false)],
         );
         let combine = make(REDUCE_COMBINE_WGSL, "reduce_combine", &[uniform, storage(1, true), storage(2, false)]);
+        let topk = (limits.max_compute_workgroup_storage_size >= TOPK_WORKGROUP_BYTES).then(|| {
+            make(
+                TOPK_WGSL,
+                "topk",
+                &[uniform, storage(1, true), storage(2, true), storage(3, false), storage(4, false)],
+            )
+        });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(gpu_err("pipeline creation failed", e));
         }
-        Ok(Some(GpuContext { device, queue, adapter: report(&adapter), limits, assign, partials, combine }))
+        Ok(Some(GpuContext { device, queue, adapter: report(&adapter), limits, assign, partials, combine, topk }))
     }
 
     fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -691,5 +721,107 @@ impl Backend for WgpuBackend {
             }
             Ok(stats)
         })
+    }
+}
+
+/// Running top-`keep` inner products of some queries, kept on the device across base
+/// chunks (similarity search); read back once at the end.
+pub struct DeviceTopK<'a> {
+    gpu: &'a WgpuBackend,
+    queries: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    index: wgpu::Buffer,
+    nq: usize,
+    dim: usize,
+    keep: usize,
+}
+
+impl WgpuBackend {
+    /// Start a search for `queries` (row-major, `dim` wide), keeping `keep` per query.
+    /// None when the device cannot run the top-k shader.
+    pub fn topk_start(&self, queries: &[f32], dim: usize, keep: usize) -> Option<DeviceTopK<'_>> {
+        self.ctx.topk.as_ref()?;
+        let nq = queries.len() / dim;
+        let st = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        Some(DeviceTopK {
+            gpu: self,
+            queries: self.ctx.upload("queries", bytemuck::cast_slice(queries), wgpu::BufferUsages::STORAGE),
+            scores: self.ctx.upload("top-score", bytemuck::cast_slice(&vec![f32::NEG_INFINITY; nq * keep]), st),
+            index: self.ctx.upload("top-index", bytemuck::cast_slice(&vec![u32::MAX; nq * keep]), st),
+            nq,
+            dim,
+            keep,
+        })
+    }
+}
+
+impl DeviceTopK<'_> {
+    /// Merge one chunk of base rows (global index of its first row: `offset`): uploaded
+    /// once, searched in dispatches of TOPK_DISPATCH_ROWS rows.
+    pub fn add(&mut self, base: &[f32], offset: u64) -> Result<()> {
+        let ctx = &self.gpu.ctx;
+        let pipe = ctx.topk.as_ref().expect("checked in topk_start");
+        let rows_cap = (ctx.limits.max_storage_buffer_binding_size / (4 * self.dim as u64)) as usize;
+        ctx.scoped("top-k", || {
+            for (ci, chunk) in base.chunks(rows_cap.max(1) * self.dim).enumerate() {
+                let off = offset + (ci * rows_cap) as u64;
+                let bbuf = ctx.upload("base", bytemuck::cast_slice(chunk), wgpu::BufferUsages::STORAGE);
+                let n = chunk.len() / self.dim;
+                let align = (ctx.limits.min_storage_buffer_offset_alignment as usize).max(4);
+                // Sub-ranges start at multiples of the binding-offset alignment.
+                let step = (TOPK_DISPATCH_ROWS * self.dim * 4).next_multiple_of(align) / (self.dim * 4);
+                let step = if (step * self.dim * 4) % align == 0 { step } else { n };
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                let mut r0 = 0;
+                while r0 < n {
+                    let nb = step.min(n - r0);
+                    if off + (r0 + nb) as u64 > u32::MAX as u64 {
+                        return Err(Error::Runtime("GPU top-k: more than 2³² base rows".into()));
+                    }
+                    let params = TopkParams {
+                        nq: self.nq as u32,
+                        nb: nb as u32,
+                        d: self.dim as u32,
+                        k: self.keep as u32,
+                        offset: (off + r0 as u64) as u32,
+                        _pad: [0; 3],
+                    };
+                    let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+                    let range = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &bbuf,
+                        offset: (r0 * self.dim * 4) as u64,
+                        size: wgpu::BufferSize::new((nb * self.dim * 4) as u64),
+                    });
+                    let bg = ctx.bind(
+                        pipe,
+                        &[
+                            pbuf.as_entire_binding(),
+                            self.queries.as_entire_binding(),
+                            range,
+                            self.scores.as_entire_binding(),
+                            self.index.as_entire_binding(),
+                        ],
+                    );
+                    ctx.dispatch(&mut enc, pipe, &bg, (self.nq as u32).div_ceil(ASSIGN_TILE));
+                    r0 += nb;
+                }
+                self.gpu.run(enc)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Per query, the kept (base index, f32 score) pairs.
+    pub fn finish(self) -> Result<Vec<Vec<(u64, f32)>>> {
+        let s: Vec<f32> = self.gpu.read(&self.scores, (self.nq * self.keep * 4) as u64)?;
+        let i: Vec<u32> = self.gpu.read(&self.index, (self.nq * self.keep * 4) as u64)?;
+        Ok((0..self.nq)
+            .map(|q| {
+                (0..self.keep)
+                    .filter(|&t| i[q * self.keep + t] != u32::MAX)
+                    .map(|t| (i[q * self.keep + t] as u64, s[q * self.keep + t]))
+                    .collect()
+            })
+            .collect())
     }
 }
