@@ -20,7 +20,7 @@ pub struct Centroids {
 
 impl Centroids {
     pub fn new(data: Vec<f32>, dim: usize) -> Self {
-        assert!(dim > 0 && data.len() % dim == 0 && !data.is_empty());
+        assert!(dim > 0 && data.len().is_multiple_of(dim) && !data.is_empty());
         Centroids { k: data.len() / dim, dim, data }
     }
     pub fn row(&self, j: usize) -> &[f32] {

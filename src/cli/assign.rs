@@ -219,10 +219,10 @@ pub(crate) fn stream_assigned(
         each(AssignedBatch { ids, extra: extra_arrays, raw: &raw, model_space: &block, nearest: &nearest })?;
         rows += kept as u64;
     }
-    if model.missing == MissingPolicy::Error {
-        if let Some(e) = report.to_error(cols, row_base) {
-            return Err(e);
-        }
+    if model.missing == MissingPolicy::Error
+        && let Some(e) = report.to_error(cols, row_base)
+    {
+        return Err(e);
     }
     Ok((rows, dropped))
 }

@@ -28,7 +28,7 @@ pub struct Matrix {
 
 impl Matrix {
     pub fn new(data: Vec<f32>, dim: usize) -> Self {
-        assert!(dim > 0 && data.len() % dim == 0, "matrix data is not a multiple of dim");
+        assert!(dim > 0 && data.len().is_multiple_of(dim), "matrix data is not a multiple of dim");
         Matrix { data, dim }
     }
     pub fn n(&self) -> usize {
@@ -233,17 +233,17 @@ pub fn convert_batch(batch: &RecordBatch, cols: &[FeatureColumn], path: &Path, o
     for ((c, array), keep) in cols.iter().zip(batch.columns()).zip(keeps.iter_mut()) {
         let vals = flat_values(array, keep, c.width)
             .map_err(|e| Error::input(path, format!("column '{}': cannot convert to float: {e}", c.column)))?;
-        if c.log1p {
-            if let Some(pos) = vals.iter().position(|&v| v <= -1.0) {
-                return Err(Error::input(
-                    path,
-                    format!(
-                        "column '{}' has the value {} (batch row {pos}); log1p needs values > -1; \
+        if c.log1p
+            && let Some(pos) = vals.iter().position(|&v| v <= -1.0)
+        {
+            return Err(Error::input(
+                path,
+                format!(
+                    "column '{}' has the value {} (batch row {pos}); log1p needs values > -1; \
                          drop '{}' from --log1p or fix the data",
-                        c.column, vals[pos], c.column
-                    ),
-                ));
-            }
+                    c.column, vals[pos], c.column
+                ),
+            ));
         }
         flats.push((vals, offset, c.width, c.log1p));
         offset += c.width;
@@ -377,7 +377,7 @@ pub fn load_training(
     }
     let mut data: Vec<f32> = Vec::new();
     data.try_reserve_exact(n_meta * dim).map_err(|_| {
-        Error::Runtime(format!("cannot allocate {} MiB for the feature matrix", n_meta * dim * 4 >> 20))
+        Error::Runtime(format!("cannot allocate {} MiB for the feature matrix", (n_meta * dim * 4) >> 20))
     })?;
     let mut weights: Option<Vec<f32>> = weight_col.map(|_| Vec::with_capacity(n_meta));
     let mut report = MissingReport::new(cols.len());
@@ -428,10 +428,10 @@ pub fn load_training(
             all.extend_from_slice(&wv);
         }
     }
-    if missing == MissingPolicy::Error {
-        if let Some(e) = report.to_error(cols, rows_read) {
-            return Err(e);
-        }
+    if missing == MissingPolicy::Error
+        && let Some(e) = report.to_error(cols, rows_read)
+    {
+        return Err(e);
     }
     let rows_dropped = if missing == MissingPolicy::Drop { report.rows_with_any } else { 0 };
     let n = data.len() / dim;
@@ -460,10 +460,10 @@ pub fn load_training(
     } else {
         None
     };
-    if let Some(w) = &weights {
-        if w.iter().map(|&x| x as f64).sum::<f64>() <= 0.0 {
-            return Err(Error::input(ds.display_name(), "the weights sum to zero; nothing to cluster"));
-        }
+    if let Some(w) = &weights
+        && w.iter().map(|&x| x as f64).sum::<f64>() <= 0.0
+    {
+        return Err(Error::input(ds.display_name(), "the weights sum to zero; nothing to cluster"));
     }
     Ok(TrainingTable { matrix, weights, rows_read, rows_dropped, impute, missing: report })
 }

@@ -27,10 +27,11 @@ impl Histogram {
         let mut edges: Vec<f64> = (1..10).map(|i| quantile_sorted(values, i as f64 / 10.0)).collect();
         edges.dedup();
         // A bin per edge interval; the last edge equal to the maximum would leave an empty top bin.
-        if let (Some(&last), Some(&max)) = (edges.last(), values.last()) {
-            if last >= max as f64 && edges.len() > 1 {
-                edges.pop();
-            }
+        if let (Some(&last), Some(&max)) = (edges.last(), values.last())
+            && last >= max as f64
+            && edges.len() > 1
+        {
+            edges.pop();
         }
         let mut counts = vec![0u64; edges.len() + 1];
         for v in values.iter() {

@@ -770,7 +770,7 @@ impl DeviceTopK<'_> {
                 let align = (ctx.limits.min_storage_buffer_offset_alignment as usize).max(4);
                 // Sub-ranges start at multiples of the binding-offset alignment.
                 let step = (TOPK_DISPATCH_ROWS * self.dim * 4).next_multiple_of(align) / (self.dim * 4);
-                let step = if (step * self.dim * 4) % align == 0 { step } else { n };
+                let step = if (step * self.dim * 4).is_multiple_of(align) { step } else { n };
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 let mut r0 = 0;
                 while r0 < n {
