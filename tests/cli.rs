@@ -534,3 +534,38 @@ fn exit_codes_are_stable() {
     assert_eq!(Error::Data("x".into()).exit_code() as u8, 3);
     assert_eq!(Error::output("f", "x").exit_code() as u8, 4);
 }
+
+#[test]
+fn list_columns_of_one_length_are_embeddings() {
+    use arrow::array::{FixedSizeListArray, ListArray};
+    use arrow::datatypes::Float32Type;
+    let d = TempDir::new().unwrap();
+    let rows: Vec<Vec<f32>> = (0..80).map(|i| vec![(i % 7) as f32, (i % 3) as f32 * 2.0, (i % 5) as f32]).collect();
+    let list = ListArray::from_iter_primitive::<Float32Type, _, _>(
+        rows.iter().map(|r| Some(r.iter().map(|v| Some(*v)).collect::<Vec<_>>())),
+    );
+    let fixed = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+        rows.iter().map(|r| Some(r.iter().map(|v| Some(*v)).collect::<Vec<_>>())),
+        3,
+    );
+    write_parquet(&d.path().join("list.parquet"), vec![("emb", Arc::new(list) as ArrayRef)]);
+    write_parquet(&d.path().join("fixed.parquet"), vec![("emb", Arc::new(fixed) as ArrayRef)]);
+    for f in ["list", "fixed"] {
+        let o = run(
+            &["fit", &format!("{f}.parquet"), "--features", "emb", "--k", "3", "--model", &format!("{f}.json")],
+            d.path(),
+        );
+        assert!(o.status.success(), "{f}: {}", stderr(&o));
+    }
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("list.json")).unwrap()).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("fixed.json")).unwrap()).unwrap();
+    assert_eq!(a["segments"], b["segments"], "a List<Float32> of one length is the same embedding");
+    // A ragged list is refused, naming the column and the row.
+    let ragged = ListArray::from_iter_primitive::<Float32Type, _, _>(
+        (0..10).map(|i| Some(vec![Some(1.0f32); if i == 4 { 2 } else { 3 }])),
+    );
+    write_parquet(&d.path().join("ragged.parquet"), vec![("emb", Arc::new(ragged) as ArrayRef)]);
+    let o = run(&["fit", "ragged.parquet", "--features", "emb", "--k", "2", "--model", "r.json"], d.path());
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("'emb'") && stderr(&o).contains("row 4"), "{}", stderr(&o));
+}

@@ -17,7 +17,7 @@ use crate::backend::{Backend, Nearest};
 use crate::error::{Error, Result};
 use crate::features::{self, MissingPolicy, MissingReport};
 use crate::io::output::{AtomicOutput, ParquetOutput};
-use crate::io::{BATCH_ROWS, ColumnKind, Dataset, column_kind};
+use crate::io::{BATCH_ROWS, ColumnKind, Dataset};
 use crate::model::Model;
 
 #[derive(Debug, Args)]
@@ -82,7 +82,7 @@ fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
         let dt = ds.schema.field_with_name(&c.column).map(|f| f.data_type().clone()).map_err(|_| {
             Error::input(&ds.files[0], format!("the model's feature column '{}' is missing from the input", c.column))
         })?;
-        let width = match column_kind(&dt) {
+        let width = match ds.feature_kind(&c.column)? {
             Some(ColumnKind::Scalar) => 1,
             Some(ColumnKind::Embedding { width }) => width,
             None => 0,

@@ -16,7 +16,7 @@ use super::log;
 use crate::error::{Error, Result};
 use crate::features::{self, FeatureColumn, MissingPolicy};
 use crate::io::output::{AtomicOutput, ParquetOutput};
-use crate::io::{ColumnKind, Dataset, column_kind};
+use crate::io::{ColumnKind, Dataset};
 use crate::similarity::{Side, SimMetric, TopK, prepare, search_chunk};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -53,7 +53,7 @@ pub(crate) struct NeighborsArgs {
 
 fn embedding_column(ds: &Dataset, name: &str) -> Result<Vec<FeatureColumn>> {
     let dt = ds.column_type(name)?;
-    match column_kind(dt) {
+    match ds.feature_kind(name)? {
         Some(ColumnKind::Embedding { width }) => {
             Ok(vec![FeatureColumn { column: name.to_string(), width, log1p: false }])
         }

@@ -133,7 +133,7 @@ pub fn select_columns(
             )));
         }
         let dt = ds.column_type(&name)?;
-        let width = match column_kind(dt) {
+        let width = match ds.feature_kind(&name)? {
             Some(ColumnKind::Scalar) => 1,
             Some(ColumnKind::Embedding { width }) => width,
             None => {
@@ -197,6 +197,9 @@ fn flat_values<'a>(
         }
         return Ok(Cow::Owned(arr.iter().map(|v| v.unwrap_or(f32::NAN)).collect()));
     }
+    if matches!(array.data_type(), DataType::List(_) | DataType::LargeList(_)) {
+        return list_values(array, width).map(Cow::Owned);
+    }
     let list = array.as_fixed_size_list();
     let n = list.len();
     let start = list.value_offset_at(0);
@@ -219,6 +222,39 @@ fn flat_values<'a>(
         }
     }
     Ok(Cow::Owned(v))
+}
+
+/// A `List` column of numbers as `width` values per row (NaN for a null row); every
+/// row must hold exactly `width` values.
+fn list_values(array: &ArrayRef, width: usize) -> Result<Vec<f32>, String> {
+    let (offsets, child): (Vec<usize>, ArrayRef) = match array.data_type() {
+        DataType::List(_) => {
+            let l = array.as_list::<i32>();
+            (l.value_offsets().iter().map(|o| *o as usize).collect(), l.values().clone())
+        }
+        _ => {
+            let l = array.as_list::<i64>();
+            (l.value_offsets().iter().map(|o| *o as usize).collect(), l.values().clone())
+        }
+    };
+    let child = cast(&child, &DataType::Float32).map_err(|e| e.to_string())?;
+    let child = child.as_primitive::<Float32Type>();
+    let mut v = Vec::with_capacity(array.len() * width);
+    for i in 0..array.len() {
+        if array.is_null(i) {
+            v.extend(std::iter::repeat_n(f32::NAN, width));
+            continue;
+        }
+        let (a, b) = (offsets[i], offsets[i + 1]);
+        if b - a != width {
+            return Err(format!(
+                "batch row {i} holds {} values, not {width}; the lists must all have one length",
+                b - a
+            ));
+        }
+        v.extend((a..b).map(|j| if child.is_null(j) { f32::NAN } else { child.value(j) }));
+    }
+    Ok(v)
 }
 
 /// Write a batch's feature columns (the batch's first `cols.len()` columns, in order)

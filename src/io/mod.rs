@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
@@ -128,6 +129,42 @@ impl Dataset {
             .get(NON_FEATURE_KEY)
             .map(|s| s.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect())
             .unwrap_or_default()
+    }
+
+    /// How a named column can feed features: as `column_kind`, and also a `List` of
+    /// numbers whose rows all hold the same count (the width is read from the first
+    /// non-empty row; `features` checks every row against it).
+    pub fn feature_kind(&self, name: &str) -> Result<Option<ColumnKind>> {
+        let dt = self.column_type(name)?.clone();
+        if let Some(k) = column_kind(&dt) {
+            return Ok(Some(k));
+        }
+        let is_numeric_list = match &dt {
+            DataType::List(f) | DataType::LargeList(f) => is_float_or_int(f.data_type()),
+            _ => false,
+        };
+        if !is_numeric_list {
+            return Ok(None);
+        }
+        let cols = vec![name.to_string()];
+        for sb in self.batches(&cols)? {
+            let sb = sb?;
+            let a = sb.batch.column(0);
+            let lens: Vec<usize> = match a.data_type() {
+                DataType::List(_) => {
+                    let l = a.as_list::<i32>();
+                    (0..l.len()).filter(|&i| !l.is_null(i)).map(|i| l.value_length(i) as usize).collect()
+                }
+                _ => {
+                    let l = a.as_list::<i64>();
+                    (0..l.len()).filter(|&i| !l.is_null(i)).map(|i| l.value_length(i) as usize).collect()
+                }
+            };
+            if let Some(&w) = lens.iter().find(|w| **w > 0) {
+                return Ok(Some(ColumnKind::Embedding { width: w }));
+            }
+        }
+        Ok(None)
     }
 
     /// Every column usable as a feature, in schema order.
