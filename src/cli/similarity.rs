@@ -117,26 +117,15 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let t1 = Instant::now();
     let mut offset = 0u64;
     let mut compute_s = 0.0;
-    let mut block: Vec<f32> = Vec::new();
-    for sb in bds.batches(&bcols.iter().map(|c| c.column.clone()).collect::<Vec<_>>())? {
-        let sb = sb?;
-        let m = sb.batch.num_rows();
-        block.clear();
-        block.resize(m * dim, 0.0);
-        features::convert_batch(&sb.batch, &bcols, sb.path, &mut block)?;
-        if let Some(bad) = block.iter().position(|v| !v.is_finite()) {
-            return Err(Error::input(
-                sb.path,
-                format!("'{}' has a null, NaN or infinite value at batch row {}", a.embedding, bad / dim),
-            ));
-        }
+    stream_rows(&bds, &bcols, None, |block, _, _| {
         let tc = Instant::now();
-        let (bs, bscale) = prepare(&block, dim, metric);
-        let b = Side { scan: bs.as_deref().unwrap_or(&block), exact: &block, scale: &bscale };
+        let (bs, bscale) = prepare(block, dim, metric);
+        let b = Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale };
         search_chunk(&q, &b, dim, offset, &mut lists);
         compute_s += tc.elapsed().as_secs_f64();
-        offset += m as u64;
-    }
+        offset += (block.len() / dim) as u64;
+        Ok(())
+    })?;
     let search_s = t1.elapsed().as_secs_f64();
     let hits: Vec<Vec<crate::similarity::Hit>> = lists.into_iter().map(TopK::finish).collect();
     let resolve = |ds: &Dataset| super::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
