@@ -7,15 +7,13 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt32Array};
-use arrow::datatypes::{Field, Schema};
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::Field;
 use microseg::segments::audit::AuditBuilder;
 use microseg::segments::{Histogram, psi, quantile_sorted};
-use parquet::arrow::ArrowWriter;
 use rand::{RngExt, SeedableRng};
 use tempfile::TempDir;
 
-use crate::util::repo;
+use crate::util::{first_batch, repo, write_parquet as write};
 
 fn run(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_microseg")).args(args).current_dir(dir).output().unwrap()
@@ -23,15 +21,6 @@ fn run(args: &[&str], dir: &Path) -> Output {
 
 fn ok(o: &Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn write(path: &Path, cols: Vec<(&str, ArrayRef)>) {
-    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
-    let batch =
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols.into_iter().map(|(_, a)| a).collect()).unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -396,14 +385,7 @@ fn explanations_and_pseudonymised_ids() {
         .output()
         .unwrap();
     ok(&o);
-    let f = std::fs::File::open(p.join("out/assignments.parquet")).unwrap();
-    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let b = first_batch(&p.join("out/assignments.parquet"));
     let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
     let expl = b.column(4).as_any().downcast_ref::<StringArray>().unwrap();
     // HMAC-SHA-256("a-test-key-of-some-length", "12346"), first 16 bytes, computed independently.
@@ -546,14 +528,7 @@ fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
             ],
             p,
         ));
-        let f = std::fs::File::open(p.join(&out)).unwrap();
-        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .build()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let b = first_batch(&p.join(&out));
         let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         let scores = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!(b.num_rows(), 25);

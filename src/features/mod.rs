@@ -655,12 +655,25 @@ pub fn apply_transforms(block: &mut [f32], transforms: &[FeatureTransform]) {
     });
 }
 
+/// The Euclidean norm of every row (f64).
+pub fn row_norms(data: &[f32], dim: usize) -> Vec<f64> {
+    data.par_chunks(dim).map(|r| r.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt()).collect()
+}
+
+/// Divide every row by its norm; rows of norm 0 stay as they are.
+pub fn divide_rows(data: &mut [f32], dim: usize, norms: &[f64]) {
+    data.par_chunks_mut(dim).zip(norms).for_each(|(r, n)| {
+        if *n > 0.0 {
+            r.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
+        }
+    });
+}
+
 /// Put every row on the unit sphere (cosine metric). A zero row is an error, or, with
 /// `MissingPolicy::Drop`, left out: then the mask of kept rows is returned.
 pub fn normalize_rows(m: &mut Matrix, missing: MissingPolicy, source: &str) -> Result<Option<Vec<bool>>> {
     let dim = m.dim;
-    let norms: Vec<f64> =
-        m.data.par_chunks(dim).map(|r| r.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt()).collect();
+    let norms = row_norms(&m.data, dim);
     let zero = norms.iter().filter(|n| **n == 0.0).count();
     if zero > 0 && missing != MissingPolicy::Drop {
         let first = norms.iter().position(|n| *n == 0.0).unwrap();
@@ -671,11 +684,7 @@ pub fn normalize_rows(m: &mut Matrix, missing: MissingPolicy, source: &str) -> R
             ),
         ));
     }
-    m.data.par_chunks_mut(dim).zip(&norms).for_each(|(r, n)| {
-        if *n > 0.0 {
-            r.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
-        }
-    });
+    divide_rows(&mut m.data, dim, &norms);
     if zero == 0 {
         return Ok(None);
     }

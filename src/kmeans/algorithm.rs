@@ -114,12 +114,8 @@ fn initial_centroids(x: &Matrix, w: Option<&[f32]>, p: &KMeansParams, run: usize
     if let InitMethod::Given(c) = &p.init {
         let mut c = c.clone();
         if p.metric == Metric::Cosine {
-            for row in c.data.chunks_mut(c.dim) {
-                let n = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-                if n > 0.0 {
-                    row.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
-                }
-            }
+            let norms = crate::features::row_norms(&c.data, c.dim);
+            crate::features::divide_rows(&mut c.data, c.dim, &norms);
         }
         return c;
     }

@@ -103,16 +103,6 @@ fn dot64(a: &[f32], b: &[f32]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
-/// Put rows on the unit sphere (zero rows stay zero).
-pub fn normalize(v: &mut [f32], dim: usize) {
-    v.par_chunks_mut(dim).for_each(|r| {
-        let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        if n > 0.0 {
-            r.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
-        }
-    });
-}
-
 /// Base vectors packed per block: the block is read by every query tile, so it should
 /// stay in the last-level cache (4096 × 384 × 4 B = 6 MiB).
 const BASE_BLOCK: usize = 4096;
@@ -244,16 +234,10 @@ pub fn prepare(v: &[f32], dim: usize, metric: SimMetric) -> (Option<Vec<f32>>, V
     match metric {
         SimMetric::Ip => (None, vec![1.0; v.len() / dim]),
         SimMetric::Cosine => {
+            let norms = crate::features::row_norms(v, dim);
             let mut s = v.to_vec();
-            normalize(&mut s, dim);
-            let scale = v
-                .chunks_exact(dim)
-                .map(|r| {
-                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                    if n > 0.0 { 1.0 / n } else { 0.0 }
-                })
-                .collect();
-            (Some(s), scale)
+            crate::features::divide_rows(&mut s, dim, &norms);
+            (Some(s), norms.iter().map(|n| if *n > 0.0 { 1.0 / n } else { 0.0 }).collect())
         }
     }
 }
