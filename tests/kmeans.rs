@@ -313,9 +313,75 @@ fn embedding_blocks_are_scaled_as_a_whole() {
     assert!((tf[2].scale - 1.0).abs() < 1e-6);
 }
 
+/// Hard cases for the scans' error bounds: exact duplicates (ties go to the lower row),
+/// rows differing in one code step, norms spread over six orders of magnitude, an
+/// outlier feature that coarsens every 8-bit code, zero rows, and a width that is not a
+/// multiple of four. Each scan must return the float64 brute force's lists exactly.
+#[test]
+fn exact_top_k_survives_ties_outliers_and_odd_widths() {
+    use microseg::similarity::{ScanKernel, SimMetric, search_with};
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for dim in [37usize, 64, 130] {
+        let n = 3000;
+        let mut base: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        for j in 0..n {
+            let row = &mut base[j * dim..(j + 1) * dim];
+            match j % 10 {
+                1 => row[0] = 40.0,                           // outlier feature
+                2 => row.iter_mut().for_each(|x| *x *= 1e-3), // tiny norm
+                3 => row.iter_mut().for_each(|x| *x *= 1e3),  // huge norm
+                _ => {}
+            }
+        }
+        // Exact duplicates of earlier rows, and near-duplicates one ulp away.
+        for j in (50..n).step_by(17) {
+            let src = (j * 7) % 50;
+            let copy: Vec<f32> = base[src * dim..(src + 1) * dim].to_vec();
+            base[j * dim..(j + 1) * dim].copy_from_slice(&copy);
+            if j % 2 == 0 {
+                base[j * dim + 1] = base[j * dim + 1].next_up();
+            }
+        }
+        base[5 * dim..6 * dim].fill(0.0);
+        let queries: Vec<f32> = (0..40).flat_map(|i| base[(i * 13) * dim..(i * 13 + 1) * dim].to_vec()).collect();
+        for metric in [SimMetric::Ip, SimMetric::Cosine] {
+            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let inv = |v: &[f32]| if norm(v) > 0.0 { 1.0 / norm(v) } else { 0.0 };
+            for k in [1, 25] {
+                let want: Vec<Vec<usize>> = queries
+                    .chunks_exact(dim)
+                    .map(|q| {
+                        let mut s: Vec<(f64, usize)> = base
+                            .chunks_exact(dim)
+                            .enumerate()
+                            .map(|(j, b)| {
+                                let dot = q.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+                                let s = if metric == SimMetric::Cosine { dot * inv(q) * inv(b) } else { dot };
+                                (s, j)
+                            })
+                            .collect();
+                        s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                        s.iter().take(k).map(|x| x.1).collect()
+                    })
+                    .collect();
+                for kernel in [ScanKernel::F32, ScanKernel::Int8] {
+                    for chunk in [n, 333] {
+                        let got = search_with(kernel, &queries, &base, dim, k, metric, chunk);
+                        for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
+                            let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();
+                            assert_eq!(&ids, w, "{kernel:?} d={dim} k={k} {metric:?} chunk={chunk} query {qi}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn exact_top_k_similarity_has_recall_one_on_real_embeddings() {
-    use microseg::similarity::{SimMetric, search};
+    use microseg::similarity::{ScanKernel, SimMetric, search_with};
     let path = crate::util::repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet");
     let (m, _) = crate::util::load(&path, &["embedding"], None);
     let dim = m.dim;
@@ -345,10 +411,13 @@ fn exact_top_k_similarity_has_recall_one_on_real_embeddings() {
     for k in [1, 10, 100] {
         for (metric, chunk) in [(SimMetric::Ip, usize::MAX / dim), (SimMetric::Cosine, 997), (SimMetric::Ip, 64)] {
             let want = reference(k, metric);
-            let got = search(&queries, &m.data, dim, k, metric, chunk);
-            for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();
-                assert_eq!(&ids, w, "k={k} {metric:?} chunk={chunk} query {qi}");
+            // Both CPU scans (the 8-bit filter runs where AVX-512 VNNI exists).
+            for kernel in [ScanKernel::F32, ScanKernel::Int8] {
+                let got = search_with(kernel, &queries, &m.data, dim, k, metric, chunk);
+                for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();
+                    assert_eq!(&ids, w, "{kernel:?} k={k} {metric:?} chunk={chunk} query {qi}");
+                }
             }
             // The wgpu backend (lavapipe in CI): the same exact lists.
             if let Ok(Some(gpu)) = microseg::backend::wgpu::WgpuBackend::open(true) {

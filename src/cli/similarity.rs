@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::features::{self, FeatureColumn, MissingPolicy};
 use crate::io::output::{AtomicOutput, ParquetOutput};
 use crate::io::{ColumnKind, Dataset};
-use crate::similarity::{Side, SimMetric, TopK, prepare, search_chunk};
+use crate::similarity::{ScanKernel, Searcher, Side, SimMetric, TopK, prepare, search_chunk};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum SimMetricArg {
@@ -112,7 +112,7 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let (qs, qscale) = prepare(&queries, dim, metric);
     let q = Side { scan: qs.as_deref().unwrap_or(&queries), exact: &queries, scale: &qscale };
     let nq = queries.len() / dim;
-    let mut lists: Vec<TopK> = (0..nq).map(|_| TopK::new(a.k)).collect();
+    let mut searcher = Searcher::new(ScanKernel::Auto, q, dim, a.k);
     let read_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut offset = 0u64;
@@ -121,13 +121,13 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
         let tc = Instant::now();
         let (bs, bscale) = prepare(block, dim, metric);
         let b = Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale };
-        search_chunk(&q, &b, dim, offset, &mut lists);
+        searcher.add(&b, offset);
         compute_s += tc.elapsed().as_secs_f64();
         offset += (block.len() / dim) as u64;
         Ok(())
     })?;
     let search_s = t1.elapsed().as_secs_f64();
-    let hits: Vec<Vec<crate::similarity::Hit>> = lists.into_iter().map(TopK::finish).collect();
+    let hits = searcher.finish();
     let resolve = |ds: &Dataset| super::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
     let (qid, bid) = (resolve(&qds)?, resolve(&bds)?);
     let qids = ids_of(&qds, qid.as_deref(), &(0..nq as u64).collect::<Vec<_>>())?;
@@ -216,7 +216,8 @@ pub(crate) struct SimilarArgs {
     json: bool,
 }
 
-/// Stream rows (embedding and optional id as text) batch by batch.
+/// Stream rows (embedding and optional id as text) batch by batch. A second thread
+/// decodes the next batches while `each` works on this one.
 fn stream_rows(
     ds: &Dataset,
     cols: &[FeatureColumn],
@@ -226,30 +227,47 @@ fn stream_rows(
     let dim = cols[0].width;
     let mut names = vec![cols[0].column.clone()];
     names.extend(id.map(str::to_string));
-    let mut offset = 0u64;
-    let mut block = Vec::new();
-    for sb in ds.batches(&names)? {
-        let sb = sb?;
-        let m = sb.batch.num_rows();
-        block.clear();
-        block.resize(m * dim, 0.0);
-        features::convert_batch(&sb.batch, cols, sb.path, &mut block)?;
-        if let Some(bad) = block.iter().position(|v| !v.is_finite()) {
-            return Err(Error::input(
-                sb.path,
-                format!("'{}' has a null, NaN or infinite value at batch row {}", cols[0].column, bad / dim),
-            ));
-        }
-        let ids = match id {
-            Some(_) => {
-                Some(cast(sb.batch.column(1), &DataType::Utf8).map_err(|e| Error::input(sb.path, e.to_string()))?)
+    let names = &names;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        s.spawn(move || match ds.batches(names) {
+            Ok(batches) => {
+                for sb in batches {
+                    let failed = sb.is_err();
+                    if tx.send(sb).is_err() || failed {
+                        break;
+                    }
+                }
             }
-            None => None,
-        };
-        each(&block, ids.as_ref().map(|a| a.as_any().downcast_ref::<StringArray>().unwrap()), offset)?;
-        offset += m as u64;
-    }
-    Ok(())
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let mut offset = 0u64;
+        let mut scratch = Vec::new();
+        for sb in rx {
+            let sb = sb?;
+            let m = sb.batch.num_rows();
+            let ids = match id {
+                Some(_) => {
+                    Some(cast(sb.batch.column(1), &DataType::Utf8).map_err(|e| Error::input(sb.path, e.to_string()))?)
+                }
+                None => None,
+            };
+            let ids = ids.as_ref().map(|a| a.as_any().downcast_ref::<StringArray>().unwrap());
+            features::with_rows(&sb.batch, &cols[..1], sb.path, &mut scratch, |block| {
+                if let Some(bad) = features::first_non_finite(block) {
+                    return Err(Error::input(
+                        sb.path,
+                        format!("'{}' has a null, NaN or infinite value at batch row {}", cols[0].column, bad / dim),
+                    ));
+                }
+                each(block, ids, offset)
+            })??;
+            offset += m as u64;
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {

@@ -304,6 +304,40 @@ pub fn convert_batch(batch: &RecordBatch, cols: &[FeatureColumn], path: &Path, o
     Ok(())
 }
 
+/// The batch's rows as one row-major f32 slice: borrowed straight from Arrow when the
+/// features are one f32 column without nulls (an embedding, usually), else converted
+/// into `scratch`. Calls `f` with it.
+pub fn with_rows<R>(
+    batch: &RecordBatch,
+    cols: &[FeatureColumn],
+    path: &Path,
+    scratch: &mut Vec<f32>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Result<R> {
+    if let [c] = cols {
+        let mut keep = None;
+        if let Ok(Cow::Borrowed(v)) = flat_values(batch.column(0), &mut keep, c.width)
+            && !c.log1p
+            && v.len() == batch.num_rows() * c.width
+        {
+            return Ok(f(v));
+        }
+    }
+    let n = batch.num_rows() * dim_of(cols);
+    if scratch.len() < n {
+        scratch.resize(n, 0.0);
+    }
+    convert_batch(batch, cols, path, &mut scratch[..n])?;
+    Ok(f(&scratch[..n]))
+}
+
+/// Index of the first non-finite value (vectorised scan, then the position).
+pub fn first_non_finite(v: &[f32]) -> Option<usize> {
+    let bad = v.chunks(4096).position(|c| !c.iter().fold(true, |ok, x| ok & x.is_finite()))?;
+    let start = bad * 4096;
+    v[start..].iter().position(|x| !x.is_finite()).map(|p| start + p)
+}
+
 /// Rows with a missing (null/NaN/±inf) feature: per column, the count of bad rows.
 #[derive(Debug, Default, Clone)]
 pub struct MissingReport {

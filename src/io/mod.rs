@@ -315,10 +315,21 @@ impl Batches<'_> {
         let builder = open_builder(path)?;
         let arrow_schema = builder.schema().clone();
         let roots: Vec<usize> = self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect();
+        // Wide rows (embeddings) come in smaller batches: about 8 MiB of values each, so
+        // one batch's buffers are reused by the allocator instead of mapped afresh.
+        let width: usize = roots
+            .iter()
+            .map(|&i| match arrow_schema.field(i).data_type() {
+                DataType::FixedSizeList(_, n) => (*n).max(1) as usize,
+                DataType::List(_) | DataType::LargeList(_) => 256,
+                _ => 1,
+            })
+            .sum();
+        let rows = ((1usize << 21) / width.max(1)).clamp(1024, BATCH_ROWS);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder
             .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
+            .with_batch_size(rows)
             .build()
             .map_err(|e| Error::input(path, format!("cannot read: {e}")))
     }

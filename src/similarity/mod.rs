@@ -10,6 +10,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::cpu::{ErrorTerms, fused};
 
+#[cfg(target_arch = "x86_64")]
+mod int8;
+
+/// Which scan scores the pairs before the exact f64 re-scoring (the result is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanKernel {
+    /// The 8-bit filter where the CPU has AVX-512 VNNI, else f32.
+    Auto,
+    /// f32 scores (the AVX2 fused kernel, or portable code).
+    F32,
+    /// 8-bit codes with a proven error bound (AVX-512 VNNI); falls back to f32 elsewhere.
+    Int8,
+}
+
+impl ScanKernel {
+    /// The scan that will actually run on this CPU.
+    pub fn resolve(self) -> ScanKernel {
+        #[cfg(target_arch = "x86_64")]
+        let int8 = int8::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let int8 = false;
+        match self {
+            ScanKernel::F32 => ScanKernel::F32,
+            ScanKernel::Auto | ScanKernel::Int8 if int8 => ScanKernel::Int8,
+            _ => ScanKernel::F32,
+        }
+    }
+}
+
 /// Query rows per tile (the fused kernel's register tile).
 const QROWS: usize = fused::ROWS;
 
@@ -88,19 +117,45 @@ impl TopK {
     }
 }
 
-/// Exact-enough dot product: f64 products summed in four lanes (vectorises).
-fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let n4 = a.len() / 4 * 4;
-    for (x, y) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
-        for l in 0..4 {
+/// Exact-enough dot product: f64 products summed in 16 lanes, combined in a fixed
+/// tree, so every caller and every CPU gets the same bits (no FMA contraction); on
+/// AVX-512 the same operations run 8 lanes at a time.
+pub(crate) fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: checked just above.
+        return unsafe { dot64_avx512(a, b) };
+    }
+    dot64_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot64_avx512(a: &[f32], b: &[f32]) -> f64 {
+    dot64_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot64_lanes(a: &[f32], b: &[f32]) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0.0f64; L];
+    let n = a.len().min(b.len()) / L * L;
+    for (x, y) in a[..n].chunks_exact(L).zip(b[..n].chunks_exact(L)) {
+        for l in 0..L {
             acc[l] += x[l] as f64 * y[l] as f64;
         }
     }
-    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
-        acc[0] += *x as f64 * *y as f64;
+    for (i, (x, y)) in a[n..].iter().zip(&b[n..]).enumerate() {
+        acc[i] += *x as f64 * *y as f64;
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
 }
 
 /// Base vectors packed per block: the block is read by every query tile, so it should
@@ -116,8 +171,28 @@ pub struct Side<'a> {
 }
 
 /// Search one chunk of the base (rows `base_offset..`) for every query, updating the
-/// per-query lists.
+/// per-query lists, with the fastest scan this CPU has.
 pub fn search_chunk(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, lists: &mut [TopK]) {
+    search_chunk_with(ScanKernel::Auto, q, b, dim, base_offset, lists)
+}
+
+/// `search_chunk` with a chosen scan (tests run both).
+pub fn search_chunk_with(
+    kernel: ScanKernel,
+    q: &Side<'_>,
+    b: &Side<'_>,
+    dim: usize,
+    base_offset: u64,
+    lists: &mut [TopK],
+) {
+    match kernel.resolve() {
+        #[cfg(target_arch = "x86_64")]
+        ScanKernel::Int8 => int8::Scan::new(q, dim).chunk(q, b, dim, base_offset, lists),
+        _ => search_chunk_f32(q, b, dim, base_offset, lists),
+    }
+}
+
+fn search_chunk_f32(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, lists: &mut [TopK]) {
     let (queries, base) = (q.scan, b.scan);
     // |f32 dot − exact| ≤ γ_{d+2} ‖q‖‖b‖ (plus the rounding of normalisation); a
     // candidate is re-scored when its f32 score is within twice that of the k-th.
@@ -207,9 +282,53 @@ pub fn search_chunk(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, li
     }
 }
 
+/// Exact top-k of one query set over a base that arrives chunk by chunk (the queries'
+/// codes and the scan's buffers are kept between chunks).
+pub struct Searcher<'a> {
+    q: Side<'a>,
+    dim: usize,
+    lists: Vec<TopK>,
+    #[cfg(target_arch = "x86_64")]
+    int8: Option<int8::Scan>,
+}
+
+impl<'a> Searcher<'a> {
+    pub fn new(kernel: ScanKernel, q: Side<'a>, dim: usize, k: usize) -> Self {
+        let lists = (0..q.exact.len() / dim).map(|_| TopK::new(k)).collect();
+        #[cfg(target_arch = "x86_64")]
+        let int8 = (kernel.resolve() == ScanKernel::Int8).then(|| int8::Scan::new(&q, dim));
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = kernel;
+        Searcher {
+            q,
+            dim,
+            lists,
+            #[cfg(target_arch = "x86_64")]
+            int8,
+        }
+    }
+
+    /// Search base rows `base_offset..` (one chunk).
+    pub fn add(&mut self, b: &Side<'_>, base_offset: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(scan) = &mut self.int8 {
+            scan.chunk(&self.q, b, self.dim, base_offset, &mut self.lists);
+            return;
+        }
+        search_chunk_f32(&self.q, b, self.dim, base_offset, &mut self.lists);
+    }
+
+    /// Each query's list, best first.
+    pub fn finish(self) -> Vec<Vec<Hit>> {
+        self.lists.into_iter().map(TopK::finish).collect()
+    }
+}
+
 /// Exact top-k of every query over an in-memory base, in chunks of `chunk_rows` base
-/// rows (the partial lists merge as they go). Normalises copies for cosine.
-pub fn search(
+/// rows (the partial lists merge as they go), with the given scan (`ScanKernel::Auto`:
+/// the fastest here). Normalises copies for cosine.
+pub fn search_with(
+    kernel: ScanKernel,
     queries: &[f32],
     base: &[f32],
     dim: usize,
@@ -218,15 +337,15 @@ pub fn search(
     chunk_rows: usize,
 ) -> Vec<Vec<Hit>> {
     let (qs, qscale) = prepare(queries, dim, metric);
-    let mut lists: Vec<TopK> = (0..queries.len() / dim).map(|_| TopK::new(k)).collect();
     let q = Side { scan: qs.as_deref().unwrap_or(queries), exact: queries, scale: &qscale };
+    let mut searcher = Searcher::new(kernel, q, dim, k);
     let rows = chunk_rows.max(1);
     for (ci, chunk) in base.chunks(rows * dim).enumerate() {
         let (bs, bscale) = prepare(chunk, dim, metric);
         let b = Side { scan: bs.as_deref().unwrap_or(chunk), exact: chunk, scale: &bscale };
-        search_chunk(&q, &b, dim, (ci * rows) as u64, &mut lists);
+        searcher.add(&b, (ci * rows) as u64);
     }
-    lists.into_iter().map(TopK::finish).collect()
+    searcher.finish()
 }
 
 /// The scan copy (normalised, for cosine) and the exact scale of each row.
@@ -292,7 +411,7 @@ pub fn search_gpu(
             hits.truncate(k);
             out.push(hits);
         } else {
-            out.push(search(qr, base, dim, k, metric, chunk_rows).remove(0));
+            out.push(search_with(ScanKernel::Auto, qr, base, dim, k, metric, chunk_rows).remove(0));
         }
     }
     Ok(out)
