@@ -553,3 +553,124 @@ fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
         }
     }
 }
+
+/// `neighbors` end to end on the shipped embeddings, on the CPU and (where an adapter
+/// exists: lavapipe in CI) the GPU: the same ordered lists as a float64 brute force, ids
+/// from the id column, ranks from 1; `similar --backend gpu` writes the CPU's file.
+#[test]
+fn neighbors_and_look_alikes_match_a_float64_brute_force_on_both_backends() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let data = repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet");
+    let (m, _) = crate::util::load(&data, &["embedding"], None);
+    let (n, dim) = (m.n(), m.dim);
+    let qrows: Vec<usize> = (0..30).map(|i| i * 139 + 3).collect();
+    let emb = |rows: &[usize]| -> ArrayRef {
+        let v: Vec<f32> = rows.iter().flat_map(|&r| m.row(r).to_vec()).collect();
+        Arc::new(
+            arrow::array::FixedSizeListArray::try_new(
+                Arc::new(Field::new("item", arrow::datatypes::DataType::Float32, true)),
+                dim as i32,
+                Arc::new(arrow::array::Float32Array::from(v)),
+                None,
+            )
+            .unwrap(),
+        )
+    };
+    let ids =
+        |rows: &[usize]| -> ArrayRef { Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| 1000 + r as i64))) };
+    let all: Vec<usize> = (0..n).collect();
+    write(&p.join("base.parquet"), vec![("subscriber_id", ids(&all)), ("emb", emb(&all))]);
+    write(&p.join("q.parquet"), vec![("subscriber_id", ids(&qrows)), ("emb", emb(&qrows))]);
+    let k = 12;
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let gpu_present = microseg::backend::wgpu::WgpuBackend::open(true).ok().flatten().is_some();
+    if !gpu_present && std::env::var_os("MICROSEG_REQUIRE_GPU_TESTS").is_some() {
+        panic!("no wgpu adapter but MICROSEG_REQUIRE_GPU_TESTS is set");
+    }
+    for metric in ["cosine", "ip"] {
+        let want: Vec<Vec<(usize, f64)>> = qrows
+            .iter()
+            .map(|&qi| {
+                let q = m.row(qi);
+                let mut s: Vec<(usize, f64)> = (0..n)
+                    .map(|j| {
+                        let dot: f64 = q.iter().zip(m.row(j)).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        (j, if metric == "cosine" { dot * (1.0 / norm(q)) * (1.0 / norm(m.row(j))) } else { dot })
+                    })
+                    .collect();
+                s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                s.truncate(k);
+                s
+            })
+            .collect();
+        let backends: &[&str] = if gpu_present { &["cpu", "gpu"] } else { &["cpu"] };
+        for backend in backends {
+            let out = format!("n_{metric}_{backend}.parquet");
+            let ks = k.to_string();
+            ok(&run(
+                &[
+                    "neighbors",
+                    "--base",
+                    "base.parquet",
+                    "--queries",
+                    "q.parquet",
+                    "--embedding",
+                    "emb",
+                    "--k",
+                    &ks,
+                    "--metric",
+                    metric,
+                    "--backend",
+                    backend,
+                    "--allow-software-gpu",
+                    "--out",
+                    &out,
+                ],
+                p,
+            ));
+            let b = first_batch(&p.join(&out));
+            assert_eq!(b.num_rows(), qrows.len() * k);
+            let col = |i: usize| b.column(i).clone();
+            let (qc, rc, nc, sc) = (col(0), col(1), col(2), col(3));
+            let qc = qc.as_any().downcast_ref::<StringArray>().unwrap();
+            let rc = rc.as_any().downcast_ref::<UInt32Array>().unwrap();
+            let nc = nc.as_any().downcast_ref::<StringArray>().unwrap();
+            let sc = sc.as_any().downcast_ref::<Float64Array>().unwrap();
+            for (i, (&qi, w)) in qrows.iter().zip(&want).enumerate() {
+                for (r, &(j, s)) in w.iter().enumerate() {
+                    let row = i * k + r;
+                    assert_eq!(qc.value(row), (1000 + qi).to_string());
+                    assert_eq!(rc.value(row) as usize, r + 1);
+                    assert_eq!(nc.value(row), (1000 + j).to_string(), "{backend} {metric} query {qi} rank {r}");
+                    assert!((sc.value(row) - s).abs() <= 1e-12 * s.abs().max(1.0), "{backend} {metric}");
+                }
+            }
+        }
+    }
+    // Look-alikes (mode max) on the GPU: byte-identical to the CPU's output.
+    if gpu_present {
+        for backend in ["cpu", "gpu"] {
+            ok(&run(
+                &[
+                    "similar",
+                    "--input",
+                    "base.parquet",
+                    "--embedding",
+                    "emb",
+                    "--seeds",
+                    "q.parquet",
+                    "--top",
+                    "40",
+                    "--backend",
+                    backend,
+                    "--allow-software-gpu",
+                    "--out",
+                    &format!("s_{backend}.parquet"),
+                ],
+                p,
+            ));
+        }
+        assert_eq!(std::fs::read(p.join("s_cpu.parquet")).unwrap(), std::fs::read(p.join("s_gpu.parquet")).unwrap());
+    }
+}

@@ -29,6 +29,25 @@ pub(crate) struct BackendArgs {
     pub allow_software_gpu: bool,
 }
 
+/// The GPU for the similarity commands: `Some` only under `--backend gpu` (their
+/// `auto` stays on the CPU, whose 8-bit scan is the measured fast path; the top-k
+/// shader has not been timed on hardware yet).
+pub(crate) fn similarity_gpu(a: &BackendArgs) -> Result<Option<WgpuBackend>> {
+    match a.backend {
+        BackendArg::Cpu | BackendArg::Auto => Ok(None),
+        BackendArg::Gpu => match WgpuBackend::open(a.allow_software_gpu)? {
+            Some(b) => {
+                log(format!(
+                    "using GPU adapter {} ({}, {})",
+                    b.ctx.adapter.name, b.ctx.adapter.backend, b.ctx.adapter.device_type
+                ));
+                Ok(Some(b))
+            }
+            None => Err(Error::Usage(no_gpu_message(a.allow_software_gpu))),
+        },
+    }
+}
+
 /// Open the backend the flags ask for.
 pub(crate) fn open(a: &BackendArgs) -> Result<Box<dyn Backend>> {
     match a.backend {

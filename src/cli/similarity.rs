@@ -12,12 +12,13 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use clap::{Args, ValueEnum};
 
+use super::backend::{BackendArgs, similarity_gpu};
 use super::log;
 use crate::error::{Error, Result};
 use crate::features::{self, FeatureColumn, MissingPolicy};
 use crate::io::output::{AtomicOutput, ParquetOutput};
 use crate::io::{ColumnKind, Dataset};
-use crate::similarity::{ScanKernel, Searcher, Side, SimMetric, TopK, prepare, search_chunk};
+use crate::similarity::{GpuSearcher, Hit, ScanKernel, Searcher, Side, SimMetric, TopK, prepare, search_chunk};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum SimMetricArg {
@@ -49,6 +50,9 @@ pub(crate) struct NeighborsArgs {
     force: bool,
     #[arg(long)]
     json: bool,
+    /// `auto` and `cpu` search on the CPU; `gpu` runs the top-k shader.
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 fn embedding_column(ds: &Dataset, name: &str) -> Result<Vec<FeatureColumn>> {
@@ -112,22 +116,59 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let (qs, qscale) = prepare(&queries, dim, metric);
     let q = Side { scan: qs.as_deref().unwrap_or(&queries), exact: &queries, scale: &qscale };
     let nq = queries.len() / dim;
-    let mut searcher = Searcher::new(ScanKernel::Auto, q, dim, a.k);
+    let gpu = similarity_gpu(&a.backend)?;
     let read_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut offset = 0u64;
     let mut compute_s = 0.0;
-    stream_rows(&bds, &bcols, None, |block, _, _| {
-        let tc = Instant::now();
-        let (bs, bscale) = prepare(block, dim, metric);
-        let b = Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale };
-        searcher.add(&b, offset);
-        compute_s += tc.elapsed().as_secs_f64();
-        offset += (block.len() / dim) as u64;
-        Ok(())
-    })?;
+    let mut redone = 0;
+    let hits: Vec<Vec<Hit>> = match &gpu {
+        None => {
+            let mut searcher = Searcher::new(ScanKernel::Auto, q, dim, a.k);
+            stream_rows(&bds, &bcols, None, |block, _, _| {
+                let tc = Instant::now();
+                let (bs, bscale) = prepare(block, dim, metric);
+                searcher.add(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, offset);
+                compute_s += tc.elapsed().as_secs_f64();
+                offset += (block.len() / dim) as u64;
+                Ok(())
+            })?;
+            searcher.finish()
+        }
+        Some(gpu) => {
+            let mut searcher = GpuSearcher::new(gpu, q, dim, a.k)?;
+            stream_rows(&bds, &bcols, None, |block, _, _| {
+                let tc = Instant::now();
+                let (bs, bscale) = prepare(block, dim, metric);
+                searcher.add(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, offset)?;
+                compute_s += tc.elapsed().as_secs_f64();
+                offset += (block.len() / dim) as u64;
+                Ok(())
+            })?;
+            let (mut hits, unproven) = searcher.finish()?;
+            // Queries the device's lists cannot prove (near-ties at the k-th score): a
+            // second pass over the base on the CPU, for those queries only.
+            if !unproven.is_empty() {
+                redone = unproven.len();
+                let sub: Vec<f32> = unproven.iter().flat_map(|&i| queries[i * dim..(i + 1) * dim].to_vec()).collect();
+                let (ss, sscale) = prepare(&sub, dim, metric);
+                let qs = Side { scan: ss.as_deref().unwrap_or(&sub), exact: &sub, scale: &sscale };
+                let mut cpu = Searcher::new(ScanKernel::Auto, qs, dim, a.k);
+                let mut off = 0u64;
+                stream_rows(&bds, &bcols, None, |block, _, _| {
+                    let (bs, bscale) = prepare(block, dim, metric);
+                    cpu.add(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, off);
+                    off += (block.len() / dim) as u64;
+                    Ok(())
+                })?;
+                for (&qi, h) in unproven.iter().zip(cpu.finish()) {
+                    hits[qi] = h;
+                }
+            }
+            hits
+        }
+    };
     let search_s = t1.elapsed().as_secs_f64();
-    let hits = searcher.finish();
     let resolve = |ds: &Dataset| super::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
     let (qid, bid) = (resolve(&qds)?, resolve(&bds)?);
     let qids = ids_of(&qds, qid.as_deref(), &(0..nq as u64).collect::<Vec<_>>())?;
@@ -169,7 +210,8 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
             "command": "neighbors", "queries": nq, "base_rows": offset, "dim": dim, "k": a.k,
             "metric": metric, "read_seconds": read_s, "search_seconds": search_s, "queries_per_second": qps,
             "compute_seconds": compute_s, "queries_per_second_compute_only": nq as f64 / compute_s.max(1e-9),
-            "threads": rayon::current_num_threads(), "backend": "cpu",
+            "threads": rayon::current_num_threads(),
+            "backend": if gpu.is_some() { "gpu" } else { "cpu" }, "queries_redone_on_cpu": redone,
         }))?;
     }
     Ok(())
@@ -214,6 +256,9 @@ pub(crate) struct SimilarArgs {
     force: bool,
     #[arg(long)]
     json: bool,
+    /// `auto` and `cpu` score on the CPU; `gpu` runs the top-k shader (mode max).
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Stream rows (embedding and optional id as text) batch by batch. A second thread
@@ -348,6 +393,7 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
         }
     }
     let mean_norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let gpu = if matches!(a.mode, SeedMode::Max) { similarity_gpu(&a.backend)? } else { None };
     let t0 = Instant::now();
     let mut best = TopK::new(a.top);
     let mut row_ids: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
@@ -357,9 +403,31 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
         let scores: Vec<f64> = match a.mode {
             SeedMode::Max => {
                 let b = Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale };
-                let mut lists: Vec<TopK> = (0..m).map(|_| TopK::new(1)).collect();
-                search_chunk(&b, &seed_side, dim, 0, &mut lists);
-                lists.into_iter().map(|l| l.finish().first().map_or(f64::NEG_INFINITY, |h| h.score)).collect()
+                let lists: Vec<Vec<Hit>> = match &gpu {
+                    None => {
+                        let mut lists: Vec<TopK> = (0..m).map(|_| TopK::new(1)).collect();
+                        search_chunk(&b, &seed_side, dim, 0, &mut lists);
+                        lists.into_iter().map(TopK::finish).collect()
+                    }
+                    Some(gpu) => {
+                        let mut s = GpuSearcher::new(gpu, Side { ..b }, dim, 1)?;
+                        s.add(&seed_side, 0)?;
+                        let (mut lists, unproven) = s.finish()?;
+                        for r in unproven {
+                            let one = Side {
+                                scan: &b.scan[r * dim..(r + 1) * dim],
+                                exact: &b.exact[r * dim..(r + 1) * dim],
+                                scale: &b.scale[r..r + 1],
+                            };
+                            let mut l = [TopK::new(1)];
+                            search_chunk(&one, &seed_side, dim, 0, &mut l);
+                            let [l] = l;
+                            lists[r] = l.finish();
+                        }
+                        lists
+                    }
+                };
+                lists.into_iter().map(|l| l.first().map_or(f64::NEG_INFINITY, |h| h.score)).collect()
             }
             SeedMode::Mean | SeedMode::Centroid => block
                 .chunks_exact(dim)

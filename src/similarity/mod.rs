@@ -361,10 +361,93 @@ pub fn prepare(v: &[f32], dim: usize, metric: SimMetric) -> (Option<Vec<f32>>, V
     }
 }
 
-/// `search` on a GPU: the device keeps a running top-(k + 16) per query in f32 (the
-/// tiles of scores never travel back); the host re-scores those in f64 and keeps k.
-/// Where the device's list is too tight to prove the f64 order (near-ties around the
-/// k-th score), that query is redone on the CPU, so the result is always exact.
+/// Exact top-k on a GPU, chunk by chunk. The device keeps a running top-(k + 16) per
+/// query in f32 (the tiles of scores never travel back); after each chunk the host
+/// reads the lists back and re-scores in f64 the entries that chunk brought, into an
+/// exact top-k per query. A row the device dropped scored at most the lowest f32 score
+/// of its final list, so the host's k-th exact score proves the list when it lies more
+/// than the f32 rounding bound above that; `finish` names the queries it cannot prove
+/// (near-ties around the k-th score) for the caller to redo on the CPU.
+pub struct GpuSearcher<'g, 'a> {
+    dev: crate::backend::wgpu::DeviceTopK<'g>,
+    q: Side<'a>,
+    dim: usize,
+    keep: usize,
+    lists: Vec<TopK>,
+    /// Largest base-row norm seen (for the rounding bound).
+    bnorm: f64,
+    rows: u64,
+}
+
+impl<'g, 'a> GpuSearcher<'g, 'a> {
+    pub fn new(
+        gpu: &'g crate::backend::wgpu::WgpuBackend,
+        q: Side<'a>,
+        dim: usize,
+        k: usize,
+    ) -> crate::error::Result<Self> {
+        let keep = k + 16;
+        let dev = gpu.topk_start(q.scan, dim, keep).ok_or_else(|| {
+            crate::error::Error::Runtime(format!(
+                "this GPU adapter cannot run the top-k shader for k = {k} (too little workgroup memory, or a \
+                 software driver's loop limit); use --backend cpu"
+            ))
+        })?;
+        let lists = (0..q.exact.len() / dim).map(|_| TopK::new(k)).collect();
+        Ok(GpuSearcher { dev, q, dim, keep, lists, bnorm: 0.0, rows: 0 })
+    }
+
+    /// Search base rows `base_offset..` (one chunk; offsets must increase).
+    pub fn add(&mut self, b: &Side<'_>, base_offset: u64) -> crate::error::Result<()> {
+        let dim = self.dim;
+        let n = b.exact.len() / dim;
+        self.dev.add(b.scan, base_offset)?;
+        self.bnorm = b
+            .scan
+            .chunks_exact(dim)
+            .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+            .fold(self.bnorm as f32, f32::max) as f64;
+        self.rows += n as u64;
+        let end = base_offset + n as u64;
+        let kept = self.dev.lists()?;
+        let q = &self.q;
+        self.lists.par_iter_mut().zip(kept.par_iter()).enumerate().for_each(|(qi, (list, kept))| {
+            let qr = &q.exact[qi * dim..(qi + 1) * dim];
+            for &(j, _) in kept.iter().filter(|(j, _)| (base_offset..end).contains(j)) {
+                let r = (j - base_offset) as usize;
+                let score = dot64(qr, &b.exact[r * dim..(r + 1) * dim]) * q.scale[qi] * b.scale[r];
+                list.push_hit(Hit { index: j, score });
+            }
+        });
+        Ok(())
+    }
+
+    /// The lists, and the queries whose order the device's lists cannot prove.
+    pub fn finish(self) -> crate::error::Result<(Vec<Vec<Hit>>, Vec<usize>)> {
+        let kept = self.dev.lists()?;
+        let gamma = (self.dim as f64 + 8.0) * f32::EPSILON as f64;
+        let mut unproven = Vec::new();
+        let mut out = Vec::with_capacity(self.lists.len());
+        for (qi, (list, kept)) in self.lists.into_iter().zip(kept).enumerate() {
+            let hits = list.finish();
+            let full = kept.len() >= self.keep && (kept.len() as u64) < self.rows;
+            if full {
+                let qr = &self.q.scan[qi * self.dim..(qi + 1) * self.dim];
+                let qn = qr.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                let slack = 2.0 * gamma * qn * self.bnorm;
+                let lowest_kept = kept.iter().map(|p| p.1 as f64).fold(f64::INFINITY, f64::min);
+                if hits.len() < self.keep - 16 || lowest_kept + slack >= hits[hits.len() - 1].score {
+                    unproven.push(qi);
+                }
+            }
+            out.push(hits);
+        }
+        Ok((out, unproven))
+    }
+}
+
+/// `search_with` on a GPU (`GpuSearcher` over in-memory chunks); the queries it cannot
+/// prove are redone on the CPU, so the result is always exact.
 pub fn search_gpu(
     gpu: &crate::backend::wgpu::WgpuBackend,
     queries: &[f32],
@@ -374,45 +457,19 @@ pub fn search_gpu(
     metric: SimMetric,
     chunk_rows: usize,
 ) -> crate::error::Result<Vec<Vec<Hit>>> {
-    let keep = k + 16;
     let (qs, qscale) = prepare(queries, dim, metric);
-    let (bs, bscale) = prepare(base, dim, metric);
-    let (q_scan, b_scan) = (qs.as_deref().unwrap_or(queries), bs.as_deref().unwrap_or(base));
-    let mut dev = gpu.topk_start(q_scan, dim, keep).ok_or_else(|| {
-        crate::error::Error::Runtime("this GPU lacks the workgroup memory of the top-k shader".into())
-    })?;
+    let q = Side { scan: qs.as_deref().unwrap_or(queries), exact: queries, scale: &qscale };
+    let mut searcher = GpuSearcher::new(gpu, q, dim, k)?;
     let rows = chunk_rows.max(1);
-    for (ci, chunk) in b_scan.chunks(rows * dim).enumerate() {
-        dev.add(chunk, (ci * rows) as u64)?;
+    for (ci, chunk) in base.chunks(rows * dim).enumerate() {
+        let (bs, bscale) = prepare(chunk, dim, metric);
+        let b = Side { scan: bs.as_deref().unwrap_or(chunk), exact: chunk, scale: &bscale };
+        searcher.add(&b, (ci * rows) as u64)?;
     }
-    let kept = dev.finish()?;
-    let gamma = (dim as f64 + 8.0) * f32::EPSILON as f64;
-    let bnorm =
-        b_scan.chunks_exact(dim).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).fold(0.0f32, f32::max) as f64;
-    let nb = base.len() / dim;
-    let mut out = Vec::with_capacity(kept.len());
-    for (qi, list) in kept.into_iter().enumerate() {
+    let (mut out, unproven) = searcher.finish()?;
+    for qi in unproven {
         let qr = &queries[qi * dim..(qi + 1) * dim];
-        let mut hits: Vec<Hit> = list
-            .iter()
-            .map(|&(j, _)| {
-                let j = j as usize;
-                Hit { index: j as u64, score: dot64(qr, &base[j * dim..(j + 1) * dim]) * qscale[qi] * bscale[j] }
-            })
-            .collect();
-        hits.sort_by(better);
-        let qn = q_scan[qi * dim..(qi + 1) * dim].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let slack = 2.0 * gamma * qn * bnorm;
-        // Rows the device left out scored at most the lowest kept f32 score; they cannot
-        // reach the k-th exact score when that lies more than the rounding bound above.
-        let lowest_kept = list.iter().map(|p| p.1 as f64).fold(f64::INFINITY, f64::min);
-        let proven = list.len() < keep.min(nb) || (hits.len() >= k && lowest_kept + slack < hits[k - 1].score);
-        if list.len() >= keep.min(nb) && proven || list.len() == nb {
-            hits.truncate(k);
-            out.push(hits);
-        } else {
-            out.push(search_with(ScanKernel::Auto, qr, base, dim, k, metric, chunk_rows).remove(0));
-        }
+        out[qi] = search_with(ScanKernel::Auto, qr, base, dim, k, metric, chunk_rows).remove(0);
     }
     Ok(out)
 }

@@ -35,7 +35,26 @@ const TOPK_WORKGROUP_BYTES: u32 = (1024 + 1024 + 4096) * 4;
 /// 1,000 rows or more into lists longer than 64 lost some rows (cause not found; every
 /// list is owned by one invocation); 256-row dispatches pass the exactness tests.
 /// Check this first on a real GPU.
-pub const TOPK_DISPATCH_ROWS: usize = 256;
+pub const TOPK_DISPATCH_ROWS: usize = 4096;
+/// Mesa's llvmpipe (behind lavapipe) ends every loop of a shader invocation once the
+/// invocation has run 65,535 loop iterations in all (`LP_MAX_TGSI_LOOP_ITERATIONS`, its
+/// guard against hangs), silently: a top-k dispatch that merged too many rows into long
+/// lists lost the later rows. On a software adapter each dispatch is therefore sized so
+/// that its merging invocations stay well under that count.
+const SOFTWARE_LOOP_BUDGET: usize = 40_000;
+
+/// Base rows per top-k dispatch: TOPK_DISPATCH_ROWS on hardware; on a software adapter
+/// as many as keep the estimated loop iterations of one invocation (a rescan of the
+/// list per insertion, plus the tile loops) under SOFTWARE_LOOP_BUDGET; None when even
+/// one tile would not fit (the list is too long for that driver).
+pub fn topk_dispatch_rows(software: bool, keep: usize, dim: usize) -> Option<usize> {
+    if !software {
+        return Some(TOPK_DISPATCH_ROWS);
+    }
+    let per_row = keep + 2 + dim.div_ceil(16) * 2;
+    let rows = SOFTWARE_LOOP_BUDGET / per_row / ASSIGN_TILE as usize * ASSIGN_TILE as usize;
+    (rows >= ASSIGN_TILE as usize).then_some(rows.min(TOPK_DISPATCH_ROWS))
+}
 
 /// Mirrors of the shaders' constants.
 pub const ASSIGN_TILE: u32 = 64;
@@ -734,13 +753,16 @@ pub struct DeviceTopK<'a> {
     nq: usize,
     dim: usize,
     keep: usize,
+    dispatch_rows: usize,
 }
 
 impl WgpuBackend {
     /// Start a search for `queries` (row-major, `dim` wide), keeping `keep` per query.
-    /// None when the device cannot run the top-k shader.
+    /// None when the device cannot run the top-k shader (too little workgroup memory,
+    /// or on a software adapter a list too long for its loop limit).
     pub fn topk_start(&self, queries: &[f32], dim: usize, keep: usize) -> Option<DeviceTopK<'_>> {
         self.ctx.topk.as_ref()?;
+        let dispatch_rows = topk_dispatch_rows(self.ctx.adapter.software, keep, dim)?;
         let nq = queries.len() / dim;
         let st = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         Some(DeviceTopK {
@@ -751,6 +773,7 @@ impl WgpuBackend {
             nq,
             dim,
             keep,
+            dispatch_rows,
         })
     }
 }
@@ -769,7 +792,7 @@ impl DeviceTopK<'_> {
                 let n = chunk.len() / self.dim;
                 let align = (ctx.limits.min_storage_buffer_offset_alignment as usize).max(4);
                 // Sub-ranges start at multiples of the binding-offset alignment.
-                let step = (TOPK_DISPATCH_ROWS * self.dim * 4).next_multiple_of(align) / (self.dim * 4);
+                let step = (self.dispatch_rows * self.dim * 4).next_multiple_of(align) / (self.dim * 4);
                 let step = if (step * self.dim * 4).is_multiple_of(align) { step } else { n };
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 let mut r0 = 0;
@@ -811,8 +834,8 @@ impl DeviceTopK<'_> {
         })
     }
 
-    /// Per query, the kept (base index, f32 score) pairs.
-    pub fn finish(self) -> Result<Vec<Vec<(u64, f32)>>> {
+    /// Per query, the kept (base index, f32 score) pairs so far.
+    pub fn lists(&self) -> Result<Vec<Vec<(u64, f32)>>> {
         let s: Vec<f32> = self.gpu.read(&self.scores, (self.nq * self.keep * 4) as u64)?;
         let i: Vec<u32> = self.gpu.read(&self.index, (self.nq * self.keep * 4) as u64)?;
         Ok((0..self.nq)
