@@ -53,6 +53,17 @@ pub(crate) struct NeighborsArgs {
     /// `auto` and `cpu` search on the CPU; `gpu` runs the top-k shader.
     #[command(flatten)]
     backend: BackendArgs,
+    /// The CPU scan before exact re-scoring (same result): `auto` picks the 8-bit
+    /// AVX-512 VNNI filter where the CPU has it, else f32.
+    #[arg(long, value_enum, default_value = "auto")]
+    scan: ScanArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ScanArg {
+    Auto,
+    F32,
+    Int8,
 }
 
 fn embedding_column(ds: &Dataset, name: &str) -> Result<Vec<FeatureColumn>> {
@@ -117,6 +128,12 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let q = Side { scan: qs.as_deref().unwrap_or(&queries), exact: &queries, scale: &qscale };
     let nq = queries.len() / dim;
     let gpu = similarity_gpu(&a.backend)?;
+    let kernel = match a.scan {
+        ScanArg::Auto => ScanKernel::Auto,
+        ScanArg::F32 => ScanKernel::F32,
+        ScanArg::Int8 => ScanKernel::Int8,
+    };
+    let scan_name = if kernel.resolve() == ScanKernel::Int8 { "int8" } else { "f32" };
     let read_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut offset = 0u64;
@@ -124,7 +141,7 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let mut redone = 0;
     let hits: Vec<Vec<Hit>> = match &gpu {
         None => {
-            let mut searcher = Searcher::new(ScanKernel::Auto, q, dim, a.k);
+            let mut searcher = Searcher::new(kernel, q, dim, a.k);
             stream_rows(&bds, &bcols, None, |block, _, _| {
                 let tc = Instant::now();
                 let (bs, bscale) = prepare(block, dim, metric);
@@ -212,6 +229,7 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
             "compute_seconds": compute_s, "queries_per_second_compute_only": nq as f64 / compute_s.max(1e-9),
             "threads": rayon::current_num_threads(),
             "backend": if gpu.is_some() { "gpu" } else { "cpu" }, "queries_redone_on_cpu": redone,
+            "scan": if gpu.is_some() { "gpu" } else { scan_name },
         }))?;
     }
     Ok(())

@@ -665,6 +665,15 @@ impl Backend for WgpuBackend {
                 .map(|&(_, m)| ((max_slots * m).div_ceil(n.max(1))).min(m.div_ceil(256)).clamp(1, MAX_GROUPS as usize))
                 .collect();
             let slots: usize = per_chunk.iter().sum();
+            // llvmpipe's loop limit (see SOFTWARE_LOOP_BUDGET): one invocation sums
+            // rows_per_group rows for width/64 columns; past the limit it would stop early.
+            let loops = ch.ranges.iter().zip(&per_chunk).map(|(&(_, m), &g)| m.div_ceil(g) * width.div_ceil(64)).max();
+            if ctx.adapter.software && loops.unwrap_or(0) > SOFTWARE_LOOP_BUDGET {
+                return Err(Error::Runtime(format!(
+                    "GPU reduce: {n} rows × {k} centroids × {dim} features is too large for a software GPU \
+                     driver (its shader loop limit); use --backend cpu"
+                )));
+            }
             if slots as u64 * slot_bytes > ctx.limits.max_storage_buffer_binding_size {
                 return Err(Error::Runtime(format!(
                     "GPU reduce: {k} centroids × {width} columns do not fit one storage binding; use --backend cpu"
