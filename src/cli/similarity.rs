@@ -133,7 +133,7 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
         ScanArg::F32 => ScanKernel::F32,
         ScanArg::Int8 => ScanKernel::Int8,
     };
-    let scan_name = if kernel.resolve() == ScanKernel::Int8 { "int8" } else { "f32" };
+    let scan_name = if kernel.resolve_for(dim) == ScanKernel::Int8 { "int8" } else { "f32" };
     let read_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut offset = 0u64;

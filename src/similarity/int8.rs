@@ -28,6 +28,9 @@ const PW: usize = 32;
 /// Base rows per cache block (2048 × 384 B = 768 KiB: stays in a core's L2).
 const SUB_PANELS: usize = 64;
 
+/// Widest rows the scan takes: its i32 accumulators hold d · 255 · 127 < 2³¹.
+pub const MAX_DIM: usize = 60_000;
+
 /// Whether the running CPU has AVX-512 F/BW and VNNI.
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")

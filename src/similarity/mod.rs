@@ -25,6 +25,16 @@ pub enum ScanKernel {
 }
 
 impl ScanKernel {
+    /// The scan that will actually run on this CPU for rows `dim` wide.
+    pub fn resolve_for(self, dim: usize) -> ScanKernel {
+        #[cfg(target_arch = "x86_64")]
+        if dim > int8::MAX_DIM {
+            return ScanKernel::F32;
+        }
+        let _ = dim;
+        self.resolve()
+    }
+
     /// The scan that will actually run on this CPU.
     pub fn resolve(self) -> ScanKernel {
         #[cfg(target_arch = "x86_64")]
@@ -185,7 +195,7 @@ pub fn search_chunk_with(
     base_offset: u64,
     lists: &mut [TopK],
 ) {
-    match kernel.resolve() {
+    match kernel.resolve_for(dim) {
         #[cfg(target_arch = "x86_64")]
         ScanKernel::Int8 => int8::Scan::new(q, dim).chunk(q, b, dim, base_offset, lists),
         _ => search_chunk_f32(q, b, dim, base_offset, lists),
@@ -296,7 +306,7 @@ impl<'a> Searcher<'a> {
     pub fn new(kernel: ScanKernel, q: Side<'a>, dim: usize, k: usize) -> Self {
         let lists = (0..q.exact.len() / dim).map(|_| TopK::new(k)).collect();
         #[cfg(target_arch = "x86_64")]
-        let int8 = (kernel.resolve() == ScanKernel::Int8).then(|| int8::Scan::new(&q, dim));
+        let int8 = (kernel.resolve_for(dim) == ScanKernel::Int8).then(|| int8::Scan::new(&q, dim));
         #[cfg(not(target_arch = "x86_64"))]
         let _ = kernel;
         Searcher {
