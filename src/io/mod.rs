@@ -315,7 +315,7 @@ impl Batches<'_> {
         let builder = open_builder(path)?;
         let arrow_schema = builder.schema().clone();
         let roots: Vec<usize> = self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect();
-        // Wide rows (embeddings) come in smaller batches: about 8 MiB of values each, so
+        // Wide rows (embeddings) come in smaller batches: about 4 MiB of values each, so
         // one batch's buffers are reused by the allocator instead of mapped afresh.
         let width: usize = roots
             .iter()
@@ -325,7 +325,7 @@ impl Batches<'_> {
                 _ => 1,
             })
             .sum();
-        let rows = ((1usize << 21) / width.max(1)).clamp(1024, BATCH_ROWS);
+        let rows = ((1usize << 20) / width.max(1)).clamp(1024, BATCH_ROWS);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder
             .with_projection(mask)
