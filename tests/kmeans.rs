@@ -365,7 +365,7 @@ fn exact_top_k_survives_ties_outliers_and_odd_widths() {
                         s.iter().take(k).map(|x| x.1).collect()
                     })
                     .collect();
-                for kernel in [ScanKernel::F32, ScanKernel::Int8] {
+                for kernel in [ScanKernel::F32, ScanKernel::Int8, ScanKernel::Int8Avx2] {
                     for chunk in [n, 333] {
                         let got = search_with(kernel, &queries, &base, dim, k, metric, chunk);
                         for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -412,7 +412,7 @@ fn exact_top_k_similarity_has_recall_one_on_real_embeddings() {
         for (metric, chunk) in [(SimMetric::Ip, usize::MAX / dim), (SimMetric::Cosine, 997), (SimMetric::Ip, 64)] {
             let want = reference(k, metric);
             // Both CPU scans (the 8-bit filter runs where AVX-512 VNNI exists).
-            for kernel in [ScanKernel::F32, ScanKernel::Int8] {
+            for kernel in [ScanKernel::F32, ScanKernel::Int8, ScanKernel::Int8Avx2] {
                 let got = search_with(kernel, &queries, &m.data, dim, k, metric, chunk);
                 for (qi, (g, w)) in got.iter().zip(&want).enumerate() {
                     let ids: Vec<usize> = g.iter().map(|h| h.index as usize).collect();

@@ -53,8 +53,8 @@ pub(crate) struct NeighborsArgs {
     /// `auto` and `cpu` search on the CPU; `gpu` runs the top-k shader.
     #[command(flatten)]
     backend: BackendArgs,
-    /// The CPU scan before exact re-scoring (same result): `auto` picks the 8-bit
-    /// AVX-512 VNNI filter where the CPU has it, else f32.
+    /// The CPU scan before exact re-scoring (same result): `auto` and `int8` pick the
+    /// 8-bit filter with AVX-512 VNNI, else AVX2 (`int8-avx2` forces that), else f32.
     #[arg(long, value_enum, default_value = "auto")]
     scan: ScanArg,
 }
@@ -64,6 +64,7 @@ pub(crate) enum ScanArg {
     Auto,
     F32,
     Int8,
+    Int8Avx2,
 }
 
 fn embedding_column(ds: &Dataset, name: &str) -> Result<Vec<FeatureColumn>> {
@@ -132,8 +133,9 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
         ScanArg::Auto => ScanKernel::Auto,
         ScanArg::F32 => ScanKernel::F32,
         ScanArg::Int8 => ScanKernel::Int8,
+        ScanArg::Int8Avx2 => ScanKernel::Int8Avx2,
     };
-    let scan_name = if kernel.resolve_for(dim) == ScanKernel::Int8 { "int8" } else { "f32" };
+    let scan_name = kernel.resolve_for(dim).name();
     let read_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut offset = 0u64;

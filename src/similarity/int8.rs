@@ -31,11 +31,43 @@ const SUB_PANELS: usize = 64;
 /// Widest rows the scan takes: its i32 accumulators hold d · 255 · 127 < 2³¹.
 pub const MAX_DIM: usize = 60_000;
 
-/// Whether the running CPU has AVX-512 F/BW and VNNI.
-pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vnni")
+/// The instruction set a scan runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 VNNI: `vpdpbusd`, 64 products per instruction, codes in ±127.
+    Avx512Vnni,
+    /// AVX2: `vpmaddubsw` + `vpmaddwd`, 32 products per pair of instructions. Its i16
+    /// pair sums saturate at 32,767, so query codes stay in ±63 (2 · 255 · 63 < 2¹⁵).
+    Avx2,
+}
+
+impl Isa {
+    /// The best this CPU has, if any.
+    pub fn best() -> Option<Isa> {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            Some(Isa::Avx512Vnni)
+        } else {
+            Isa::Avx2.supported().then_some(Isa::Avx2)
+        }
+    }
+
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Avx512Vnni => Isa::best() == Some(Isa::Avx512Vnni),
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        }
+    }
+
+    /// Largest query code.
+    fn query_levels(self) -> f32 {
+        match self {
+            Isa::Avx512Vnni => 127.0,
+            Isa::Avx2 => 63.0,
+        }
+    }
 }
 
 /// One row's code and the terms of its error bound (all rounded up).
@@ -63,13 +95,72 @@ fn up(x: f64, dim: usize) -> f32 {
 /// Code one row into `out` (its first `v.len()` bytes; the caller pads with 0).
 /// Vectorised by hand: the plain loop calls libm's `rintf`/`fmaf` per element on a
 /// baseline x86-64 build, and its f32 sums do not vectorise.
-fn code_row(v: &[f32], sigma: f64, out: &mut [i8]) -> RowCode {
-    // SAFETY: this module runs only where `available()` holds.
-    unsafe { code_row_avx512(v, sigma, out) }
+fn code_row(isa: Isa, v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> RowCode {
+    // SAFETY: a `Scan` exists only for an `isa` the CPU supports.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => code_row_avx512(v, sigma, levels, out),
+            Isa::Avx2 => code_row_avx2(v, sigma, levels, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn code_row_avx2(v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> RowCode {
+    const L: usize = 8;
+    let d = v.len();
+    let (mut mx, mut ss) = ([0.0f32; L], [0.0f32; L]);
+    let n = d / L * L;
+    for x in v[..n].chunks_exact(L) {
+        for l in 0..L {
+            mx[l] = mx[l].max(x[l].abs());
+            ss[l] = x[l].mul_add(x[l], ss[l]);
+        }
+    }
+    for (l, x) in v[n..].iter().enumerate() {
+        mx[l] = mx[l].max(x.abs());
+        ss[l] = x.mul_add(*x, ss[l]);
+    }
+    let m = mx.iter().fold(0.0f32, |a, b| a.max(*b));
+    let ss_v: f32 = ss.iter().sum();
+    if m == 0.0 || sigma == 0.0 || !m.is_finite() {
+        out[..d].fill(0);
+        let nrm = (ss_v as f64).sqrt() * sigma;
+        return RowCode { scale: 0.0, sum: 0, norm: up(nrm, d), dq: 0.0, err: up(nrm, d) };
+    }
+    let s = m / levels;
+    let inv = levels / m;
+    let (mut sr, mut sc, mut sm) = ([0.0f32; L], [0i32; L], [0i32; L]);
+    let mut one = |l: usize, x: f32, o: &mut i8| {
+        let c = (x * inv).round_ties_even().clamp(-levels, levels);
+        let r = (-s).mul_add(c, x);
+        sr[l] = r.mul_add(r, sr[l]);
+        let ci = c as i32;
+        sc[l] += ci * ci;
+        sm[l] += ci;
+        *o = ci as i8;
+    };
+    for (x, o) in v[..n].chunks_exact(L).zip(out[..n].chunks_exact_mut(L)) {
+        for l in 0..L {
+            one(l, x[l], &mut o[l]);
+        }
+    }
+    for (l, (x, o)) in v[n..].iter().zip(&mut out[n..d]).enumerate() {
+        one(l, *x, o);
+    }
+    let ss_r: f32 = sr.iter().sum();
+    let ss_c: i64 = sc.iter().map(|x| *x as i64).sum();
+    RowCode {
+        scale: (s as f64 * sigma) as f32,
+        sum: sm.iter().sum(),
+        norm: up((ss_v as f64).sqrt() * sigma, d),
+        dq: up(s as f64 * sigma * (ss_c as f64).sqrt(), d),
+        err: up((ss_r as f64).sqrt() * sigma, d),
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn code_row_avx512(v: &[f32], sigma: f64, out: &mut [i8]) -> RowCode {
+unsafe fn code_row_avx512(v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> RowCode {
     let d = v.len();
     assert!(out.len() >= d);
     let vp = v.as_ptr();
@@ -88,9 +179,9 @@ unsafe fn code_row_avx512(v: &[f32], sigma: f64, out: &mut [i8]) -> RowCode {
         let n = (ss_v as f64).sqrt() * sigma;
         return RowCode { scale: 0.0, sum: 0, norm: up(n, d), dq: 0.0, err: up(n, d) };
     }
-    let s = m / 127.0;
-    let inv = _mm512_set1_ps(127.0 / m);
-    let (lo, hi, neg_s) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0), _mm512_set1_ps(-s));
+    let s = m / levels;
+    let inv = _mm512_set1_ps(levels / m);
+    let (lo, hi, neg_s) = (_mm512_set1_ps(-levels), _mm512_set1_ps(levels), _mm512_set1_ps(-s));
     let (mut vr, mut vc, mut vsum) = (_mm512_setzero_ps(), _mm512_setzero_si512(), _mm512_setzero_si512());
     let op = out.as_mut_ptr();
     for i in (0..d).step_by(16) {
@@ -125,13 +216,13 @@ struct QueryCodes {
     rows: Vec<RowCode>,
 }
 
-fn code_queries(exact: &[f32], scale: &[f64], dim: usize) -> QueryCodes {
+fn code_queries(isa: Isa, exact: &[f32], scale: &[f64], dim: usize) -> QueryCodes {
     let kp = dim.next_multiple_of(4);
     let n = exact.len() / dim;
     let mut codes = vec![0i8; n.next_multiple_of(QT) * kp];
     let mut rows = vec![RowCode::default(); n];
     codes.par_chunks_mut(kp).zip(rows.par_iter_mut()).enumerate().for_each(|(i, (c, r))| {
-        *r = code_row(&exact[i * dim..(i + 1) * dim], scale[i], c);
+        *r = code_row(isa, &exact[i * dim..(i + 1) * dim], scale[i], isa.query_levels(), c);
     });
     QueryCodes { kp, codes, rows }
 }
@@ -155,7 +246,7 @@ struct BasePanels {
 }
 
 impl BasePanels {
-    fn pack(&mut self, exact: &[f32], scale: &[f64], dim: usize) {
+    fn pack(&mut self, isa: Isa, exact: &[f32], scale: &[f64], dim: usize) {
         let kp = dim.next_multiple_of(4);
         let groups = kp / 4;
         let n = exact.len() / dim;
@@ -171,7 +262,7 @@ impl BasePanels {
                 for (l, r) in rc.iter_mut().enumerate() {
                     let j = p * PW + l;
                     if j < n {
-                        *r = code_row(&exact[j * dim..(j + 1) * dim], scale[j], code);
+                        *r = code_row(isa, &exact[j * dim..(j + 1) * dim], scale[j], 127.0, code);
                     } else {
                         code.fill(0);
                     }
@@ -197,7 +288,7 @@ impl BasePanels {
 /// Integer scores c_q·(c_b + 128) of QT queries (row stride kp) against one panel.
 ///
 /// # Safety
-/// AVX-512 F/BW/VNNI must be present (`available()`); `q` holds QT rows of `4·groups`
+/// AVX-512 F/BW/VNNI must be present (`Isa::Avx512Vnni.supported()`); `q` holds QT rows of `4·groups`
 /// bytes, `panel` `groups × 128` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_scores(q: &[i8], groups: usize, panel: &[u8], out: &mut [i32; QT * PW]) {
@@ -276,6 +367,87 @@ unsafe fn filter(
     }
 }
 
+/// `tile_scores` with AVX2: `vpmaddubsw` multiplies the unsigned base bytes by the
+/// signed query bytes (|c_q| ≤ 63, so no pair sum saturates) and `vpmaddwd` by 1 widens
+/// the pairs to the same four-product i32 lanes as `vpdpbusd`. Sub-tiles of 4 queries ×
+/// 16 rows keep 8 accumulators in the 16 registers.
+///
+/// # Safety
+/// AVX2 and FMA must be present; sizes as `tile_scores`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_scores_avx2(q: &[i8], groups: usize, panel: &[u8], out: &mut [i32; QT * PW]) {
+    debug_assert!(q.len() >= QT * groups * 4 && panel.len() >= groups * PW * 4);
+    let kp = groups * 4;
+    let qp = q.as_ptr();
+    let bp = panel.as_ptr();
+    let op = out.as_mut_ptr();
+    let ones = _mm256_set1_epi16(1);
+    for h in 0..2 {
+        for qb in (0..QT).step_by(4) {
+            let mut acc0 = [_mm256_setzero_si256(); 4];
+            let mut acc1 = [_mm256_setzero_si256(); 4];
+            for g in 0..groups {
+                // SAFETY: in bounds by the caller's contract.
+                let (b0, b1) = unsafe {
+                    let at = bp.add(g * PW * 4 + h * 64);
+                    (_mm256_loadu_si256(at as *const __m256i), _mm256_loadu_si256(at.add(32) as *const __m256i))
+                };
+                for i in 0..4 {
+                    let w = unsafe { (qp.add((qb + i) * kp + g * 4) as *const i32).read_unaligned() };
+                    let a = _mm256_set1_epi32(w);
+                    acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(_mm256_maddubs_epi16(b0, a), ones));
+                    acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, a), ones));
+                }
+            }
+            for i in 0..4 {
+                unsafe {
+                    _mm256_storeu_si256(op.add((qb + i) * PW + h * 16) as *mut __m256i, acc0[i]);
+                    _mm256_storeu_si256(op.add((qb + i) * PW + h * 16 + 8) as *mut __m256i, acc1[i]);
+                }
+            }
+        }
+    }
+}
+
+/// `filter` with AVX2 (8 lanes at a time).
+///
+/// # Safety
+/// As `tile_scores_avx2`; the slices hold one panel's 32 per-row terms.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn filter_avx2(
+    s: &[i32; QT * PW],
+    terms: &[QueryTerms],
+    scale: &[f32],
+    norm: &[f32],
+    err: &[f32],
+    valid: u32,
+    masks: &mut [u32; QT],
+) {
+    unsafe {
+        for (i, t) in terms.iter().enumerate() {
+            let mut m = 0u32;
+            for e8 in 0..4 {
+                let at = 8 * e8;
+                let acc = _mm256_loadu_si256(s.as_ptr().add(i * PW + at) as *const __m256i);
+                let dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_set1_epi32(t.corr)));
+                let e = _mm256_fmadd_ps(
+                    _mm256_set1_ps(t.err),
+                    _mm256_loadu_ps(norm.as_ptr().add(at)),
+                    _mm256_mul_ps(_mm256_set1_ps(t.dq), _mm256_loadu_ps(err.as_ptr().add(at))),
+                );
+                let est = _mm256_fmadd_ps(
+                    _mm256_set1_ps(t.scale),
+                    _mm256_mul_ps(dot, _mm256_loadu_ps(scale.as_ptr().add(at))),
+                    e,
+                );
+                let pass = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(est, _mm256_set1_ps(t.lim)));
+                m |= (pass as u32) << at;
+            }
+            masks[i] = m & valid;
+        }
+    }
+}
+
 /// The f32 limit for a list: its k-th exact score less the margin, rounded down.
 fn limit(list: &TopK, eta: f64) -> f32 {
     if list.hits.len() < list.k {
@@ -288,24 +460,27 @@ fn limit(list: &TopK, eta: f64) -> f32 {
 
 /// The 8-bit scan of one query set: queries coded once, base buffers reused per chunk.
 pub struct Scan {
+    isa: Isa,
     qc: QueryCodes,
     bp: BasePanels,
 }
 
 impl Scan {
-    /// Code the queries. Call only when `available()`.
-    pub fn new(q: &Side<'_>, dim: usize) -> Self {
-        Scan { qc: code_queries(q.exact, q.scale, dim), bp: BasePanels::default() }
+    /// Code the queries; None when the CPU lacks `isa`.
+    pub fn new(isa: Isa, q: &Side<'_>, dim: usize) -> Option<Self> {
+        isa.supported().then(|| Scan { isa, qc: code_queries(isa, q.exact, q.scale, dim), bp: BasePanels::default() })
     }
 
     /// `search_chunk` through the 8-bit filter, with the queries `new` was given.
     pub fn chunk(&mut self, q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, lists: &mut [TopK]) {
-        self.bp.pack(b.exact, b.scale, dim);
-        scan(&self.qc, &self.bp, q, b, dim, base_offset, lists);
+        self.bp.pack(self.isa, b.exact, b.scale, dim);
+        scan(self.isa, &self.qc, &self.bp, q, b, dim, base_offset, lists);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan(
+    isa: Isa,
     qc: &QueryCodes,
     bp: &BasePanels,
     q: &Side<'_>,
@@ -346,19 +521,21 @@ fn scan(
                 for p in sub..sub_end {
                     let o = p * PW;
                     let valid = if o + PW <= bp.n { u32::MAX } else { (1u32 << (bp.n - o)) - 1 };
-                    // SAFETY: `available()` was checked by the caller; the slices are one
+                    let panel = &bp.packed[p * panel_bytes..(p + 1) * panel_bytes];
+                    let (sc, nm, er) = (&bp.scale[o..o + PW], &bp.norm[o..o + PW], &bp.err[o..o + PW]);
+                    // SAFETY: `Scan::new` checked the CPU has `isa`; the slices are one
                     // query tile and one panel.
                     unsafe {
-                        tile_scores(qtile, groups, &bp.packed[p * panel_bytes..(p + 1) * panel_bytes], buf);
-                        filter(
-                            buf,
-                            &terms,
-                            &bp.scale[o..o + PW],
-                            &bp.norm[o..o + PW],
-                            &bp.err[o..o + PW],
-                            valid,
-                            &mut masks,
-                        );
+                        match isa {
+                            Isa::Avx512Vnni => {
+                                tile_scores(qtile, groups, panel, buf);
+                                filter(buf, &terms, sc, nm, er, valid, &mut masks);
+                            }
+                            Isa::Avx2 => {
+                                tile_scores_avx2(qtile, groups, panel, buf);
+                                filter_avx2(buf, &terms, sc, nm, er, valid, &mut masks);
+                            }
+                        }
                     }
                     for (r, t) in terms.iter_mut().enumerate() {
                         let mut m = masks[r];

@@ -16,35 +16,60 @@ mod int8;
 /// Which scan scores the pairs before the exact f64 re-scoring (the result is the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanKernel {
-    /// The 8-bit filter where the CPU has AVX-512 VNNI, else f32.
+    /// The 8-bit filter (AVX-512 VNNI, else AVX2), else f32.
     Auto,
     /// f32 scores (the AVX2 fused kernel, or portable code).
     F32,
-    /// 8-bit codes with a proven error bound (AVX-512 VNNI); falls back to f32 elsewhere.
+    /// 8-bit codes with a proven error bound, with the best instructions this CPU has
+    /// (resolves to `Int8` for AVX-512 VNNI, `Int8Avx2` otherwise, f32 without AVX2).
     Int8,
+    /// The 8-bit scan with AVX2 only (what CPUs without AVX-512 VNNI run).
+    Int8Avx2,
 }
 
 impl ScanKernel {
     /// The scan that will actually run on this CPU for rows `dim` wide.
     pub fn resolve_for(self, dim: usize) -> ScanKernel {
         #[cfg(target_arch = "x86_64")]
-        if dim > int8::MAX_DIM {
-            return ScanKernel::F32;
+        {
+            use int8::Isa;
+            if dim > int8::MAX_DIM {
+                return ScanKernel::F32;
+            }
+            match self {
+                ScanKernel::F32 => ScanKernel::F32,
+                ScanKernel::Int8Avx2 if Isa::Avx2.supported() => ScanKernel::Int8Avx2,
+                ScanKernel::Int8Avx2 => ScanKernel::F32,
+                ScanKernel::Auto | ScanKernel::Int8 => match Isa::best() {
+                    Some(Isa::Avx512Vnni) => ScanKernel::Int8,
+                    Some(Isa::Avx2) => ScanKernel::Int8Avx2,
+                    None => ScanKernel::F32,
+                },
+            }
         }
-        let _ = dim;
-        self.resolve()
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (self, dim);
+            ScanKernel::F32
+        }
     }
 
-    /// The scan that will actually run on this CPU.
-    pub fn resolve(self) -> ScanKernel {
-        #[cfg(target_arch = "x86_64")]
-        let int8 = int8::available();
-        #[cfg(not(target_arch = "x86_64"))]
-        let int8 = false;
+    /// Its name in `--json` output.
+    pub fn name(self) -> &'static str {
         match self {
-            ScanKernel::F32 => ScanKernel::F32,
-            ScanKernel::Auto | ScanKernel::Int8 if int8 => ScanKernel::Int8,
-            _ => ScanKernel::F32,
+            ScanKernel::Auto => "auto",
+            ScanKernel::F32 => "f32",
+            ScanKernel::Int8 => "int8-avx512vnni",
+            ScanKernel::Int8Avx2 => "int8-avx2",
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn scan(self, q: &Side<'_>, dim: usize) -> Option<int8::Scan> {
+        match self.resolve_for(dim) {
+            ScanKernel::Int8 => int8::Scan::new(int8::Isa::Avx512Vnni, q, dim),
+            ScanKernel::Int8Avx2 => int8::Scan::new(int8::Isa::Avx2, q, dim),
+            _ => None,
         }
     }
 }
@@ -195,11 +220,11 @@ pub fn search_chunk_with(
     base_offset: u64,
     lists: &mut [TopK],
 ) {
-    match kernel.resolve_for(dim) {
-        #[cfg(target_arch = "x86_64")]
-        ScanKernel::Int8 => int8::Scan::new(q, dim).chunk(q, b, dim, base_offset, lists),
-        _ => search_chunk_f32(q, b, dim, base_offset, lists),
+    #[cfg(target_arch = "x86_64")]
+    if let Some(mut scan) = kernel.scan(q, dim) {
+        return scan.chunk(q, b, dim, base_offset, lists);
     }
+    search_chunk_f32(q, b, dim, base_offset, lists)
 }
 
 fn search_chunk_f32(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, lists: &mut [TopK]) {
@@ -306,7 +331,7 @@ impl<'a> Searcher<'a> {
     pub fn new(kernel: ScanKernel, q: Side<'a>, dim: usize, k: usize) -> Self {
         let lists = (0..q.exact.len() / dim).map(|_| TopK::new(k)).collect();
         #[cfg(target_arch = "x86_64")]
-        let int8 = (kernel.resolve_for(dim) == ScanKernel::Int8).then(|| int8::Scan::new(&q, dim));
+        let int8 = kernel.scan(&q, dim);
         #[cfg(not(target_arch = "x86_64"))]
         let _ = kernel;
         Searcher {
