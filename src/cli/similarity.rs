@@ -138,30 +138,26 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let scan_name = kernel.resolve_for(dim).name();
     let read_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut offset = 0u64;
+    let base_rows;
     let mut compute_s = 0.0;
     let mut redone = 0;
     let hits: Vec<Vec<Hit>> = match &gpu {
         None => {
             let mut searcher = Searcher::new(kernel, q, dim, a.k);
-            stream_rows(&bds, &bcols, None, |block, _, _| {
+            base_rows = stream_sides(&bds, &bcols, metric, |b, offset| {
                 let tc = Instant::now();
-                let (bs, bscale) = prepare(block, dim, metric);
-                searcher.add(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, offset);
+                searcher.add(b, offset);
                 compute_s += tc.elapsed().as_secs_f64();
-                offset += (block.len() / dim) as u64;
                 Ok(())
             })?;
             searcher.finish()
         }
         Some(gpu) => {
             let mut searcher = GpuSearcher::new(gpu, q, dim, a.k)?;
-            stream_rows(&bds, &bcols, None, |block, _, _| {
+            base_rows = stream_sides(&bds, &bcols, metric, |b, offset| {
                 let tc = Instant::now();
-                let (bs, bscale) = prepare(block, dim, metric);
-                searcher.add(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, offset)?;
+                searcher.add(b, offset)?;
                 compute_s += tc.elapsed().as_secs_f64();
-                offset += (block.len() / dim) as u64;
                 Ok(())
             })?;
             let (mut hits, unproven) = searcher.finish()?;
@@ -173,11 +169,8 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
                 let (ss, sscale) = prepare(&sub, dim, metric);
                 let qs = Side { scan: ss.as_deref().unwrap_or(&sub), exact: &sub, scale: &sscale };
                 let mut cpu = Searcher::new(ScanKernel::Auto, qs, dim, a.k);
-                let mut off = 0u64;
-                stream_rows(&bds, &bcols, None, |block, _, _| {
-                    let (bs, bscale) = prepare(block, dim, metric);
-                    cpu.add(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, off);
-                    off += (block.len() / dim) as u64;
+                stream_sides(&bds, &bcols, metric, |b, offset| {
+                    cpu.add(b, offset);
                     Ok(())
                 })?;
                 for (&qi, h) in unproven.iter().zip(cpu.finish()) {
@@ -220,13 +213,13 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     w.commit()?;
     let qps = nq as f64 / search_s.max(1e-9);
     log(format!(
-        "{nq} queries × {offset} base rows, k={}: search {search_s:.2}s ({qps:.0} queries/s); wrote {}",
+        "{nq} queries × {base_rows} base rows, k={}: search {search_s:.2}s ({qps:.0} queries/s); wrote {}",
         a.k,
         a.out.display()
     ));
     if a.json {
         super::print_json(&serde_json::json!({
-            "command": "neighbors", "queries": nq, "base_rows": offset, "dim": dim, "k": a.k,
+            "command": "neighbors", "queries": nq, "base_rows": base_rows, "dim": dim, "k": a.k,
             "metric": metric, "read_seconds": read_s, "search_seconds": search_s, "queries_per_second": qps,
             "compute_seconds": compute_s, "queries_per_second_compute_only": nq as f64 / compute_s.max(1e-9),
             "threads": rayon::current_num_threads(),
@@ -279,6 +272,25 @@ pub(crate) struct SimilarArgs {
     /// `auto` and `cpu` score on the CPU; `gpu` runs the top-k shader (mode max).
     #[command(flatten)]
     backend: BackendArgs,
+}
+
+/// Stream the base as searchable chunks (normalised for cosine) with each chunk's first
+/// row; returns the number of rows.
+fn stream_sides(
+    ds: &Dataset,
+    cols: &[FeatureColumn],
+    metric: SimMetric,
+    mut each: impl FnMut(&Side<'_>, u64) -> Result<()>,
+) -> Result<u64> {
+    let dim = cols[0].width;
+    let mut rows = 0u64;
+    stream_rows(ds, cols, None, |block, _, offset| {
+        let (bs, bscale) = prepare(block, dim, metric);
+        each(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, offset)?;
+        rows = offset + (block.len() / dim) as u64;
+        Ok(())
+    })?;
+    Ok(rows)
 }
 
 /// Stream rows (embedding and optional id as text) batch by batch. A second thread
