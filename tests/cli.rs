@@ -104,9 +104,13 @@ fn main_job_on_the_shipped_data_set() {
         let b = b.unwrap();
         let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, vec!["subscriber_id", "segment", "distance", "margin"]);
-        assert_eq!(b.column(1).data_type(), &DataType::UInt32);
+        assert_eq!(
+            b.column(1).data_type(),
+            &DataType::Int32,
+            "segment ids are int32: no unsigned types for warehouses"
+        );
         assert_eq!(b.column(2).data_type(), &DataType::Float32);
-        let seg = b.column(1).as_any().downcast_ref::<arrow::array::UInt32Array>().unwrap();
+        let seg = b.column(1).as_any().downcast_ref::<arrow::array::Int32Array>().unwrap();
         assert!(seg.values().iter().all(|s| *s < 6));
         let dist = b.column(2).as_any().downcast_ref::<Float32Array>().unwrap();
         let margin = b.column(3).as_any().downcast_ref::<Float32Array>().unwrap();

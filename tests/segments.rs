@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt32Array};
+use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringArray, UInt32Array};
 use arrow::datatypes::Field;
 use microseg::segments::audit::AuditBuilder;
 use microseg::segments::{Histogram, psi, quantile_sorted};
@@ -51,12 +51,16 @@ fn quantiles_and_histograms() {
     for s in &h.shares {
         assert!((s - 0.1).abs() < 0.002, "{:?}", h.shares);
     }
-    // A binary feature: one edge, two bins.
+    // A binary feature: a bin per value, and one for values never seen in training.
     let mut b: Vec<f32> = (0..100).map(|i| (i % 4 == 0) as u8 as f32).collect();
     let h = Histogram::fit(&mut b);
+    assert!(h.is_categorical());
     assert_eq!(h.shares.iter().sum::<f64>(), 1.0);
-    assert_eq!((h.bin(0.0), h.bin(1.0)), (0, 1));
-    assert_eq!(h.shares, vec![0.75, 0.25]);
+    assert_eq!((h.bin(0.0), h.bin(1.0), h.bin(0.5), h.bin(2.0)), (0, 1, 2, 2));
+    assert_eq!(h.shares, vec![0.75, 0.25, 0.0]);
+    // Few distinct values (an integer count 0..=9): still a bin per value.
+    let mut c: Vec<f32> = (0..1000).map(|i| (i % 10) as f32).collect();
+    assert_eq!(Histogram::fit(&mut c).values.len(), 10);
 }
 
 #[test]
@@ -205,7 +209,7 @@ fn profile_numbers_match_a_direct_computation() {
     let mut seg: Vec<u32> = Vec::new();
     for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
         let b = b.unwrap();
-        seg.extend(b.column(1).as_any().downcast_ref::<UInt32Array>().unwrap().values().iter());
+        seg.extend(b.column(1).as_any().downcast_ref::<Int32Array>().unwrap().values().iter().map(|v| *v as u32));
     }
     let mut by: HashMap<u32, Vec<usize>> = HashMap::new();
     for (i, s) in seg.iter().enumerate() {
@@ -336,7 +340,7 @@ fn audit_reports_the_four_fifths_rule_from_files() {
         run(&["audit", "--segments", "seg.parquet", "--input", "people.parquet", "--protected", "group", "--json"], p);
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let r = &v["report"][0];
+    let r = &v["report"]["attributes"][0];
     assert_eq!(r["flags"], 2);
     let b0 = r["segments"][0]["groups"].as_array().unwrap().iter().find(|g| g["group"] == "b").unwrap();
     assert_eq!(b0["disparate_impact"], 0.5);
@@ -401,7 +405,7 @@ fn explanations_and_pseudonymised_ids() {
         "the key is never stored"
     );
     let prof = json(&p.join("out/profile.json"));
-    let seg = b.column(1).as_any().downcast_ref::<UInt32Array>().unwrap();
+    let seg = b.column(1).as_any().downcast_ref::<Int32Array>().unwrap();
     for i in 0..20 {
         let name = prof["segments"].as_array().unwrap().iter().find(|s| s["id"] == seg.value(i)).unwrap()["name"]
             .as_str()
@@ -529,7 +533,9 @@ fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
             p,
         ));
         let b = first_batch(&p.join(&out));
-        let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        // The id column keeps its type (int64 here), so the output joins back to the input.
+        let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(b.column(1).data_type(), &arrow::datatypes::DataType::Int32);
         let scores = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!(b.num_rows(), 25);
         // Independent: score every non-seed row, take the 25 best (ties to the lower row).
@@ -548,7 +554,7 @@ fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for r in 0..25 {
-            assert_eq!(ids.value(r), all[r].1.to_string(), "{mode} rank {r}");
+            assert_eq!(ids.value(r).to_string(), all[r].1.to_string(), "{mode} rank {r}");
             assert!((scores.value(r) - all[r].0).abs() < 1e-9, "{mode} rank {r}: {} vs {}", scores.value(r), all[r].0);
         }
     }
@@ -633,16 +639,16 @@ fn neighbors_and_look_alikes_match_a_float64_brute_force_on_both_backends() {
             assert_eq!(b.num_rows(), qrows.len() * k);
             let col = |i: usize| b.column(i).clone();
             let (qc, rc, nc, sc) = (col(0), col(1), col(2), col(3));
-            let qc = qc.as_any().downcast_ref::<StringArray>().unwrap();
-            let rc = rc.as_any().downcast_ref::<UInt32Array>().unwrap();
-            let nc = nc.as_any().downcast_ref::<StringArray>().unwrap();
+            let qc = qc.as_any().downcast_ref::<Int64Array>().unwrap();
+            let rc = rc.as_any().downcast_ref::<Int32Array>().unwrap();
+            let nc = nc.as_any().downcast_ref::<Int64Array>().unwrap();
             let sc = sc.as_any().downcast_ref::<Float64Array>().unwrap();
             for (i, (&qi, w)) in qrows.iter().zip(&want).enumerate() {
                 for (r, &(j, s)) in w.iter().enumerate() {
                     let row = i * k + r;
-                    assert_eq!(qc.value(row), (1000 + qi).to_string());
+                    assert_eq!(qc.value(row), 1000 + qi as i64);
                     assert_eq!(rc.value(row) as usize, r + 1);
-                    assert_eq!(nc.value(row), (1000 + j).to_string(), "{backend} {metric} query {qi} rank {r}");
+                    assert_eq!(nc.value(row), 1000 + j as i64, "{backend} {metric} query {qi} rank {r}");
                     assert!((sc.value(row) - s).abs() <= 1e-12 * s.abs().max(1.0), "{backend} {metric}");
                 }
             }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, Int32Array, UInt64Array};
 use arrow::compute::filter;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
@@ -42,13 +42,14 @@ pub(crate) struct AssignArgs {
     profile: Option<PathBuf>,
     #[command(flatten)]
     privacy: PrivacyArgs,
-    /// Output Parquet: id, segment (uint32), distance (float32), margin (float32).
+    /// Output Parquet: id, segment (int32), distance (float32), margin (float32); - for
+    /// standard output.
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -194,7 +195,8 @@ pub(crate) fn stream_assigned(
                 .flat_map(|row| row.iter().zip(&log1p).map(|(v, l)| if *l { v.exp_m1() } else { *v })),
         );
         features::apply_transforms(&mut block, &model.features);
-        if model.metric == "cosine" {
+        features::check_range(&block, cols, &model.features, sb.path)?;
+        if model.metric == crate::model::Metric::Cosine {
             let mut mtx = features::Matrix::new(std::mem::take(&mut block), dim);
             let policy = if model.missing == MissingPolicy::Drop { MissingPolicy::Drop } else { MissingPolicy::Error };
             let keep = features::normalize_rows(&mut mtx, policy, &sb.path.display().to_string())?;
@@ -216,6 +218,13 @@ pub(crate) fn stream_assigned(
         nearest.clear();
         nearest.resize(kept, Nearest::default());
         backend.assign(&block, &centroids, &mut nearest)?;
+        if let Some(bad) = nearest.iter().position(|n| !n.dist.is_finite()) {
+            return Err(Error::Runtime(format!(
+                "{}: row {} of a batch has no finite distance to any centroid; nothing was written",
+                sb.path.display(),
+                bad
+            )));
+        }
         each(AssignedBatch { ids, extra: extra_arrays, raw: &raw, model_space: &block, nearest: &nearest })?;
         rows += kept as u64;
     }
@@ -259,7 +268,7 @@ pub(crate) fn assign_stream(
     };
     let mut fields = vec![
         id_field,
-        Field::new("segment", DataType::UInt32, false),
+        Field::new("segment", DataType::Int32, false),
         Field::new("distance", DataType::Float32, false),
         Field::new("margin", DataType::Float32, true),
     ];
@@ -267,8 +276,9 @@ pub(crate) fn assign_stream(
         fields.push(Field::new("explanation", DataType::Utf8, false));
     }
     let schema = Arc::new(Schema::new(fields));
-    let mut writer = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
-    let seg_ids: Vec<u32> = model.segments.iter().map(|s| s.id).collect();
+    let meta = super::provenance("assign", Some(model), opts.pseudonymize.is_some());
+    let mut writer = ParquetOutput::with_metadata(out, schema.clone(), 1 << 20, meta)?;
+    let seg_ids: Vec<i32> = model.segments.iter().map(|s| s.id as i32).collect();
     let centroids = model.centroids();
     let mut counts = vec![0u64; model.k];
     let (rows, dropped) = stream_assigned(model, ds, id_col.as_deref(), &[], backend, |b| {
@@ -281,7 +291,7 @@ pub(crate) fn assign_stream(
         };
         let mut columns: Vec<ArrayRef> = vec![
             ids,
-            Arc::new(UInt32Array::from_iter_values(b.nearest.iter().map(|n| seg_ids[n.label as usize]))),
+            Arc::new(Int32Array::from_iter_values(b.nearest.iter().map(|n| seg_ids[n.label as usize]))),
             Arc::new(Float32Array::from_iter_values(b.nearest.iter().map(|n| n.dist.sqrt()))),
             Arc::new(Float32Array::from_iter(
                 b.nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
@@ -331,15 +341,16 @@ pub(crate) fn segment_names(model: &Model, profile: Option<&crate::segments::pro
 }
 
 pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
+    let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
+    inputs.push(&a.model);
+    inputs.extend(a.profile.as_deref());
+    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
     let pseudonymize =
         a.privacy.pseudonymize_ids.then(crate::segments::privacy::Pseudonymizer::from_env).transpose()?;
-    let profile: Option<crate::segments::profile::Profile> = match &a.profile {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::input(p, format!("cannot read: {e}")))?;
-            Some(serde_json::from_str(&text).map_err(|e| Error::input(p, format!("not a microseg profile ({e})")))?)
-        }
+    let profile = match &a.profile {
+        Some(p) => Some(super::segments::read_profile(p, &model, &a.model)?),
         None => None,
     };
     let out = AtomicOutput::create(&a.out, a.force)?;

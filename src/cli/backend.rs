@@ -101,7 +101,7 @@ pub(crate) struct InfoArgs {
     #[arg(long)]
     allow_software_gpu: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub(crate) fn run_info(a: InfoArgs) -> Result<()> {
@@ -121,18 +121,18 @@ pub(crate) fn run_info(a: InfoArgs) -> Result<()> {
             "auto_backend": would_use,
         }));
     }
-    println!("microseg {}", crate::ENGINE_VERSION);
-    println!(
-        "cpu: {} threads, distance kernel: {}",
+    let mut text = format!("microseg {}\n", crate::ENGINE_VERSION);
+    text += &format!(
+        "cpu: {} threads, distance kernel: {}\n",
         rayon::current_num_threads(),
         if crate::backend::cpu::fused::available() { "fused AVX2/FMA" } else { "SGEMM (matrixmultiply)" }
     );
     if adapters.is_empty() {
-        println!("gpu: no adapter found");
+        text += "gpu: no adapter found\n";
     }
     for (i, ad) in adapters.iter().enumerate() {
-        println!(
-            "gpu {i}: {} ({}, {}{}), driver {}; max storage binding {} MiB, max buffer {} MiB, workgroup storage {} B, {} invocations/workgroup",
+        text += &format!(
+            "gpu {i}: {} ({}, {}{}), driver {}; max storage binding {} MiB, max buffer {} MiB, workgroup storage {} B, {} invocations/workgroup\n",
             ad.name,
             ad.backend,
             ad.device_type,
@@ -144,6 +144,6 @@ pub(crate) fn run_info(a: InfoArgs) -> Result<()> {
             ad.max_compute_invocations_per_workgroup
         );
     }
-    println!("--backend auto would use: {would_use}");
-    Ok(())
+    text += &format!("--backend auto would use: {would_use}\n");
+    crate::io::output::print_stdout(&text)
 }

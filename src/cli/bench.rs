@@ -37,7 +37,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn data(a: &BenchArgs) -> Result<Matrix> {
@@ -119,6 +119,15 @@ fn time_backend(which: &Timed, x: &Matrix, c: &Centroids, iters: usize) -> Resul
 }
 
 pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
+    if a.input.is_none() && (a.rows == 0 || a.dims == 0) {
+        return Err(Error::Usage("--rows and --dims must be at least 1".into()));
+    }
+    if a.iters == 0 {
+        return Err(Error::Usage("--iters must be at least 1 (timed repetitions)".into()));
+    }
+    if let Some(p) = &a.input {
+        crate::io::output::check_paths(&[p.as_path()], &[], a.json)?;
+    }
     let x = data(&a)?;
     if a.k == 0 || a.k > x.n() {
         return Err(Error::Usage(format!("--k must be between 1 and the {} rows", x.n())));
@@ -144,7 +153,14 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
                 }
             },
         };
-        rows.push(time_backend(&b, &x, &c, a.iters.max(1))?);
+        rows.push(time_backend(&b, &x, &c, a.iters)?);
+    }
+    if rows.is_empty() {
+        return Err(Error::Usage(
+            "no backend to time: --backends names only the GPU and wgpu found none \
+             (--allow-software-gpu accepts lavapipe; or add cpu)"
+                .into(),
+        ));
     }
     let flops = 2.0 * n as f64 * k as f64 * d as f64;
     let reference = rows.iter().position(|r| r.backend == "cpu");
@@ -188,26 +204,24 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
             &serde_json::json!({"command": "bench", "n": n, "d": d, "k": k, "iters": a.iters, "results": out}),
         );
     }
-    println!("n={n} d={d} k={k} ({} timed repetitions; first assign includes the upload)", a.iters);
-    println!(
-        "| backend | first assign s | upload s | assign s | of which compute s | readback s | reduce s | assign GFLOP/s | label agreement with cpu | mismatches beyond near-ties |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut text = format!("n={n} d={d} k={k} ({} timed repetitions; first assign includes the upload)\n", a.iters);
+    text += "| backend | first assign s | upload s | assign s | of which compute s | readback s | reduce s | assign GFLOP/s | label agreement with cpu | mismatches beyond near-ties |\n";
+    text += "|---|---|---|---|---|---|---|---|---|---|\n";
     let opt = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
     for o in &out {
-        println!(
-            "| {} | {:.4} | {} | {:.4} | {} | {} | {:.4} | {:.1} | {:.6} | {} |",
-            o["backend"].as_str().unwrap(),
-            o["first_assign_seconds"].as_f64().unwrap(),
+        text += &format!(
+            "| {} | {:.4} | {} | {:.4} | {} | {} | {:.4} | {:.1} | {:.6} | {} |\n",
+            o["backend"].as_str().unwrap_or("?"),
+            o["first_assign_seconds"].as_f64().unwrap_or(f64::NAN),
             opt(&o["gpu_upload_seconds"]),
-            o["assign_seconds"].as_f64().unwrap(),
+            o["assign_seconds"].as_f64().unwrap_or(f64::NAN),
             opt(&o["gpu_assign_compute_seconds"]),
             opt(&o["gpu_assign_readback_seconds"]),
-            o["reduce_seconds"].as_f64().unwrap(),
-            o["assign_gflops"].as_f64().unwrap(),
+            o["reduce_seconds"].as_f64().unwrap_or(f64::NAN),
+            o["assign_gflops"].as_f64().unwrap_or(f64::NAN),
             o["label_agreement_with_cpu"].as_f64().unwrap_or(f64::NAN),
             o["mismatches_beyond_near_ties"]
         );
     }
-    Ok(())
+    crate::io::output::print_stdout(&text)
 }

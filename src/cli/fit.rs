@@ -96,7 +96,7 @@ pub(crate) struct FitArgs {
     force: bool,
     /// Print a one-line JSON summary on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,7 +119,7 @@ pub(crate) struct SegmentArgs {
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// What a fit produced, with its timings.
@@ -238,6 +238,7 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     let transforms =
         features::fit_transforms_weighted(&table.matrix, &cols, scale, table.impute.as_deref(), o.embedding_weight);
     features::apply_transforms(&mut table.matrix.data, &transforms);
+    features::check_range(&table.matrix.data, &cols, &transforms, Path::new(&ds.display_name()))?;
     let metric = match o.metric {
         MetricArg::Euclidean => Metric::Euclidean,
         MetricArg::Cosine => Metric::Cosine,
@@ -323,6 +324,14 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         per_iter,
         fit.relocations
     ));
+    let empty_segments = fit.stats.count.iter().filter(|c| **c == 0).count();
+    if empty_segments > 0 {
+        log(format!(
+            "warning: {empty_segments} of {} segments are empty: the {n} rows hold fewer than k distinct \
+             points (identical rows); choose a smaller --k",
+            o.k
+        ));
+    }
     let mut segments = Model::segments_from(&fit.centroids, &fit.stats, &cols, &transforms);
     let lineage = match &o.previous {
         Some(p) => {
@@ -346,11 +355,8 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         lineage,
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
-        method: "kmeans".into(),
-        metric: match metric {
-            Metric::Euclidean => "euclidean".into(),
-            Metric::Cosine => "cosine".into(),
-        },
+        method: crate::model::Method::KMeans,
+        metric,
         k: o.k,
         id_column: id_col,
         weight_column: o.weight_col.clone(),
@@ -380,6 +386,7 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
             converged: fit.converged,
             objective: fit.inertia,
             empty_cluster_relocations: fit.relocations,
+            empty_segments,
             backend: backend.name().into(),
         },
     };
@@ -398,6 +405,8 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         "seconds_per_iteration": per_iter,
         "full_evaluations_per_iteration": fit.full_evaluations as f64 / (fit.iterations as f64 + 1.0) / n as f64,
         "empty_cluster_relocations": fit.relocations,
+        "empty_segments": empty_segments,
+        "model_fingerprint": model.fingerprint(),
         "backend": backend.name(),
         "algorithm": algorithm.name(),
         "threads": rayon::current_num_threads(),
@@ -419,7 +428,18 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// Every file a fit reads: the tables, a previous model, an initial-centroids file.
+fn fit_inputs<'a>(inputs: &'a [PathBuf], o: &'a FitOpts) -> Vec<&'a Path> {
+    let mut v: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+    v.extend(o.previous.as_deref());
+    if !matches!(o.init.as_str(), "k-means++" | "kmeans++" | "k-means||" | "kmeans||" | "random") {
+        v.push(Path::new(&o.init));
+    }
+    v
+}
+
 pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
+    crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &[&a.model], a.json)?;
     let out = AtomicOutput::create(&a.model, a.force)?;
     let backend = super::backend::open(&a.opts.backend)?;
     let outcome = fit_model(&a.inputs, &a.opts, backend.as_ref())?;
@@ -438,15 +458,23 @@ pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
     if a.out_dir.exists() && !a.out_dir.is_dir() {
         return Err(Error::output(&a.out_dir, "exists and is not a directory"));
     }
+    let outputs: Vec<PathBuf> = ["model.json", "assignments.parquet", "profile.json", "report.html"]
+        .iter()
+        .map(|f| a.out_dir.join(f))
+        .collect();
+    let out_refs: Vec<&Path> = outputs.iter().map(|p| p.as_path()).collect();
+    crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &out_refs, a.json)?;
     let created = !a.out_dir.exists();
     if created {
         std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::output(&a.out_dir, e))?;
+        crate::io::output::register_dir(&a.out_dir);
     }
     let result = segment_into(&a);
     if result.is_err() && created {
         // Leave nothing behind: the directory was ours and holds no committed output.
         let _ = std::fs::remove_dir(&a.out_dir);
     }
+    crate::io::output::forget_dir(&a.out_dir);
     result
 }
 

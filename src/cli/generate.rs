@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::output::{AtomicOutput, ParquetOutput};
 use crate::synth::{SynthSpec, generate, schema};
 
@@ -32,20 +32,20 @@ pub(crate) struct GenerateArgs {
     force: bool,
     /// Print a one-line JSON summary on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub(crate) fn run_generate(a: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
+    if a.rows == 0 || a.dims == 0 || a.clusters == 0 || a.row_group_rows == 0 {
+        return Err(Error::Usage("--rows, --dims, --clusters and --row-group-rows must all be at least 1".into()));
+    }
+    crate::io::output::check_paths(&[], &[&a.out], a.json)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
-    let spec = SynthSpec {
-        rows: a.rows,
-        dims: a.dims,
-        clusters: a.clusters,
-        seed: a.seed,
-        row_group_rows: a.row_group_rows.max(1),
-    };
-    let pq = ParquetOutput::new(out, schema(a.dims), spec.row_group_rows)?;
+    let spec =
+        SynthSpec { rows: a.rows, dims: a.dims, clusters: a.clusters, seed: a.seed, row_group_rows: a.row_group_rows };
+    let meta = super::provenance("generate", None, false);
+    let pq = ParquetOutput::with_metadata(out, schema(a.dims), spec.row_group_rows, meta)?;
     generate(&spec, pq)?;
     let secs = t0.elapsed().as_secs_f64();
     super::log(format!(

@@ -10,7 +10,6 @@ mod generate;
 mod segments;
 mod similarity;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -129,15 +128,42 @@ pub(crate) fn resolve_id(ds: &crate::io::Dataset, named: Option<&str>, fallbacks
     Ok(fallbacks.iter().find(|c| ds.has_column(c)).map(|c| c.to_string()))
 }
 
-/// Print the one-line JSON summary on stdout; a closed pipe is not an error.
-pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{v}").and_then(|_| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::Runtime(format!("cannot write to stdout: {e}"))),
+/// Provenance written into every Parquet output's key-value metadata: the engine, the
+/// command, the model it came from, and whether the ids are pseudonyms.
+pub(crate) fn provenance(
+    command: &str,
+    model: Option<&crate::model::Model>,
+    pseudonymized: bool,
+) -> crate::io::output::Provenance {
+    let mut v = vec![
+        ("microseg.engine".to_string(), "microseg".to_string()),
+        ("microseg.engine_version".to_string(), crate::ENGINE_VERSION.to_string()),
+        ("microseg.command".to_string(), command.to_string()),
+        ("microseg.ids_pseudonymized".to_string(), pseudonymized.to_string()),
+    ];
+    if let Some(m) = model {
+        v.push(("microseg.model_fingerprint".to_string(), m.fingerprint()));
     }
+    v
 }
+
+/// Whether the command asked for a `--json` summary: then a failure is one JSON line too.
+static JSON_MODE: AtomicBool = AtomicBool::new(false);
+
+/// Print the one-line JSON summary on stdout, with the engine version and `status: ok`;
+/// a closed pipe ends the command quietly.
+pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("status".into(), "ok".into());
+        o.insert("version".into(), crate::ENGINE_VERSION.into());
+    }
+    crate::io::output::print_stdout(&format!("{v}\n"))
+}
+
+/// Thread counts above this multiple of the cores only cost (each thread a stack, and
+/// rayon's work splitting falls apart); larger requests are capped with a notice.
+const MAX_THREADS_PER_CORE: usize = 4;
 
 fn configure_threads(threads: Option<usize>) -> Result<()> {
     let threads = match threads {
@@ -151,9 +177,15 @@ fn configure_threads(threads: Option<usize>) -> Result<()> {
             Err(_) => None,
         },
     };
-    if let Some(t) = threads {
+    if let Some(mut t) = threads {
         if t == 0 {
             return Err(Error::Usage("--threads must be at least 1".into()));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cap = MAX_THREADS_PER_CORE * cores;
+        if t > cap {
+            log(format!("--threads {t} is more than {MAX_THREADS_PER_CORE}× the {cores} cores; using {cap}"));
+            t = cap;
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
@@ -163,10 +195,31 @@ fn configure_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Run a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+impl Command {
+    fn json(&self) -> bool {
+        match self {
+            Command::Fit(a) => a.json,
+            Command::Assign(a) => a.json,
+            Command::Segment(a) => a.json,
+            Command::Generate(a) => a.json,
+            Command::Profile(a) => a.json,
+            Command::Drift(a) => a.json,
+            Command::Report(_) => false,
+            Command::Audit(a) => a.json,
+            Command::Neighbors(a) => a.json,
+            Command::Similar(a) => a.json,
+            Command::Info(a) => a.json,
+            Command::Bench(a) => a.json,
+        }
+    }
+}
+
+/// Run a parsed command line; returns the process exit code on success (0, or drift's
+/// verdict).
+pub fn run(cli: Cli) -> Result<u8> {
     QUIET.store(cli.quiet, Ordering::Relaxed);
     VERBOSE.store(cli.verbose, Ordering::Relaxed);
+    JSON_MODE.store(cli.command.json(), Ordering::Relaxed);
     configure_threads(cli.threads)?;
     match cli.command {
         Command::Fit(a) => fit::run_fit(a),
@@ -179,37 +232,96 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => segments::run_report(a),
         Command::Neighbors(a) => similarity::run_neighbors(a),
         Command::Similar(a) => similarity::run_similar(a),
-        Command::Drift(_) => unreachable!("drift returns its verdict through main"),
+        Command::Drift(a) => return segments::run_drift(a),
         Command::Bench(a) => bench::run_bench(a),
     }
+    .map(|_| 0)
+}
+
+/// SIGINT, SIGTERM and SIGHUP remove this run's temporary files and exit 128 + the
+/// signal (130, 143, 129), as shells report a killed command.
+fn handle_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            crate::io::output::cleanup_on_signal();
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
+/// A panic is a bug, but it still ends with a message and the runtime exit code (1),
+/// never Rust's 101 and a backtrace hint; temporary files are removed.
+fn handle_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        crate::io::output::cleanup_on_signal();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        report_error(
+            ExitCode::Runtime as u8,
+            &format!("internal error: {msg}{at} (a bug in microseg; please report it with the command line)"),
+            &[],
+        );
+        std::process::exit(ExitCode::Runtime as i32);
+    }));
+}
+
+/// The error on stderr (with its causes), and with `--json` one JSON line on stdout.
+fn report_error(code: u8, msg: &str, causes: &[String]) {
+    eprintln!("microseg: error: {msg}");
+    for c in causes {
+        eprintln!("  caused by: {c}");
+    }
+    if JSON_MODE.load(Ordering::Relaxed) {
+        report_json(code, msg, causes);
+    }
+}
+
+/// The one JSON line of a failed `--json` run.
+fn report_json(code: u8, msg: &str, causes: &[String]) {
+    let line = serde_json::json!({
+        "status": "error", "exit_code": code, "message": msg, "causes": causes, "version": crate::ENGINE_VERSION,
+    });
+    let _ = crate::io::output::print_stdout(&format!("{line}\n"));
 }
 
 /// The whole program: parse, run, map the outcome to an exit code.
 pub fn main() -> std::process::ExitCode {
+    handle_panics();
+    handle_signals();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             let code = if e.use_stderr() { ExitCode::Usage } else { ExitCode::Success };
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                JSON_MODE.store(true, Ordering::Relaxed);
+                let msg = e.kind().to_string();
+                report_json(code as u8, &msg, &[]);
+            }
             return std::process::ExitCode::from(code as u8);
         }
     };
-    let result = match cli.command {
-        Command::Drift(a) => {
-            QUIET.store(cli.quiet, Ordering::Relaxed);
-            configure_threads(cli.threads).and_then(|_| segments::run_drift(a))
-        }
-        command => run(Cli { command, ..cli }).map(|_| 0),
-    };
-    match result {
+    match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
+        // Standard output was closed by its reader (`| head`): nothing is wrong.
+        Err(_) if crate::io::output::stdout_closed() => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("microseg: error: {e}");
+            let mut causes = Vec::new();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
-                eprintln!("  caused by: {s}");
+                causes.push(s.to_string());
                 src = s.source();
             }
+            report_error(e.exit_code() as u8, &e.to_string(), &causes);
             std::process::ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, UInt32Type};
+use arrow::datatypes::{DataType, Int64Type};
 use clap::Args;
 
 use super::assign::{id_column, stream_assigned};
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, write_json};
 use crate::model::Model;
-use crate::segments::audit::AuditBuilder;
+use crate::segments::audit::{AuditBuilder, AuditReport};
 use crate::segments::drift::{DriftBuilder, Thresholds};
 use crate::segments::profile::{Profile, ProfileBuilder};
 
@@ -39,7 +39,7 @@ pub(crate) struct ProfileArgs {
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Profile the input against a model (shared with `segment`).
@@ -65,6 +65,9 @@ pub(crate) fn profile_of(
 }
 
 pub(crate) fn run_profile(a: ProfileArgs) -> Result<()> {
+    let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
+    inputs.push(&a.model);
+    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
@@ -103,14 +106,18 @@ pub(crate) struct DriftArgs {
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Returns the verdict's exit code (0 stable, 10 watch, 11 retrain).
 pub(crate) fn run_drift(a: DriftArgs) -> Result<u8> {
-    if !(a.watch > 0.0 && a.retrain >= a.watch) {
+    if !(a.watch > 0.0 && a.retrain >= a.watch && a.retrain.is_finite()) {
         return Err(Error::Usage("--watch must be > 0 and --retrain >= --watch".into()));
     }
+    let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
+    inputs.push(&a.model);
+    let outputs: Vec<&std::path::Path> = a.out.as_deref().into_iter().collect();
+    crate::io::output::check_paths(&inputs, &outputs, a.json)?;
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
     let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
@@ -138,7 +145,8 @@ pub(crate) fn run_drift(a: DriftArgs) -> Result<u8> {
     }
     if a.json {
         super::print_json(&serde_json::json!({
-            "command": "drift", "n_rows": r.n_rows, "verdict": r.verdict, "exit_code": r.verdict.exit_code(),
+            "command": "drift", "n_rows": r.n_rows, "min_rows": r.min_rows, "verdict": r.verdict,
+            "model_fingerprint": r.model_fingerprint, "exit_code": r.verdict.exit_code(),
             "segment_psi": r.segment_psi, "max_feature_psi": r.feature_psi.first().map(|f| f.psi),
             "mean_distance": r.mean_distance, "training_mean_distance": r.training_mean_distance,
             "low_margin_share": r.low_margin_share, "reasons": r.reasons,
@@ -169,7 +177,7 @@ pub(crate) struct AuditArgs {
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn keys(a: &dyn Array) -> Result<Vec<Option<String>>> {
@@ -178,7 +186,18 @@ fn keys(a: &dyn Array) -> Result<Vec<Option<String>>> {
     Ok((0..s.len()).map(|i| (!s.is_null(i)).then(|| s.value(i).to_string())).collect())
 }
 
+/// The model fingerprint a Parquet output of ours carries in its metadata.
+fn fingerprint_of(ds: &Dataset) -> Option<String> {
+    ds.schema.metadata().get("microseg.model_fingerprint").cloned()
+}
+
 pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
+    let mut inputs = vec![a.segments.as_path(), a.input.as_path()];
+    inputs.extend(a.model.as_deref());
+    let outputs: Vec<&std::path::Path> = a.out.as_deref().into_iter().collect();
+    crate::io::output::check_paths(&inputs, &outputs, a.json)?;
+    let seg_ds = Dataset::open(std::slice::from_ref(&a.segments))?;
+    let seg_fp = fingerprint_of(&seg_ds);
     if let Some(m) = &a.model {
         let model = Model::load(m)?;
         let used: Vec<&String> =
@@ -190,29 +209,55 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
                 m.display()
             )));
         }
+        if let Some(fp) = &seg_fp
+            && *fp != model.fingerprint()
+        {
+            return Err(Error::input(
+                &a.segments,
+                format!(
+                    "these assignments were made with another model than {} (fingerprint {} against {}); \
+                     assign again with that model or pass the model they came from",
+                    m.display(),
+                    crate::segments::profile::short(fp),
+                    crate::segments::profile::short(&model.fingerprint())
+                ),
+            ));
+        }
     }
     let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
-    let seg_ds = Dataset::open(std::slice::from_ref(&a.segments))?;
     let cols = vec![a.id_col.clone(), "segment".to_string()];
-    let mut segment_of: HashMap<String, u32> = HashMap::new();
+    let seg_id_type = seg_ds.column_type(&a.id_col)?.clone();
+    let mut segment_of: HashMap<String, (u32, bool)> = HashMap::new();
+    let mut duplicate_segment_ids = 0u64;
     for sb in seg_ds.batches(&cols)? {
         let sb = sb?;
         let ids = keys(sb.batch.column(0).as_ref())
             .map_err(|e| Error::input(sb.path, format!("column '{}': {e}", a.id_col)))?;
-        let seg = cast(sb.batch.column(1), &DataType::UInt32)
+        let seg = cast(sb.batch.column(1), &DataType::Int64)
             .map_err(|e| Error::input(sb.path, format!("column 'segment': {e}")))?;
-        let seg = seg.as_primitive::<UInt32Type>();
+        let seg = seg.as_primitive::<Int64Type>();
         for (i, id) in ids.into_iter().enumerate() {
-            if let Some(id) = id {
-                segment_of.insert(id, seg.value(i));
+            let Some(id) = id else { continue };
+            if seg.is_null(i) || seg.value(i) < 0 || seg.value(i) > u32::MAX as i64 {
+                return Err(Error::input(
+                    sb.path,
+                    format!("column 'segment' holds {} at row {i}; segment ids are integers from 0", seg.value(i)),
+                ));
+            }
+            match segment_of.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => duplicate_segment_ids += 1,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((seg.value(i) as u32, false));
+                }
             }
         }
     }
     let ds = Dataset::open(std::slice::from_ref(&a.input))?;
+    let input_id_type = ds.column_type(&a.id_col)?.clone();
     let mut names = vec![a.id_col.clone()];
     names.extend(a.protected.iter().cloned());
     let mut builders: Vec<AuditBuilder> = a.protected.iter().map(|_| AuditBuilder::default()).collect();
-    let mut unmatched = 0u64;
+    let (mut unmatched, mut joined, mut duplicate_input_ids) = (0u64, 0u64, 0u64);
     for sb in ds.batches(&names)? {
         let sb = sb?;
         let ids = keys(sb.batch.column(0).as_ref())
@@ -224,33 +269,91 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?;
         for (i, id) in ids.iter().enumerate() {
-            let Some(seg) = id.as_ref().and_then(|id| segment_of.get(id)) else {
+            let Some(entry) = id.as_ref().and_then(|id| segment_of.get_mut(id)) else {
                 unmatched += 1;
                 continue;
             };
+            if entry.1 {
+                duplicate_input_ids += 1;
+            }
+            entry.1 = true;
+            joined += 1;
             for (p, b) in builders.iter_mut().enumerate() {
-                b.add(*seg, groups[p][i].as_deref().unwrap_or("(missing)"));
+                b.add(entry.0, groups[p][i].as_deref().unwrap_or("(missing)"));
             }
         }
     }
+    let unmatched_segment_rows = segment_of.values().filter(|(_, seen)| !seen).count() as u64;
+    if joined == 0 {
+        return Err(Error::input(
+            &a.input,
+            format!(
+                "no row joins the assignments in {} on '{}' ({} input rows, {} assigned ids; the id column is {} \
+                 here and {} there): check that both files hold the same subscribers and id format (and \
+                 --id-col; pseudonymised ids do not join raw ones)",
+                a.segments.display(),
+                a.id_col,
+                unmatched,
+                segment_of.len(),
+                input_id_type,
+                seg_id_type
+            ),
+        ));
+    }
+    let mut warnings = Vec::new();
     if unmatched > 0 {
-        log(format!(
-            "{unmatched} rows of {} have no segment in {} and are left out",
-            a.input.display(),
+        warnings.push(format!("{unmatched} rows of {} have no segment and are left out", a.input.display()));
+    }
+    if unmatched_segment_rows > 0 {
+        warnings.push(format!("{unmatched_segment_rows} assigned ids have no row in {}", a.input.display()));
+    }
+    if duplicate_segment_ids > 0 {
+        warnings.push(format!(
+            "{duplicate_segment_ids} ids appear more than once in {} (the first row counts)",
             a.segments.display()
         ));
     }
-    let report: Vec<_> = builders.into_iter().zip(&a.protected).map(|(b, c)| b.finish(c)).collect();
-    for r in &report {
+    if duplicate_input_ids > 0 {
+        warnings.push(format!("{duplicate_input_ids} ids appear more than once in {}", a.input.display()));
+    }
+    let attributes: Vec<_> = builders.into_iter().zip(&a.protected).map(|(b, c)| b.finish(c)).collect();
+    for r in &attributes {
+        if r.population.len() > crate::segments::audit::MANY_GROUPS {
+            warnings.push(format!(
+                "protected column '{}' has {} distinct values: is it a group label? (an id or a number \
+                 gives meaningless groups; bucket it first)",
+                r.column,
+                r.population.len()
+            ));
+        }
+    }
+    for w in &warnings {
+        log(format!("warning: {w}"));
+    }
+    for r in &attributes {
         log(format!("{}: {} segment×group pairs under the four-fifths rule", r.column, r.flags));
     }
+    let report = AuditReport {
+        format: crate::segments::audit::AUDIT_FORMAT.into(),
+        format_version: 1,
+        model_fingerprint: seg_fp,
+        joined_rows: joined,
+        unmatched_input_rows: unmatched,
+        unmatched_segment_rows,
+        duplicate_segment_ids,
+        duplicate_input_ids,
+        warnings,
+        attributes,
+    };
     if let Some(o) = out {
         write_json(o, &report)?;
     }
     if a.json {
         super::print_json(&serde_json::json!({
-            "command": "audit", "unmatched_rows": unmatched,
-            "flags": report.iter().map(|r| (r.column.clone(), r.flags)).collect::<Vec<_>>(),
+            "command": "audit", "joined_rows": joined, "unmatched_rows": unmatched,
+            "unmatched_segment_rows": unmatched_segment_rows,
+            "duplicate_segment_ids": duplicate_segment_ids, "duplicate_input_ids": duplicate_input_ids,
+            "flags": report.attributes.iter().map(|r| (r.column.clone(), r.flags)).collect::<Vec<_>>(),
             "report": report,
         }))?;
     }
@@ -277,19 +380,85 @@ pub(crate) struct ReportArgs {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    let text = crate::io::read_text(path, what)?;
     serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not a {what} ({e})")))
 }
 
+/// A profile for `model`, refused when it was made with another model.
+pub(crate) fn read_profile(path: &std::path::Path, model: &Model, model_path: &std::path::Path) -> Result<Profile> {
+    let p: Profile = read_json(path, "microseg profile")?;
+    p.check_model(model).map_err(|m| {
+        Error::input(path, format!("this profile does not belong to the model {}: {m}", model_path.display()))
+    })?;
+    Ok(p)
+}
+
+/// An audit report: the current object, or the bare list older versions wrote.
+fn read_audit(path: &std::path::Path) -> Result<AuditReport> {
+    let v: serde_json::Value = read_json(path, "audit report")?;
+    if v.is_array() {
+        let attributes =
+            serde_json::from_value(v).map_err(|e| Error::input(path, format!("not an audit report ({e})")))?;
+        return Ok(AuditReport {
+            format: crate::segments::audit::AUDIT_FORMAT.into(),
+            format_version: 1,
+            model_fingerprint: None,
+            joined_rows: 0,
+            unmatched_input_rows: 0,
+            unmatched_segment_rows: 0,
+            duplicate_segment_ids: 0,
+            duplicate_input_ids: 0,
+            warnings: Vec::new(),
+            attributes,
+        });
+    }
+    let r: AuditReport =
+        serde_json::from_value(v).map_err(|e| Error::input(path, format!("not an audit report ({e})")))?;
+    if r.format != crate::segments::audit::AUDIT_FORMAT {
+        return Err(Error::input(path, format!("not an audit report (format '{}')", r.format)));
+    }
+    Ok(r)
+}
+
+/// Refuse a report of another model (when the report names its model).
+fn check_fingerprint(path: &std::path::Path, what: &str, fp: Option<&String>, model: &Model) -> Result<()> {
+    match fp {
+        Some(fp) if *fp != model.fingerprint() => Err(Error::input(
+            path,
+            format!(
+                "this {what} was made with another model (fingerprint {} against the model's {}); \
+                 run it again with this model",
+                crate::segments::profile::short(fp),
+                crate::segments::profile::short(&model.fingerprint())
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn run_report(a: ReportArgs) -> Result<()> {
+    let mut inputs = vec![a.model.as_path(), a.profile.as_path()];
+    inputs.extend(a.drift.as_deref());
+    inputs.extend(a.audit.as_deref());
+    crate::io::output::check_paths(&inputs, &[&a.out], false)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
     let model = Model::load(&a.model)?;
-    let profile: Profile = read_json(&a.profile, "microseg profile")?;
+    let profile = read_profile(&a.profile, &model, &a.model)?;
     let drift: Option<crate::segments::drift::DriftReport> =
         a.drift.as_deref().map(|p| read_json(p, "drift report")).transpose()?;
-    let audit: Option<Vec<crate::segments::audit::AttributeAudit>> =
-        a.audit.as_deref().map(|p| read_json(p, "audit report")).transpose()?;
-    write_html(out, &crate::segments::report::render(&model, &profile, drift.as_ref(), audit.as_deref()))?;
+    if let (Some(p), Some(d)) = (&a.drift, &drift) {
+        if d.format != crate::segments::drift::DRIFT_FORMAT {
+            return Err(Error::input(p, format!("not a drift report (format '{}')", d.format)));
+        }
+        check_fingerprint(p, "drift report", d.model_fingerprint.as_ref(), &model)?;
+    }
+    let audit = a.audit.as_deref().map(read_audit).transpose()?;
+    if let (Some(p), Some(r)) = (&a.audit, &audit) {
+        check_fingerprint(p, "audit report", r.model_fingerprint.as_ref(), &model)?;
+    }
+    let html =
+        crate::segments::report::render(&model, &profile, drift.as_ref(), audit.as_ref().map(|r| &r.attributes[..]));
+    write_html(out, &html)?;
     log(format!("wrote {}", a.out.display()));
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, Float64Array, StringArray, UInt32Array};
-use arrow::compute::cast;
+use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, StringArray, UInt64Array};
+use arrow::compute::{cast, concat, take};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use clap::{Args, ValueEnum};
@@ -49,7 +49,7 @@ pub(crate) struct NeighborsArgs {
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// `auto` and `cpu` search on the CPU; `gpu` runs the top-k shader.
     #[command(flatten)]
     backend: BackendArgs,
@@ -80,33 +80,59 @@ fn embedding_column(ds: &Dataset, name: &str) -> Result<Vec<FeatureColumn>> {
     }
 }
 
-/// Ids as text for the given rows of a dataset (row numbers when there is no id column).
-fn ids_of(ds: &Dataset, id: Option<&str>, rows: &[u64]) -> Result<Vec<String>> {
+/// The ids of the given rows of a dataset, in the id column's own type (row numbers as
+/// uint64 when there is no id column), in the order asked.
+fn ids_of(ds: &Dataset, id: Option<&str>, rows: &[u64]) -> Result<ArrayRef> {
     let Some(id) = id else {
-        return Ok(rows.iter().map(|r| r.to_string()).collect());
+        return Ok(Arc::new(UInt64Array::from(rows.to_vec())));
     };
     let mut wanted: Vec<(u64, usize)> = rows.iter().enumerate().map(|(i, r)| (*r, i)).collect();
     wanted.sort_unstable();
-    let mut out = vec![String::new(); rows.len()];
+    let mut pieces: Vec<ArrayRef> = Vec::new();
     let (mut base, mut w) = (0u64, 0usize);
     for sb in ds.batches(&[id.to_string()])? {
         let sb = sb?;
         let m = sb.batch.num_rows() as u64;
-        let s = cast(sb.batch.column(0), &DataType::Utf8).map_err(|e| Error::input(sb.path, e.to_string()))?;
-        let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+        let start = w;
         while w < wanted.len() && wanted[w].0 < base + m {
-            out[wanted[w].1] = s.value((wanted[w].0 - base) as usize).to_string();
             w += 1;
+        }
+        if w > start {
+            let idx = UInt64Array::from_iter_values(wanted[start..w].iter().map(|(r, _)| r - base));
+            pieces.push(take(sb.batch.column(0), &idx, None).map_err(|e| Error::Runtime(e.to_string()))?);
         }
         base += m;
     }
-    Ok(out)
+    let dt = ds.column_type(id)?.clone();
+    let sorted = if pieces.is_empty() {
+        arrow::array::new_empty_array(&dt)
+    } else {
+        let refs: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
+        concat(&refs).map_err(|e| Error::Runtime(e.to_string()))?
+    };
+    // Back from row order to the order asked.
+    let mut order = vec![0u64; rows.len()];
+    for (pos, (_, i)) in wanted.iter().enumerate() {
+        order[*i] = pos as u64;
+    }
+    take(&sorted, &UInt64Array::from(order), None).map_err(|e| Error::Runtime(e.to_string()))
+}
+
+/// The output field of an id column: its own type (nullable as in the input), or
+/// uint64 row numbers.
+fn id_field(ds: &Dataset, id: Option<&str>, name: &str) -> Result<Field> {
+    Ok(match id {
+        Some(c) => Field::new(name, ds.column_type(c)?.clone(), true),
+        None => Field::new(name, DataType::UInt64, false),
+    })
 }
 
 pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     if a.k == 0 {
         return Err(Error::Usage("--k must be at least 1".into()));
     }
+    let inputs: Vec<&std::path::Path> = a.base.iter().chain(&a.queries).map(|p| p.as_path()).collect();
+    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
     let metric = match a.metric {
         SimMetricArg::Cosine => SimMetric::Cosine,
@@ -114,6 +140,9 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     };
     let t0 = Instant::now();
     let qds = Dataset::open(&a.queries)?;
+    if qds.n_rows() == 0 {
+        return Err(Error::input(&qds.files[0], "the query file has no rows; give at least one query"));
+    }
     let bds = Dataset::open(&a.base)?;
     let qcols = embedding_column(&qds, &a.embedding)?;
     let bcols = embedding_column(&bds, &a.embedding)?;
@@ -183,32 +212,28 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let search_s = t1.elapsed().as_secs_f64();
     let resolve = |ds: &Dataset| super::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
     let (qid, bid) = (resolve(&qds)?, resolve(&bds)?);
-    let qids = ids_of(&qds, qid.as_deref(), &(0..nq as u64).collect::<Vec<_>>())?;
-    let rows: Vec<u64> = hits.iter().flatten().map(|h| h.index).collect();
-    let bids = ids_of(&bds, bid.as_deref(), &rows)?;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("query", DataType::Utf8, false),
-        Field::new("rank", DataType::UInt32, false),
-        Field::new("neighbor", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-    ]));
-    let mut w = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
-    let mut q_col = Vec::new();
+    let mut q_rows = Vec::new();
     let mut r_col = Vec::new();
     let mut s_col = Vec::new();
     for (qi, hs) in hits.iter().enumerate() {
         for (r, h) in hs.iter().enumerate() {
-            q_col.push(qids[qi].clone());
-            r_col.push(r as u32 + 1);
+            q_rows.push(qi as u64);
+            r_col.push(r as i32 + 1);
             s_col.push(h.score);
         }
     }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(q_col)),
-        Arc::new(UInt32Array::from(r_col)),
-        Arc::new(StringArray::from(bids)),
-        Arc::new(Float64Array::from(s_col)),
-    ];
+    let qids = ids_of(&qds, qid.as_deref(), &q_rows)?;
+    let rows: Vec<u64> = hits.iter().flatten().map(|h| h.index).collect();
+    let bids = ids_of(&bds, bid.as_deref(), &rows)?;
+    let schema = Arc::new(Schema::new(vec![
+        id_field(&qds, qid.as_deref(), "query")?,
+        Field::new("rank", DataType::Int32, false),
+        id_field(&bds, bid.as_deref(), "neighbor")?,
+        Field::new("score", DataType::Float64, false),
+    ]));
+    let meta = super::provenance("neighbors", None, false);
+    let mut w = ParquetOutput::with_metadata(out, schema.clone(), 1 << 20, meta)?;
+    let cols: Vec<ArrayRef> = vec![qids, Arc::new(Int32Array::from(r_col)), bids, Arc::new(Float64Array::from(s_col))];
     w.write(&RecordBatch::try_new(schema, cols).map_err(|e| Error::Runtime(e.to_string()))?)?;
     w.commit()?;
     let qps = nq as f64 / search_s.max(1e-9);
@@ -268,7 +293,7 @@ pub(crate) struct SimilarArgs {
     #[arg(long)]
     force: bool,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// `auto` and `cpu` score on the CPU; `gpu` runs the top-k shader (mode max).
     #[command(flatten)]
     backend: BackendArgs,
@@ -284,7 +309,7 @@ fn stream_sides(
 ) -> Result<u64> {
     let dim = cols[0].width;
     let mut rows = 0u64;
-    stream_rows(ds, cols, None, |block, _, offset| {
+    stream_rows(ds, cols, None, |block, _, _, offset| {
         let (bs, bscale) = prepare(block, dim, metric);
         each(&Side { scan: bs.as_deref().unwrap_or(block), exact: block, scale: &bscale }, offset)?;
         rows = offset + (block.len() / dim) as u64;
@@ -299,7 +324,7 @@ fn stream_rows(
     ds: &Dataset,
     cols: &[FeatureColumn],
     id: Option<&str>,
-    mut each: impl FnMut(&[f32], Option<&StringArray>, u64) -> Result<()>,
+    mut each: impl FnMut(&[f32], Option<&StringArray>, Option<&ArrayRef>, u64) -> Result<()>,
 ) -> Result<()> {
     let dim = cols[0].width;
     let mut names = vec![cols[0].column.clone()];
@@ -332,6 +357,7 @@ fn stream_rows(
                 None => None,
             };
             let ids = ids.as_ref().map(|a| a.as_any().downcast_ref::<StringArray>().unwrap());
+            let id_values = id.map(|_| sb.batch.column(1));
             features::with_rows(&sb.batch, &cols[..1], sb.path, &mut scratch, |block| {
                 if let Some(bad) = features::first_non_finite(block) {
                     return Err(Error::input(
@@ -339,7 +365,7 @@ fn stream_rows(
                         format!("'{}' has a null, NaN or infinite value at batch row {}", cols[0].column, bad / dim),
                     ));
                 }
-                each(block, ids, offset)
+                each(block, ids, id_values, offset)
             })??;
             offset += m as u64;
         }
@@ -351,6 +377,10 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
     if a.top == 0 {
         return Err(Error::Usage("--top must be at least 1".into()));
     }
+    let mut inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
+    inputs.extend(a.seeds.as_deref());
+    inputs.extend(a.seed_ids.as_deref());
+    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
     let metric = match a.metric {
         SimMetricArg::Cosine => SimMetric::Cosine,
@@ -367,14 +397,32 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
             let sds = Dataset::open(std::slice::from_ref(p))?;
             let scols = embedding_column(&sds, &a.embedding)?;
             if scols[0].width != dim {
+                // Blame the file that is wrong: a ragged list column, else the seeds.
+                for d in [&ds, &sds] {
+                    if let Some((f, row, len, w)) = d.first_ragged_row(&a.embedding)? {
+                        return Err(Error::input(
+                            f,
+                            format!(
+                                "'{}' is ragged: row {row} holds {len} values where earlier rows hold {w}; \
+                                 every embedding needs the same length",
+                                a.embedding
+                            ),
+                        ));
+                    }
+                }
                 return Err(Error::input(
                     p,
-                    format!("'{}' has {} values per row, the input {dim}", a.embedding, scols[0].width),
+                    format!(
+                        "the seeds' '{}' has {} values per row but the input's ({}) has {dim}",
+                        a.embedding,
+                        scols[0].width,
+                        ds.display_name()
+                    ),
                 ));
             }
             let sid = super::resolve_id(&sds, a.id_col.as_deref(), &["subscriber_id"])?;
             let mut v = Vec::new();
-            stream_rows(&sds, &scols, sid.as_deref(), |block, ids, _| {
+            stream_rows(&sds, &scols, sid.as_deref(), |block, ids, _, _| {
                 v.extend_from_slice(block);
                 if let Some(ids) = ids {
                     exclude.extend((0..ids.len()).map(|i| ids.value(i).to_string()));
@@ -391,7 +439,7 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
             let wanted: std::collections::HashSet<String> =
                 text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
             let mut v = Vec::new();
-            stream_rows(&ds, &cols, Some(idc), |block, ids, _| {
+            stream_rows(&ds, &cols, Some(idc), |block, ids, _, _| {
                 let ids = ids.unwrap();
                 for i in 0..ids.len() {
                     if wanted.contains(ids.value(i)) {
@@ -428,8 +476,8 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
     let gpu = if matches!(a.mode, SeedMode::Max) { similarity_gpu(&a.backend)? } else { None };
     let t0 = Instant::now();
     let mut best = TopK::new(a.top);
-    let mut row_ids: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
-    stream_rows(&ds, &cols, id.as_deref(), |block, ids, offset| {
+    let mut row_ids: std::collections::HashMap<u64, ArrayRef> = std::collections::HashMap::new();
+    stream_rows(&ds, &cols, id.as_deref(), |block, ids, id_values, offset| {
         let m = block.len() / dim;
         let (bs, bscale) = prepare(block, dim, metric);
         let scores: Vec<f64> = match a.mode {
@@ -483,7 +531,10 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
             part.push_hit(crate::similarity::Hit { index: offset + r as u64, score: *s });
         }
         for h in part.finish() {
-            let key = ids.map_or_else(|| h.index.to_string(), |ids| ids.value((h.index - offset) as usize).to_string());
+            let key: ArrayRef = match id_values {
+                Some(v) => v.slice((h.index - offset) as usize, 1),
+                None => Arc::new(UInt64Array::from(vec![h.index])),
+            };
             row_ids.insert(h.index, key);
             best.push_hit(h);
         }
@@ -492,14 +543,21 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
     let hits = best.finish();
     let secs = t0.elapsed().as_secs_f64();
     let schema = Arc::new(Schema::new(vec![
-        Field::new(id.as_deref().unwrap_or("row"), DataType::Utf8, false),
-        Field::new("rank", DataType::UInt32, false),
+        id_field(&ds, id.as_deref(), id.as_deref().unwrap_or("row"))?,
+        Field::new("rank", DataType::Int32, false),
         Field::new("score", DataType::Float64, false),
     ]));
-    let mut w = ParquetOutput::new(out, schema.clone(), 1 << 20)?;
+    let meta = super::provenance("similar", None, false);
+    let mut w = ParquetOutput::with_metadata(out, schema.clone(), 1 << 20, meta)?;
+    let id_col: ArrayRef = if hits.is_empty() {
+        arrow::array::new_empty_array(schema.field(0).data_type())
+    } else {
+        let parts: Vec<&dyn Array> = hits.iter().map(|h| row_ids[&h.index].as_ref()).collect();
+        concat(&parts).map_err(|e| Error::Runtime(e.to_string()))?
+    };
     let cols_out: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(hits.iter().map(|h| row_ids[&h.index].clone()).collect::<Vec<_>>())),
-        Arc::new(UInt32Array::from_iter_values(1..=hits.len() as u32)),
+        id_col,
+        Arc::new(Int32Array::from_iter_values(1..=hits.len() as i32)),
         Arc::new(Float64Array::from(hits.iter().map(|h| h.score).collect::<Vec<_>>())),
     ];
     w.write(&RecordBatch::try_new(schema, cols_out).map_err(|e| Error::Runtime(e.to_string()))?)?;

@@ -383,7 +383,12 @@ impl MissingReport {
             .iter()
             .zip(&self.bad_rows)
             .filter(|(_, n)| **n > 0)
-            .map(|(c, n)| format!("column '{}' has {n} of {total_rows} rows null, NaN or infinite", c.column))
+            .map(|(c, n)| {
+                format!(
+                    "column '{}' has {n} of {total_rows} rows null, NaN, infinite or beyond the 32-bit float range (±3.4e38)",
+                    c.column
+                )
+            })
             .collect();
         if parts.is_empty() {
             return None;
@@ -725,4 +730,41 @@ pub fn normalize_rows(m: &mut Matrix, missing: MissingPolicy, source: &str) -> R
     let keep: Vec<bool> = norms.iter().map(|n| *n > 0.0).collect();
     compact_rows(&mut m.data, dim, &keep);
     Ok(Some(keep))
+}
+
+/// The largest magnitude a value may have in model space (after log1p and scaling).
+/// Squared distances are summed in f32 (max 3.4e38): values up to 1e15 leave room for
+/// d up to 10⁸ features before ‖x‖² could overflow, far beyond any real table.
+pub const MAX_MODEL_VALUE: f32 = 1e15;
+
+/// Refuse rows whose model-space values are so large that their distances would
+/// overflow (they would all land in one segment at infinite distance): the error names
+/// the column, the row and the value in input units.
+pub fn check_range(block: &[f32], cols: &[FeatureColumn], tf: &[FeatureTransform], path: &Path) -> Result<()> {
+    let dim = dim_of(cols);
+    let Some(i) = block.iter().position(|v| v.abs() > MAX_MODEL_VALUE) else {
+        return Ok(());
+    };
+    let (row, j) = (i / dim, i % dim);
+    let mut off = 0;
+    let col = cols
+        .iter()
+        .find(|c| {
+            off += c.width;
+            j < off
+        })
+        .expect("column of a matrix index");
+    let mut raw = tf[j].invert(block[i]);
+    if col.log1p {
+        raw = raw.exp_m1();
+    }
+    Err(Error::input(
+        path,
+        format!(
+            "column '{}' has the value {raw:e} (row {row} of the batch), {:e} in model space: distances \
+             this large overflow 32-bit floats. Check the data, transform the column (--log1p {}) or \
+             scale it (--scale standard)",
+            tf[j].name, block[i], col.column
+        ),
+    ))
 }

@@ -75,7 +75,7 @@ impl Dataset {
                 }
                 found.sort();
                 files.extend(found);
-            } else if input.exists() {
+            } else if input.exists() || output::is_stdio(input) {
                 files.push(input.clone());
             } else {
                 return Err(Error::input(input, "no such file or directory"));
@@ -167,6 +167,46 @@ impl Dataset {
         Ok(None)
     }
 
+    /// For a `List` column: the first row whose length differs from the first non-empty
+    /// row's, as (file, row within the file, its length, the expected length).
+    pub fn first_ragged_row(&self, name: &str) -> Result<Option<(PathBuf, u64, usize, usize)>> {
+        if !matches!(self.column_type(name)?, DataType::List(_) | DataType::LargeList(_)) {
+            return Ok(None);
+        }
+        let cols = vec![name.to_string()];
+        let mut width: Option<usize> = None;
+        let (mut file, mut row) = (PathBuf::new(), 0u64);
+        for sb in self.batches(&cols)? {
+            let sb = sb?;
+            if sb.path != file {
+                file = sb.path.to_path_buf();
+                row = 0;
+            }
+            let a = sb.batch.column(0);
+            let lens: Vec<Option<usize>> = match a.data_type() {
+                DataType::List(_) => {
+                    let l = a.as_list::<i32>();
+                    (0..l.len()).map(|i| (!l.is_null(i)).then(|| l.value_length(i) as usize)).collect()
+                }
+                _ => {
+                    let l = a.as_list::<i64>();
+                    (0..l.len()).map(|i| (!l.is_null(i)).then(|| l.value_length(i) as usize)).collect()
+                }
+            };
+            for len in lens {
+                if let Some(len) = len.filter(|l| *l > 0) {
+                    match width {
+                        None => width = Some(len),
+                        Some(w) if w != len => return Ok(Some((file, row, len, w))),
+                        _ => {}
+                    }
+                }
+                row += 1;
+            }
+        }
+        Ok(None)
+    }
+
     /// Every column usable as a feature, in schema order.
     pub fn feature_capable_columns(&self) -> Vec<String> {
         self.schema.fields().iter().filter(|f| column_kind(f.data_type()).is_some()).map(|f| f.name().clone()).collect()
@@ -178,6 +218,13 @@ impl Dataset {
     pub fn fingerprint(&self) -> Result<String> {
         let mut h = Sha256::new();
         for f in &self.files {
+            if output::is_stdio(f) {
+                let b = stdin_bytes()?;
+                h.update(b"-");
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(&b[b.len().saturating_sub(1 << 20)..]);
+                continue;
+            }
             let mut file = File::open(f).map_err(|e| Error::input(f, format!("cannot open: {e}")))?;
             let len = file.metadata().map_err(|e| Error::input(f, e.to_string()))?.len();
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -210,12 +257,74 @@ impl Dataset {
     }
 }
 
-fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
-    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+/// A Parquet source: a file, or standard input (read whole once: Parquet needs its footer).
+enum Source {
+    File(File),
+    Stdin(bytes::Bytes),
+}
+
+impl parquet::file::reader::Length for Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::File(f) => parquet::file::reader::Length::len(f),
+            Source::Stdin(b) => b.len() as u64,
+        }
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Source {
+    type T = Box<dyn Read + Send>;
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Source::File(f) => Box::new(parquet::file::reader::ChunkReader::get_read(f, start)?),
+            Source::Stdin(b) => Box::new(parquet::file::reader::ChunkReader::get_read(b, start)?),
+        })
+    }
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self {
+            Source::File(f) => parquet::file::reader::ChunkReader::get_bytes(f, start, length),
+            Source::Stdin(b) => parquet::file::reader::ChunkReader::get_bytes(b, start, length),
+        }
+    }
+}
+
+static STDIN: std::sync::OnceLock<std::result::Result<bytes::Bytes, String>> = std::sync::OnceLock::new();
+
+/// Standard input, read whole at the first call (an input given as `-`).
+pub fn stdin_bytes() -> Result<bytes::Bytes> {
+    STDIN
+        .get_or_init(|| {
+            let mut v = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut v).map(|_| bytes::Bytes::from(v)).map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| Error::input(output::STDIO, format!("cannot read standard input: {e}")))
+}
+
+/// The text of a small input (a model, a profile, a report): a file, or `-` for stdin.
+pub fn read_text(path: &Path, what: &str) -> Result<String> {
+    let bytes = if output::is_stdio(path) {
+        stdin_bytes()?.to_vec()
+    } else {
+        std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read the {what}: {e}")))?
+    };
+    String::from_utf8(bytes).map_err(|_| Error::input(path, format!("not a {what}: the file is not UTF-8 text")))
+}
+
+fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> {
+    let source = if output::is_stdio(path) {
+        Source::Stdin(stdin_bytes()?)
+    } else {
+        let file = File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Error::input(path, "not a regular file; give a Parquet file (or - for standard input)"));
+        }
+        Source::File(file)
+    };
+    if parquet::file::reader::Length::len(&source) == 0 {
         return Err(Error::input(path, "the file is empty (0 bytes), not a Parquet file"));
     }
-    ParquetRecordBatchReaderBuilder::try_new(file)
+    ParquetRecordBatchReaderBuilder::try_new(source)
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
 }
 

@@ -1,123 +1,512 @@
-//! Outputs that appear whole or not at all: each is written to a temporary file in
-//! the destination's directory and renamed into place by `commit`. An existing file is
-//! only replaced when the user said `--force`; a dropped, uncommitted output vanishes.
+//! Outputs that appear whole or not at all, and never at a user's expense.
+//!
+//! A regular-file output is written to a temporary `.NAME.XXXXXX.partial` beside its
+//! destination, created at the first byte written (not before the work starts), held
+//! under an exclusive lock while it is written, and renamed into place by `commit`. An
+//! existing file is replaced only with `--force`; an output that exists and is not a
+//! regular file (a character device such as `/dev/null` or a terminal, a pipe) is
+//! written in place and never renamed over; `-` is standard output. Temporary files
+//! left by a killed run are swept by the next run on the same path (their lock is
+//! gone), and [`cleanup_on_signal`] removes the live ones when a signal ends the run.
+//! [`check_paths`] refuses an output that is also an input.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
 
-/// An output file being written; becomes visible at `path` only on `commit`.
+/// The path that means standard output (for an output) or standard input (for an input).
+pub const STDIO: &str = "-";
+
+/// Set when standard output turned out to be a closed pipe: the command stops, and the
+/// process exits 0 quietly (as `head` expects, and as ripgrep does).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Temporary files and directories this process created and has not committed yet:
+/// what a signal handler must remove.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live_add(p: &Path) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
+}
+
+fn live_remove(p: &Path) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|q| q != p);
+}
+
+/// A directory created for outputs (by `segment --out-dir`): removed, when still
+/// empty, if a signal ends the run. Call [`forget_dir`] once the outputs are in it.
+pub fn register_dir(p: &Path) {
+    live_add(p);
+}
+
+pub fn forget_dir(p: &Path) {
+    live_remove(p);
+}
+
+/// Remove every uncommitted temporary file (and empty directory registered) of this
+/// process. Called from the signal-handling thread before the process exits.
+pub fn cleanup_on_signal() {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for p in live.iter() {
+        if p.is_dir() {
+            let _ = std::fs::remove_dir(p);
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Whether a path names standard input/output.
+pub fn is_stdio(p: &Path) -> bool {
+    p.as_os_str() == STDIO
+}
+
+/// Where the bytes of an output go.
+enum Target {
+    /// A temporary file renamed over `dest` at commit (created at the first write).
+    Atomic { dest: PathBuf, force: bool, tmp: Option<NamedTempFile> },
+    /// Standard output.
+    Stdout,
+    /// An existing character device or pipe, opened for writing at the first write.
+    InPlace { file: Option<File> },
+}
+
+/// An output being written; visible at its path only on `commit` (for regular files).
 pub struct AtomicOutput {
+    /// As the user gave it (for messages).
     path: PathBuf,
-    force: bool,
-    tmp: NamedTempFile,
+    target: Target,
 }
 
 impl AtomicOutput {
-    /// Check the destination up front (before any expensive work) and open the
-    /// temporary file beside it.
+    /// Check the destination up front (before any expensive work): a directory, a
+    /// missing parent, an existing file without `force` and an unwritable special file
+    /// are refused here. Nothing is created yet.
     pub fn create(path: &Path, force: bool) -> Result<Self> {
-        if path.is_dir() {
-            return Err(Error::output(path, "is a directory; give a file name"));
+        if is_stdio(path) {
+            return Ok(AtomicOutput { path: path.to_path_buf(), target: Target::Stdout });
         }
-        if path.exists() && !force {
-            return Err(Error::OutputExists(path.to_path_buf()));
+        // /dev/stdout, /dev/fd/N, /proc/self/fd/N: streams whatever they lead to (a shell
+        // redirection included); written in place, never replaced.
+        if (path.starts_with("/dev") || path.starts_with("/proc"))
+            && let Ok(m) = std::fs::metadata(path)
+        {
+            let ft = m.file_type();
+            if ft.is_file() || is_char_device_or_fifo(&ft) {
+                return Ok(AtomicOutput { path: path.to_path_buf(), target: Target::InPlace { file: None } });
+            }
+            return Err(not_writable(path));
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+        // Follow symlinks: what matters is what the name leads to.
+        if let Ok(meta) = std::fs::metadata(path) {
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                return Err(Error::output(path, "is a directory; give a file name"));
+            }
+            if !ft.is_file() {
+                if is_char_device_or_fifo(&ft) {
+                    return Ok(AtomicOutput { path: path.to_path_buf(), target: Target::InPlace { file: None } });
+                }
+                return Err(not_writable(path));
+            }
+            if !force {
+                return Err(Error::OutputExists(path.to_path_buf()));
+            }
+        }
+        // A symlink to a regular file: replace the file it points to, keep the link.
+        let dest = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            _ => path.to_path_buf(),
         };
+        let dir = parent_dir(&dest);
         if !dir.is_dir() {
             return Err(Error::output(path, format!("directory {} does not exist", dir.display())));
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".partial")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::output(path, format!("cannot write in {}: {e}", dir.display())))?;
-        Ok(AtomicOutput { path: path.to_path_buf(), force, tmp })
+        sweep_stale(&dest);
+        Ok(AtomicOutput { path: path.to_path_buf(), target: Target::Atomic { dest, force, tmp: None } })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn file(&self) -> &File {
-        self.tmp.as_file()
+    /// Whether this output goes to standard output.
+    pub fn is_stdout(&self) -> bool {
+        matches!(self.target, Target::Stdout)
+    }
+
+    /// The temporary file, created (and locked) now if this is the first write.
+    fn open(&mut self) -> Result<()> {
+        match &mut self.target {
+            Target::Atomic { dest, tmp, .. } if tmp.is_none() => {
+                let dir = parent_dir(dest);
+                let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let t = tempfile::Builder::new()
+                    .prefix(&format!(".{name}."))
+                    .suffix(".partial")
+                    .tempfile_in(&dir)
+                    .map_err(|e| Error::output(&self.path, format!("cannot write in {}: {e}", dir.display())))?;
+                // The lock tells a later run that this file's writer is alive.
+                let _ = t.as_file().try_lock();
+                live_add(t.path());
+                *tmp = Some(t);
+            }
+            Target::InPlace { file } if file.is_none() => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .map_err(|e| Error::output(&self.path, format!("cannot open for writing: {e}")))?;
+                *file = Some(f);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A writer for this output (a second handle on the same file, or on stdout).
+    fn writer(&mut self) -> Result<Box<dyn Write + Send>> {
+        self.open()?;
+        let path = self.path.clone();
+        let dup = |f: &File| f.try_clone().map_err(|e| Error::output(&path, e));
+        Ok(match &self.target {
+            Target::Atomic { tmp, .. } => Box::new(dup(tmp.as_ref().unwrap().as_file())?),
+            Target::InPlace { file } => Box::new(dup(file.as_ref().unwrap())?),
+            Target::Stdout => Box::new(StdoutWriter),
+        })
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
-        use std::io::Write;
-        self.tmp.write_all(bytes).map_err(|e| Error::output(&self.path, e))
+        let mut w = self.writer()?;
+        w.write_all(bytes).and_then(|_| w.flush()).map_err(|e| self.write_error(e))
     }
 
-    /// Flush to disk and rename into place.
-    pub fn commit(self) -> Result<()> {
-        self.tmp.as_file().sync_all().map_err(|e| Error::output(&self.path, e))?;
-        // Temporary files are created private (0600); a finished output gets the usual mode.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = self.tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    fn write_error(&self, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            STDOUT_CLOSED.store(self.is_stdout(), Ordering::Relaxed);
         }
-        let path = self.path;
-        let res = if self.force { self.tmp.persist(&path) } else { self.tmp.persist_noclobber(&path) };
-        res.map(|_| ()).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::OutputExists(path.clone())
-            } else {
-                Error::output(&path, e.error)
+        Error::output(&self.path, e)
+    }
+
+    /// Flush to disk and rename into place (regular files); flush (streams).
+    pub fn commit(mut self) -> Result<()> {
+        self.open()?;
+        let path = self.path.clone();
+        match std::mem::replace(&mut self.target, Target::Stdout) {
+            Target::Stdout => std::io::stdout().flush().map_err(|e| self.write_error(e)),
+            Target::InPlace { file } => {
+                let mut f = file.unwrap();
+                f.flush().map_err(|e| Error::output(&path, e))
             }
-        })
+            Target::Atomic { dest, force, tmp } => {
+                let tmp = tmp.unwrap();
+                let tmp_path = tmp.path().to_path_buf();
+                let res = commit_file(tmp, &dest, force, &path);
+                live_remove(&tmp_path);
+                res
+            }
+        }
+    }
+}
+
+impl Drop for AtomicOutput {
+    fn drop(&mut self) {
+        // An uncommitted temporary file is deleted by NamedTempFile's own drop.
+        if let Target::Atomic { tmp: Some(t), .. } = &self.target {
+            live_remove(t.path());
+        }
+    }
+}
+
+fn commit_file(tmp: NamedTempFile, dest: &Path, force: bool, shown: &Path) -> Result<()> {
+    tmp.as_file().sync_all().map_err(|e| Error::output(shown, e))?;
+    // Temporary files are created private (0600); a finished output gets the usual mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    // Whatever appeared at the destination since `create` must still be a regular file:
+    // a device or pipe put there meanwhile is never renamed over.
+    if let Ok(m) = std::fs::symlink_metadata(dest)
+        && !m.file_type().is_file()
+    {
+        return Err(Error::output(shown, "is no longer a regular file; nothing was written"));
+    }
+    let res = if force { tmp.persist(dest) } else { tmp.persist_noclobber(dest) };
+    res.map(|_| ()).map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::OutputExists(shown.to_path_buf())
+        } else {
+            Error::output(shown, e.error)
+        }
+    })
+}
+
+fn not_writable(path: &Path) -> Error {
+    Error::output(
+        path,
+        "exists and is neither a regular file, a character device nor a pipe; microseg does not \
+         write there (give a regular file name, or - for standard output)",
+    )
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(unix)]
+fn is_char_device_or_fifo(ft: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    ft.is_char_device() || ft.is_fifo()
+}
+
+#[cfg(not(unix))]
+fn is_char_device_or_fifo(_: &std::fs::FileType) -> bool {
+    false
+}
+
+/// Remove `.NAME.*.partial` files beside `dest` whose writer is gone: a live writer
+/// holds an exclusive lock on its temporary file, a killed one's lock died with it.
+fn sweep_stale(dest: &Path) {
+    let dir = parent_dir(dest);
+    let Some(name) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        let rest = match fname.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".partial")) {
+            Some(r) => r,
+            None => continue,
+        };
+        // Only our own naming: six random characters from tempfile.
+        if rest.len() != 6 || !rest.chars().all(|c| c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let p = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if let Ok(f) = File::open(&p)
+            && f.try_lock().is_ok()
+        {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Standard output as a `Write`: a closed pipe is remembered, so the command can end
+/// quietly with exit code 0.
+struct StdoutWriter;
+
+impl Write for StdoutWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = std::io::stdout().lock().write(buf);
+        note_broken_pipe(&r);
+        r
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = std::io::stdout().lock().flush();
+        note_broken_pipe(&r);
+        r
+    }
+}
+
+fn note_broken_pipe<T>(r: &std::io::Result<T>) {
+    if let Err(e) = r
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Print text on standard output; a closed pipe ends the command quietly (exit 0).
+pub fn print_stdout(text: &str) -> Result<()> {
+    let mut w = StdoutWriter;
+    match w.write_all(text.as_bytes()).and_then(|_| w.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Error::output(STDIO, e)),
+        Err(e) => Err(Error::Runtime(format!("cannot write to standard output: {e}"))),
+    }
+}
+
+/// Refuse outputs that are also inputs (or each other): compared by canonical path and,
+/// for files that exist, by device and inode, so a hard link or `./a/../x` is caught.
+/// Directory inputs count with every file in them. Standard input may be read once; an
+/// output on standard output conflicts with the `--json` summary.
+pub fn check_paths(inputs: &[&Path], outputs: &[&Path], json: bool) -> Result<()> {
+    let stdin_uses = inputs.iter().filter(|p| is_stdio(p)).count();
+    if stdin_uses > 1 {
+        return Err(Error::Usage("standard input (-) can be read only once; give at most one input as -".into()));
+    }
+    let stdout_uses = outputs.iter().filter(|p| is_stdio(p)).count();
+    if stdout_uses > 1 || (stdout_uses == 1 && json) {
+        return Err(Error::Usage(
+            "standard output (-) can carry one output, and not beside the --json summary; \
+             give the other outputs file names"
+                .into(),
+        ));
+    }
+    let mut files: Vec<(PathBuf, &Path)> = Vec::new();
+    for &i in inputs.iter().filter(|p| !is_stdio(p)) {
+        if i.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(i) {
+                files.extend(rd.flatten().map(|e| (e.path(), i)));
+            }
+        } else {
+            files.push((i.to_path_buf(), i));
+        }
+    }
+    let ids: Vec<(Option<FileId>, Option<PathBuf>, &Path)> =
+        files.iter().map(|(f, given)| (file_id(f), std::fs::canonicalize(f).ok(), *given)).collect();
+    let outs: Vec<&Path> = outputs.iter().copied().filter(|p| !is_stdio(p)).collect();
+    for (n, &o) in outs.iter().enumerate() {
+        // Special files (devices, pipes) are written in place and cannot alias data.
+        if std::fs::metadata(o).is_ok_and(|m| !m.is_file()) {
+            continue;
+        }
+        let oid = file_id(o);
+        let ocanon = canonical_target(o);
+        for (iid, icanon, given) in &ids {
+            let same = (oid.is_some() && oid == *iid) || (ocanon.is_some() && ocanon == *icanon);
+            if same {
+                return Err(Error::Usage(format!(
+                    "output {} is also an input ({}); it would be overwritten: choose another output path",
+                    o.display(),
+                    given.display()
+                )));
+            }
+        }
+        for &o2 in &outs[..n] {
+            let same = (oid.is_some() && oid == file_id(o2)) || (ocanon.is_some() && ocanon == canonical_target(o2));
+            if same {
+                return Err(Error::Usage(format!(
+                    "outputs {} and {} are the same file: give each output its own path",
+                    o2.display(),
+                    o.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+#[cfg(unix)]
+fn file_id(p: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| FileId(m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> Option<FileId> {
+    None
+}
+
+/// The canonical path a (possibly not yet existing) output would have.
+fn canonical_target(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Some(c);
+    }
+    let dir = std::fs::canonicalize(parent_dir(p)).ok()?;
+    Some(dir.join(p.file_name()?))
+}
+
+/// Key-value metadata written into every Parquet output (provenance).
+pub type Provenance = Vec<(String, String)>;
+
+/// A Parquet writer over an atomic output (zstd, row groups as batches arrive). The
+/// file is started at the first batch (or at commit, for an empty result).
+pub struct ParquetOutput {
+    out: Option<AtomicOutput>,
+    schema: SchemaRef,
+    props: Option<WriterProperties>,
+    writer: Option<ArrowWriter<Box<dyn Write + Send>>>,
+}
+
+impl ParquetOutput {
+    pub fn new(out: AtomicOutput, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
+        Self::with_metadata(out, schema, row_group_rows, Vec::new())
+    }
+
+    /// As `new`, with provenance key-value pairs in the file's metadata.
+    pub fn with_metadata(
+        out: AtomicOutput,
+        schema: SchemaRef,
+        row_group_rows: usize,
+        metadata: Provenance,
+    ) -> Result<Self> {
+        let kv: Vec<KeyValue> = metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+            .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+            .set_key_value_metadata((!kv.is_empty()).then_some(kv))
+            .build();
+        Ok(ParquetOutput { out: Some(out), schema, props: Some(props), writer: None })
+    }
+
+    fn started(&mut self) -> Result<&mut ArrowWriter<Box<dyn Write + Send>>> {
+        if self.writer.is_none() {
+            let out = self.out.as_mut().unwrap();
+            let w = out.writer()?;
+            let writer = ArrowWriter::try_new(w, Arc::clone(&self.schema), self.props.take())
+                .map_err(|e| Error::output(out.path(), e))?;
+            self.writer = Some(writer);
+        }
+        Ok(self.writer.as_mut().unwrap())
+    }
+
+    fn error(&self, e: parquet::errors::ParquetError) -> Error {
+        let out = self.out.as_ref().unwrap();
+        if out.is_stdout() && stdout_closed() {
+            return Error::output(out.path(), "standard output was closed");
+        }
+        Error::output(out.path(), e)
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let res = self.started()?.write(batch);
+        res.map_err(|e| self.error(e))
+    }
+
+    /// Finish the file (footer) and rename it into place.
+    pub fn commit(mut self) -> Result<()> {
+        self.started()?;
+        let res = self.writer.take().unwrap().close();
+        res.map_err(|e| self.error(e))?;
+        self.out.take().unwrap().commit()
     }
 }
 
 /// Serialise a value as pretty JSON into an atomic output and commit it.
 pub fn write_json<T: serde::Serialize>(out: AtomicOutput, value: &T) -> Result<()> {
     let mut out = out;
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Runtime(e.to_string()))?;
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::Runtime(e.to_string()))?;
+    text.push('\n');
     out.write_all(text.as_bytes())?;
-    out.write_all(b"\n")?;
     out.commit()
-}
-
-/// A Parquet writer over an atomic output (zstd, row groups as batches arrive).
-pub struct ParquetOutput {
-    out: Option<AtomicOutput>,
-    writer: Option<ArrowWriter<File>>,
-}
-
-impl ParquetOutput {
-    pub fn new(out: AtomicOutput, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
-            .set_max_row_group_row_count(Some(row_group_rows))
-            .build();
-        let file = out.file().try_clone().map_err(|e| Error::output(out.path(), e))?;
-        let writer =
-            ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| Error::output(out.path(), e))?;
-        Ok(ParquetOutput { out: Some(out), writer: Some(writer) })
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let path = self.out.as_ref().unwrap().path().to_path_buf();
-        self.writer.as_mut().unwrap().write(batch).map_err(|e| Error::output(path, e))
-    }
-
-    /// Finish the file (footer) and rename it into place.
-    pub fn commit(mut self) -> Result<()> {
-        let out = self.out.take().unwrap();
-        self.writer.take().unwrap().close().map_err(|e| Error::output(out.path(), e))?;
-        out.commit()
-    }
 }

@@ -56,8 +56,9 @@ impl Algorithm {
     }
 }
 
-/// The geometry of the fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The geometry of the fit (stored in the model as "euclidean" or "cosine").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Squared Euclidean distance.
     #[default]

@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Centroids, ClusterStats};
 use crate::error::{Error, Result};
 use crate::features::{FeatureColumn, FeatureTransform, MissingPolicy, Scale, dim_of};
+pub use crate::kmeans::Metric;
+
+/// The model family (stored as "kmeans").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    #[default]
+    KMeans,
+}
 
 pub const FORMAT: &str = "microseg-model";
 pub const FORMAT_VERSION: u32 = 1;
@@ -18,10 +27,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct Model {
     pub format: String,
     pub format_version: u32,
-    /// "kmeans".
-    pub method: String,
-    /// "euclidean".
-    pub metric: String,
+    pub method: Method,
+    pub metric: Metric,
     pub k: usize,
     /// Column carried into assignments unchanged.
     pub id_column: Option<String>,
@@ -88,6 +95,9 @@ pub struct Manifest {
     /// Final inertia: weighted sum of squared distances in model space.
     pub objective: f64,
     pub empty_cluster_relocations: usize,
+    /// Segments no training row ended in (k above the distinct rows, say).
+    #[serde(default)]
+    pub empty_segments: usize,
     pub backend: String,
 }
 
@@ -140,39 +150,115 @@ impl Model {
         Centroids::new(self.segments.iter().flat_map(|s| s.centroid.iter().copied()).collect(), self.dim())
     }
 
-    /// Read and validate a model file.
+    /// What identifies the model's geometry: features, transforms, metric and centroids
+    /// with their ids (not the names, which users may edit). Profiles, drift and audit
+    /// reports and Parquet outputs carry it, so artefacts of different models are not
+    /// mixed up.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let geometry = serde_json::json!({
+            "method": self.method, "metric": self.metric, "feature_columns": self.feature_columns,
+            "features": self.features.iter().map(|f| (&f.name, f.center, f.scale, f.impute)).collect::<Vec<_>>(),
+            "segments": self.segments.iter().map(|s| (s.id, &s.centroid)).collect::<Vec<_>>(),
+        });
+        let digest = Sha256::digest(geometry.to_string().as_bytes());
+        format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    /// Read and validate a model file (`-`: standard input).
     pub fn load(path: &Path) -> Result<Model> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read the model: {e}")))?;
-        let model: Model = serde_json::from_str(&text)
-            .map_err(|e| Error::input(path, format!("not a microseg model (invalid JSON: {e})")))?;
-        if model.format != FORMAT {
-            return Err(Error::input(path, format!("not a microseg model (format '{}')", model.format)));
+        let text = crate::io::read_text(path, "model")?;
+        let model: Model =
+            serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not a microseg model: {e}")))?;
+        model
+            .validate()
+            .map_err(|msg| Error::input(path, format!("invalid model: {msg}; refit it or fix that field")))?;
+        Ok(model)
+    }
+
+    /// Check every field a later command relies on; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("\"format\" is '{}', not '{FORMAT}' (not a microseg model)", self.format));
         }
-        if model.format_version > FORMAT_VERSION {
-            return Err(Error::input(
-                path,
-                format!(
-                    "model format version {} is newer than this engine reads ({FORMAT_VERSION}); upgrade microseg",
-                    model.format_version
-                ),
+        if self.format_version == 0 || self.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "\"format_version\" {} is not one this engine reads (1 to {FORMAT_VERSION}); upgrade microseg",
+                self.format_version
             ));
         }
-        let dim = dim_of(&model.feature_columns);
-        let ok = dim == model.features.len()
-            && dim > 0
-            && model.segments.len() == model.k
-            && model.k > 0
-            && model.segments.iter().all(|s| s.centroid.len() == dim && s.centroid.iter().all(|v| v.is_finite()))
-            && {
-                let mut ids: Vec<u32> = model.segments.iter().map(|s| s.id).collect();
-                ids.sort_unstable();
-                ids.windows(2).all(|w| w[0] != w[1])
-            }
-            && model.features.iter().all(|t| t.scale.is_finite() && t.scale != 0.0 && t.center.is_finite());
-        if !ok {
-            return Err(Error::input(path, "the model is inconsistent (features, k and centroids disagree); refit it"));
+        if self.feature_columns.is_empty() {
+            return Err("\"feature_columns\" is empty".into());
         }
-        Ok(model)
+        for (i, c) in self.feature_columns.iter().enumerate() {
+            if c.column.is_empty() || c.width == 0 {
+                return Err(format!("\"feature_columns\"[{i}] needs a column name and a width of at least 1"));
+            }
+        }
+        let dim = dim_of(&self.feature_columns);
+        if self.features.len() != dim {
+            return Err(format!(
+                "\"features\" has {} transforms but \"feature_columns\" make {dim} features",
+                self.features.len()
+            ));
+        }
+        for (i, t) in self.features.iter().enumerate() {
+            if !t.center.is_finite() {
+                return Err(format!("\"features\"[{i}] ({}): \"center\" must be a finite number", t.name));
+            }
+            if !(t.scale.is_finite() && t.scale > 0.0) {
+                return Err(format!(
+                    "\"features\"[{i}] ({}): \"scale\" is {}; it must be a positive finite number",
+                    t.name, t.scale
+                ));
+            }
+            if t.impute.is_some_and(|v| !v.is_finite()) {
+                return Err(format!("\"features\"[{i}] ({}): \"impute\" must be finite", t.name));
+            }
+        }
+        if self.k == 0 {
+            return Err("\"k\" must be at least 1".into());
+        }
+        if self.segments.len() != self.k {
+            return Err(format!("\"k\" is {} but there are {} \"segments\"", self.k, self.segments.len()));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            if !ids.insert(s.id) {
+                return Err(format!("\"segments\"[{i}]: \"id\" {} is used twice; segment ids must be unique", s.id));
+            }
+            if s.id > i32::MAX as u32 {
+                return Err(format!("\"segments\"[{i}]: \"id\" {} is above {}", s.id, i32::MAX));
+            }
+            if s.centroid.len() != dim {
+                return Err(format!(
+                    "\"segments\"[{i}] (id {}): \"centroid\" has {} values, the model {dim} features",
+                    s.id,
+                    s.centroid.len()
+                ));
+            }
+            if let Some(j) =
+                s.centroid.iter().position(|v| !v.is_finite() || v.abs() > crate::features::MAX_MODEL_VALUE)
+            {
+                return Err(format!(
+                    "\"segments\"[{i}] (id {}): \"centroid\"[{j}] is {}; it must be finite and at most {:e} in size",
+                    s.id,
+                    s.centroid[j],
+                    crate::features::MAX_MODEL_VALUE
+                ));
+            }
+            if !(s.share.is_finite() && (0.0..=1.0).contains(&s.share)) {
+                return Err(format!("\"segments\"[{i}] (id {}): \"share\" must be between 0 and 1", s.id));
+            }
+        }
+        if let Some(b) = &self.baseline {
+            if b.features.len() != dim {
+                return Err(format!("\"baseline\".\"features\" has {} entries, the model {dim}", b.features.len()));
+            }
+            for (j, h) in b.features.iter().enumerate() {
+                h.validate().map_err(|m| format!("\"baseline\".\"features\"[{j}]: {m}"))?;
+            }
+        }
+        Ok(())
     }
 }

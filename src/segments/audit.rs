@@ -38,6 +38,35 @@ pub struct AttributeAudit {
     pub flags: usize,
 }
 
+pub const AUDIT_FORMAT: &str = "microseg-audit";
+
+/// Groups above this count suggest the protected column is an identifier or a number,
+/// not a group label: the audit says so.
+pub const MANY_GROUPS: usize = 100;
+
+/// The whole audit: how the two files joined, and one entry per protected attribute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// "microseg-audit".
+    pub format: String,
+    pub format_version: u32,
+    /// The model the assignments came from (from their Parquet metadata), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fingerprint: Option<String>,
+    /// Rows of the input that found their id in the assignments.
+    pub joined_rows: u64,
+    /// Rows of the input whose id has no segment (or is null).
+    pub unmatched_input_rows: u64,
+    /// Assignment rows whose id no input row has.
+    pub unmatched_segment_rows: u64,
+    /// Ids that appear more than once in the assignments (the first row counts).
+    pub duplicate_segment_ids: u64,
+    /// Ids that appear more than once in the input (each row counts).
+    pub duplicate_input_ids: u64,
+    pub warnings: Vec<String>,
+    pub attributes: Vec<AttributeAudit>,
+}
+
 /// Counts (segment, group) pairs for one protected attribute.
 #[derive(Debug, Default)]
 pub struct AuditBuilder {

@@ -29,6 +29,9 @@ pub enum Verdict {
     Stable,
     Watch,
     Retrain,
+    /// Too few rows to tell drift from sampling noise (see [`min_rows`]).
+    #[serde(rename = "insufficient_data")]
+    InsufficientData,
 }
 
 impl Verdict {
@@ -38,6 +41,7 @@ impl Verdict {
             Verdict::Stable => 0,
             Verdict::Watch => 10,
             Verdict::Retrain => 11,
+            Verdict::InsufficientData => 12,
         }
     }
 }
@@ -45,24 +49,55 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureDrift {
     pub feature: String,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub psi: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftReport {
+    /// "microseg-drift".
+    #[serde(default = "drift_format")]
+    pub format: String,
+    #[serde(default = "super::version_one")]
+    pub format_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fingerprint: Option<String>,
     pub n_rows: u64,
+    /// Rows needed for a verdict (below: `insufficient_data`).
+    #[serde(default)]
+    pub min_rows: u64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub segment_psi: f64,
     /// Per segment: training share, current share.
     pub segment_shares: Vec<(u32, f64, f64)>,
     /// Sorted, largest PSI first.
     pub feature_psi: Vec<FeatureDrift>,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub mean_distance: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub training_mean_distance: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub low_margin_share: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub training_low_margin_share: f64,
     pub thresholds: Thresholds,
     pub verdict: Verdict,
     pub reasons: Vec<String>,
+}
+
+pub const DRIFT_FORMAT: &str = "microseg-drift";
+
+fn drift_format() -> String {
+    DRIFT_FORMAT.into()
+}
+
+/// Rows a verdict needs. PSI over B bins of n rows drawn from the very same
+/// distribution is about (B − 1)/n from sampling noise alone; 20 rows per bin keep that
+/// near 0.05, half the "watch" threshold, for the segment shares and every feature.
+pub fn min_rows(model: &Model) -> u64 {
+    let feature_bins =
+        model.baseline.as_ref().map_or(0, |b| b.features.iter().map(|h| h.shares.len()).max().unwrap_or(0));
+    20 * model.k.max(feature_bins).max(10) as u64
 }
 
 /// Gathers drift statistics batch by batch.
@@ -149,9 +184,25 @@ impl DriftBuilder {
                 100.0 * self.baseline.low_margin_share
             ));
         }
-        let verdict = [Verdict::Stable, Verdict::Watch, Verdict::Retrain][worst];
+        let mut verdict = [Verdict::Stable, Verdict::Watch, Verdict::Retrain][worst];
+        let min_rows = min_rows(model);
+        if self.n < min_rows {
+            verdict = Verdict::InsufficientData;
+            reasons.insert(
+                0,
+                format!(
+                    "only {} rows: a verdict needs at least {min_rows} (20 per segment or feature bin), \
+                     or sampling noise alone reads as drift",
+                    self.n
+                ),
+            );
+        }
         DriftReport {
+            format: DRIFT_FORMAT.into(),
+            format_version: 1,
+            model_fingerprint: Some(model.fingerprint()),
             n_rows: self.n,
+            min_rows,
             segment_psi,
             segment_shares: model
                 .segments

@@ -37,17 +37,28 @@ pub fn explain(model: &Model, names: &[String], x: &[f32], best: usize, second: 
         .filter(|(c, _)| *c > 0.0)
         .collect();
     contrib.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let log1p: Vec<bool> = model.feature_columns.iter().flat_map(|c| std::iter::repeat_n(c.log1p, c.width)).collect();
     let parts: Vec<String> = contrib
         .iter()
         .take(top)
         .map(|&(_, f)| {
             let feature = &model.features[f].name;
+            // The row's own value in input units: flags and few-valued features are
+            // stated, not placed in a distribution.
+            let raw = {
+                let v = model.features[f].invert(x[f]);
+                if log1p[f] { v.exp_m1() } else { v }
+            };
+            let categorical = model.baseline.as_ref().is_some_and(|bl| bl.features[f].is_categorical());
             let flag = feature.strip_prefix("is_").or_else(|| feature.strip_prefix("has_"));
-            if let (Some(rest), Some(bl)) = (flag, &model.baseline) {
-                let h = &bl.features[f];
-                let yes = h.bin(x[f] as f64) + 1 == h.shares.len() && h.shares.len() > 1;
+            if let Some(rest) = flag {
                 let word = if rest.len() <= 3 { rest.to_uppercase() } else { rest.replace('_', " ") };
-                return format!("{word}: {}", if yes { "yes" } else { "no" });
+                if (raw - raw.round()).abs() < 1e-3 && (raw.round() == 0.0 || raw.round() == 1.0) {
+                    return format!("{word}: {}", if raw.round() == 1.0 { "yes" } else { "no" });
+                }
+            }
+            if categorical || flag.is_some() {
+                return format!("your {} is {}", feature.replace('_', " "), readable(raw));
             }
             match &model.baseline {
                 Some(bl) => format!("your {} is {}", feature.replace('_', " "), position(bl, f, x[f] as f64)),
@@ -59,5 +70,16 @@ pub fn explain(model: &Model, names: &[String], x: &[f32], best: usize, second: 
         format!("you are in {seg_name}")
     } else {
         format!("you are in {seg_name} because {}", parts.join(" and "))
+    }
+}
+
+/// A value as a person writes it: integers without decimals, others to 3 significant digits.
+fn readable(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-6 * v.abs().max(1.0) {
+        let r = v.round();
+        if r == 0.0 { "0".to_string() } else { format!("{r}") }
+    } else {
+        let digits = (3 - v.abs().log10().floor() as i32 - 1).clamp(0, 6) as usize;
+        format!("{v:.digits$}")
     }
 }

@@ -12,18 +12,48 @@ pub mod report;
 
 use serde::{Deserialize, Serialize};
 
-/// A feature's training distribution: bin edges (deciles, ascending, distinct) and the
-/// share of training rows per bin (`edges.len() + 1` bins: (−∞, e₀], (e₀, e₁], …, (eₙ, ∞)).
+/// A feature's training distribution, in one of two forms:
+/// - continuous: bin edges (deciles, ascending, distinct) and the share of training rows
+///   per bin (`edges.len() + 1` bins: (−∞, e₀], (e₀, e₁], …, (eₙ, ∞));
+/// - categorical, for flags and features with few distinct values (at most
+///   [`MAX_CATEGORIES`]): one bin per training value (`values`, ascending) and a last bin
+///   for any other value. Deciles of a 0/1 flag collapse to one edge and cannot see its
+///   share move; a bin per value can.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     pub edges: Vec<f64>,
     pub shares: Vec<f64>,
+    /// The training values of a categorical feature (empty for a continuous one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<f64>,
 }
 
+/// Features with at most this many distinct training values get a bin per value.
+pub const MAX_CATEGORIES: usize = 16;
+
 impl Histogram {
-    /// Decile edges and shares of `values` (sorted in place).
+    /// The histogram of `values` (sorted in place): categorical when they hold at most
+    /// [`MAX_CATEGORIES`] distinct values, else deciles.
     pub fn fit(values: &mut [f32]) -> Self {
         values.sort_by(|a, b| a.total_cmp(b));
+        let mut distinct: Vec<f64> = Vec::new();
+        for v in values.iter() {
+            if distinct.last() != Some(&(*v as f64)) {
+                distinct.push(*v as f64);
+                if distinct.len() > MAX_CATEGORIES {
+                    break;
+                }
+            }
+        }
+        if !values.is_empty() && distinct.len() <= MAX_CATEGORIES {
+            let mut h = Histogram { edges: Vec::new(), shares: Vec::new(), values: distinct };
+            let mut counts = vec![0u64; h.values.len() + 1];
+            for v in values.iter() {
+                counts[h.bin(*v as f64)] += 1;
+            }
+            h.shares = counts.iter().map(|c| *c as f64 / values.len() as f64).collect();
+            return h;
+        }
         let mut edges: Vec<f64> = (1..10).map(|i| quantile_sorted(values, i as f64 / 10.0)).collect();
         edges.dedup();
         // A bin per edge interval; the last edge equal to the maximum would leave an empty top bin.
@@ -38,11 +68,37 @@ impl Histogram {
             counts[bin(&edges, *v as f64)] += 1;
         }
         let n = values.len().max(1) as f64;
-        Histogram { edges, shares: counts.iter().map(|c| *c as f64 / n).collect() }
+        Histogram { edges, shares: counts.iter().map(|c| *c as f64 / n).collect(), values: Vec::new() }
+    }
+
+    pub fn is_categorical(&self) -> bool {
+        !self.values.is_empty()
     }
 
     pub fn bin(&self, v: f64) -> usize {
+        if self.is_categorical() {
+            // Values come through the same f32 transform as at training; allow rounding.
+            let tol = |x: f64| 1e-6 * x.abs().max(1e-6);
+            let i = self.values.partition_point(|x| *x < v - tol(v));
+            return if i < self.values.len() && (self.values[i] - v).abs() <= tol(v) { i } else { self.values.len() };
+        }
         bin(&self.edges, v)
+    }
+
+    /// Structural checks for a loaded model (the message says what is wrong).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let bins = if self.is_categorical() { self.values.len() + 1 } else { self.edges.len() + 1 };
+        if self.shares.len() != bins {
+            return Err(format!("\"shares\" has {} entries but there are {bins} bins", self.shares.len()));
+        }
+        let sorted = |v: &[f64]| v.iter().all(|x| x.is_finite()) && v.windows(2).all(|w| w[0] < w[1]);
+        if !sorted(&self.edges) || !sorted(&self.values) {
+            return Err("\"edges\" and \"values\" must be finite and strictly ascending".into());
+        }
+        if self.shares.iter().any(|s| !(s.is_finite() && (0.0..=1.0 + 1e-9).contains(s))) {
+            return Err("\"shares\" must be between 0 and 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +116,16 @@ pub fn quantile_sorted(sorted: &[f32], q: f64) -> f64 {
     let hi = pos.ceil() as usize;
     let f = pos - lo as f64;
     sorted[lo] as f64 * (1.0 - f) + sorted[hi] as f64 * f
+}
+
+/// Deserialise a number that may have been written as `null` (serde_json writes NaN,
+/// such as the quantiles of an empty segment, as `null`) back to NaN.
+pub(crate) fn nullable_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+pub(crate) fn version_one() -> u32 {
+    1
 }
 
 /// Shares below this count as this (PSI is undefined for empty bins).

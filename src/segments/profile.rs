@@ -27,12 +27,19 @@ const NAMING_THRESHOLD: f64 = 0.25;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSummary {
     pub name: String,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub mean: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub std: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub p10: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub p25: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub median: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub p75: f64,
+    #[serde(deserialize_with = "super::nullable_f64")]
     pub p90: f64,
     /// (segment mean − population mean) / population standard deviation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,9 +58,22 @@ pub struct Distinction {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OutcomeSummary {
     /// Mean of a numeric column; `rate` when it only holds 0 and 1 (or booleans).
-    Numeric { column: String, mean: f64, rate: bool, count: u64 },
+    Numeric {
+        column: String,
+        #[serde(deserialize_with = "super::nullable_f64")]
+        mean: f64,
+        rate: bool,
+        count: u64,
+    },
     /// An hour-of-day column: the mean and the hour most members have.
-    Hour { column: String, mean: f64, best_hour: u32, best_hour_share: f64, count: u64 },
+    Hour {
+        column: String,
+        #[serde(deserialize_with = "super::nullable_f64")]
+        mean: f64,
+        best_hour: u32,
+        best_hour_share: f64,
+        count: u64,
+    },
     /// A categorical column: the most common categories and their shares.
     Categorical { column: String, top: Vec<(String, f64)>, count: u64 },
 }
@@ -73,7 +93,13 @@ pub struct SegmentProfile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
+    /// "microseg-profile".
     pub format: String,
+    #[serde(default = "super::version_one")]
+    pub format_version: u32,
+    /// The model the profile was made with ([`crate::model::Model::fingerprint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fingerprint: Option<String>,
     pub k: usize,
     pub n_rows: u64,
     pub population: Vec<FeatureSummary>,
@@ -118,6 +144,7 @@ pub fn segment_sample(k: usize, dim: usize) -> usize {
 
 /// Gathers a profile batch by batch.
 pub struct ProfileBuilder {
+    fingerprint: String,
     names: Vec<String>,
     ids: Vec<u32>,
     given_names: Vec<Option<String>>,
@@ -139,6 +166,7 @@ impl ProfileBuilder {
     pub fn new(model: &crate::model::Model, outcome_names: &[String]) -> Self {
         let (k, dim) = (model.k, model.dim());
         ProfileBuilder {
+            fingerprint: model.fingerprint(),
             names: model.features.iter().map(|f| f.name.clone()).collect(),
             ids: model.segments.iter().map(|s| s.id).collect(),
             given_names: model.segments.iter().map(|s| s.name.clone()).collect(),
@@ -287,7 +315,9 @@ impl ProfileBuilder {
         let population_outcomes =
             self.pop_outcomes.iter().zip(&self.outcome_names).map(|(a, name)| summarise(a, name)).collect();
         Profile {
-            format: "microseg-profile".into(),
+            format: PROFILE_FORMAT.into(),
+            format_version: 1,
+            model_fingerprint: Some(self.fingerprint),
             k: self.ids.len(),
             n_rows: n,
             population,
@@ -394,9 +424,47 @@ pub fn generate_name(top: &[Distinction]) -> String {
     if words.is_empty() { "typical customers".into() } else { format!("{} customers", words.join(", ")) }
 }
 
+pub const PROFILE_FORMAT: &str = "microseg-profile";
+
 /// Keep the profile's arrays in segment order; look one up by id.
 impl Profile {
+    /// Whether this profile describes `model`: the same fingerprint, or (for a profile
+    /// written before fingerprints) the same segment ids and features.
+    pub fn check_model(&self, model: &crate::model::Model) -> std::result::Result<(), String> {
+        if self.format != PROFILE_FORMAT {
+            return Err(format!("\"format\" is '{}', not '{PROFILE_FORMAT}'", self.format));
+        }
+        if let Some(fp) = &self.model_fingerprint {
+            let want = model.fingerprint();
+            if *fp != want {
+                return Err(format!(
+                    "it was made with another model (model fingerprint {} here, {} in the profile); \
+                     profile the data again with this model (microseg profile --model ...)",
+                    short(&want),
+                    short(fp)
+                ));
+            }
+            return Ok(());
+        }
+        let ids: Vec<u32> = self.segments.iter().map(|s| s.id).collect();
+        let model_ids: Vec<u32> = model.segments.iter().map(|s| s.id).collect();
+        let names: Vec<&str> = self.population.iter().map(|f| f.name.as_str()).collect();
+        let model_names: Vec<&str> = model.features.iter().map(|f| f.name.as_str()).collect();
+        if self.k != model.k || ids != model_ids || names != model_names {
+            return Err(
+                "its segments or features differ from the model's; profile the data again with this model".into()
+            );
+        }
+        Ok(())
+    }
+
     pub fn segment(&self, id: u32) -> Option<&SegmentProfile> {
         self.segments.iter().find(|s| s.id == id)
     }
+}
+
+/// The first hex digits of a fingerprint, for messages.
+pub fn short(fp: &str) -> &str {
+    let end = fp.find(':').map_or(0, |i| i + 1) + 12;
+    &fp[..end.min(fp.len())]
 }

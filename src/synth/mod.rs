@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, UInt32Array};
+use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use rand::{RngExt, SeedableRng};
@@ -88,7 +88,7 @@ pub fn schema(dims: usize) -> SchemaRef {
     for (name, kind) in columns(dims) {
         fields.push(Field::new(name, arrow_type(kind), false));
     }
-    fields.push(Field::new("true_segment", DataType::UInt32, false));
+    fields.push(Field::new("true_segment", DataType::Int32, false));
     let meta: std::collections::HashMap<String, String> =
         [(NON_FEATURE_KEY.to_string(), "true_segment".to_string())].into_iter().collect();
     Arc::new(Schema::new_with_metadata(fields, meta))
@@ -169,14 +169,14 @@ fn group_batch(
     let mut all: Vec<ArrayRef> =
         vec![Arc::new(Int64Array::from_iter_values((start..start + rows as u64).map(|i| i as i64 + 1)))];
     all.extend(arrays);
-    all.push(Arc::new(UInt32Array::from(labels)));
+    all.push(Arc::new(Int32Array::from_iter_values(labels.iter().map(|l| *l as i32))));
     RecordBatch::try_new(schema.clone(), all).map_err(|e| Error::Runtime(e.to_string()))
 }
 
 /// Write the table into `out`, row group by row group.
 pub fn generate(spec: &SynthSpec, mut out: ParquetOutput) -> Result<()> {
-    if spec.dims == 0 || spec.clusters == 0 || spec.rows == 0 {
-        return Err(Error::Usage("--rows, --dims and --clusters must all be at least 1".into()));
+    if spec.dims == 0 || spec.clusters == 0 || spec.rows == 0 || spec.row_group_rows == 0 {
+        return Err(Error::Usage("--rows, --dims, --clusters and --row-group-rows must all be at least 1".into()));
     }
     let cols = columns(spec.dims);
     let schema = schema(spec.dims);
