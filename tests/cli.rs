@@ -2,68 +2,13 @@
 //! exit codes, and one test per kind of bad input (clear message, non-zero exit, no
 //! output left behind).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array, StringArray};
+use arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array};
 use arrow::datatypes::DataType;
 use tempfile::TempDir;
 
-use crate::util::{repo, write_parquet};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_microseg"))
-}
-
-fn run(args: &[&str], dir: &Path) -> Output {
-    bin().args(args).current_dir(dir).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Files in a directory, so a test can prove nothing (not even a temp file) is left.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
-}
-
-/// A small valid table: id, two float features, one string column.
-fn table(dir: &Path, name: &str, n: usize) -> PathBuf {
-    let p = dir.join(name);
-    write_parquet(
-        &p,
-        vec![
-            ("subscriber_id", Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef),
-            ("spend", Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i % 7) as f64 * 10.0))) as ArrayRef),
-            ("visits", Arc::new(Float32Array::from_iter_values((0..n).map(|i| (i % 3) as f32))) as ArrayRef),
-            (
-                "channel",
-                Arc::new(StringArray::from_iter_values((0..n).map(|i| if i % 2 == 0 { "email" } else { "sms" })))
-                    as ArrayRef,
-            ),
-        ],
-    );
-    p
-}
-
-/// Assert a failed run: the exit code, every needle in stderr, and the directory
-/// holding exactly `files` afterwards.
-fn assert_fails(o: &Output, code: i32, needles: &[&str], dir: &Path, files: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(code), "exit code; stderr:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks '{n}':\n{err}");
-    }
-    assert!(o.stdout.is_empty(), "stdout should be empty on failure");
-    let mut want: Vec<String> = files.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    assert_eq!(listing(dir), want, "files left behind");
-}
+use crate::util::{assert_fails, listing, repo, run, stderr, table, write_parquet};
 
 #[test]
 fn main_job_on_the_shipped_data_set() {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringArray, UInt32Array};
@@ -13,19 +13,7 @@ use microseg::segments::{Histogram, psi, quantile_sorted};
 use rand::{RngExt, SeedableRng};
 use tempfile::TempDir;
 
-use crate::util::{first_batch, repo, write_parquet as write};
-
-fn run(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_microseg")).args(args).current_dir(dir).output().unwrap()
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
+use crate::util::{first_batch, json, ok, repo, run, write_parquet as write};
 
 #[test]
 fn psi_matches_the_formula_on_known_shares() {

@@ -4,6 +4,7 @@ mod util;
 
 mod backend;
 mod cli;
+mod hostile;
 mod kmeans;
 mod report;
 mod segments;

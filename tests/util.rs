@@ -74,3 +74,89 @@ pub fn first_batch(path: &Path) -> arrow::record_batch::RecordBatch {
         .unwrap()
         .unwrap()
 }
+
+/// The command under test.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_microseg"))
+}
+
+/// Run the command in `dir` and collect its output.
+pub fn run(args: &[&str], dir: &Path) -> std::process::Output {
+    bin().args(args).current_dir(dir).output().unwrap()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert a successful run (stderr shown otherwise).
+pub fn ok(o: &std::process::Output) {
+    assert!(o.status.success(), "exit {:?}; stderr:\n{}", o.status.code(), stderr(o));
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Files in a directory (hidden ones too), so a test can prove nothing, not even a
+/// temporary file, is left.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Assert a failed run: the exit code, every needle in stderr, nothing on stdout, and
+/// the directory holding exactly `files` afterwards.
+pub fn assert_fails(o: &std::process::Output, code: i32, needles: &[&str], dir: &Path, files: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks '{n}':\n{err}");
+    }
+    assert!(o.stdout.is_empty(), "stdout should be empty on failure");
+    let mut want: Vec<String> = files.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(listing(dir), want, "files left behind");
+}
+
+/// A small valid table: id, two float features, one string column.
+pub fn table(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let p = dir.join(name);
+    write_parquet(
+        &p,
+        vec![
+            (
+                "subscriber_id",
+                std::sync::Arc::new(arrow::array::Int64Array::from_iter_values(0..n as i64)) as arrow::array::ArrayRef,
+            ),
+            (
+                "spend",
+                std::sync::Arc::new(arrow::array::Float64Array::from_iter_values((0..n).map(|i| (i % 7) as f64 * 10.0)))
+                    as arrow::array::ArrayRef,
+            ),
+            (
+                "visits",
+                std::sync::Arc::new(arrow::array::Float32Array::from_iter_values((0..n).map(|i| (i % 3) as f32)))
+                    as arrow::array::ArrayRef,
+            ),
+            (
+                "channel",
+                std::sync::Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| if i % 2 == 0 { "email" } else { "sms" }),
+                )) as arrow::array::ArrayRef,
+            ),
+        ],
+    );
+    p
+}
+
+/// A table of `n` rows (see [`table`]) in a fresh directory, with a model of `k`
+/// segments fitted on it: `in.parquet` and `m.json`.
+pub fn fitted(n: usize, k: &str) -> tempfile::TempDir {
+    let d = tempfile::TempDir::new().unwrap();
+    table(d.path(), "in.parquet", n);
+    ok(&run(&["fit", "in.parquet", "--k", k, "--model", "m.json", "--quiet"], d.path()));
+    d
+}

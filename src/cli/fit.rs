@@ -166,6 +166,7 @@ fn read_centroids_file(path: &Path, dim: usize) -> Result<Centroids> {
 
 /// Read, transform and fit; returns the model and the JSON summary fields.
 pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) -> Result<FitOutcome> {
+    KMeansParams::check_settings(o.k, o.max_iter, o.tol, o.n_init)?;
     let t_read = Instant::now();
     let ds = Dataset::open(inputs)?;
     let id_col = super::resolve_id(&ds, o.table.id_col.as_deref(), &["subscriber_id"])?;
@@ -439,6 +440,7 @@ fn fit_inputs<'a>(inputs: &'a [PathBuf], o: &'a FitOpts) -> Vec<&'a Path> {
 }
 
 pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
+    KMeansParams::check_settings(a.opts.k, a.opts.max_iter, a.opts.tol, a.opts.n_init)?;
     crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &[&a.model], a.json)?;
     let out = AtomicOutput::create(&a.model, a.force)?;
     let backend = super::backend::open(&a.opts.backend)?;
@@ -455,6 +457,7 @@ pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
 }
 
 pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
+    KMeansParams::check_settings(a.opts.k, a.opts.max_iter, a.opts.tol, a.opts.n_init)?;
     if a.out_dir.exists() && !a.out_dir.is_dir() {
         return Err(Error::output(&a.out_dir, "exists and is not a directory"));
     }

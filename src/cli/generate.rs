@@ -35,10 +35,17 @@ pub(crate) struct GenerateArgs {
     pub(crate) json: bool,
 }
 
+/// Columns per generated table: far beyond any subscriber table, small enough that the
+/// schema itself stays a few MiB.
+const MAX_DIMS: usize = 65_536;
+
 pub(crate) fn run_generate(a: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     if a.rows == 0 || a.dims == 0 || a.clusters == 0 || a.row_group_rows == 0 {
         return Err(Error::Usage("--rows, --dims, --clusters and --row-group-rows must all be at least 1".into()));
+    }
+    if a.dims > MAX_DIMS {
+        return Err(Error::Usage(format!("--dims {} is more than the {MAX_DIMS} columns generate writes", a.dims)));
     }
     crate::io::output::check_paths(&[], &[&a.out], a.json)?;
     let out = AtomicOutput::create(&a.out, a.force)?;

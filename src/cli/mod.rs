@@ -40,7 +40,8 @@ pub const THREADS_ENV: &str = "MICROSEG_THREADS";
 #[derive(Debug, Parser)]
 #[command(name = "microseg", version, about = "Subscriber tables (Parquet) to micro-segments", long_about = None)]
 #[command(after_help = "Exit codes: 0 success, 1 runtime failure, 2 usage error (including an existing \
-output without --force), 3 bad input data, 4 output cannot be written; drift: 10 watch, 11 retrain.")]
+output without --force), 3 bad input data, 4 output cannot be written; drift: 10 watch, 11 retrain, \
+12 too few rows for a verdict; 130/143 interrupted (SIGINT/SIGTERM).")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -238,6 +239,17 @@ pub fn run(cli: Cli) -> Result<u8> {
     .map(|_| 0)
 }
 
+/// Looking for GPU adapters loads Vulkan drivers whose window-system code (Wayland)
+/// prints "XDG_RUNTIME_DIR is invalid or not set" on stderr when the variable is unset,
+/// as in containers and batch jobs. microseg draws no windows: point it at the
+/// temporary directory (before any thread starts) so nothing is printed.
+fn quiet_display_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        // SAFETY: called first thing in main, before this process starts any thread.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+}
+
 /// SIGINT, SIGTERM and SIGHUP remove this run's temporary files and exit 128 + the
 /// signal (130, 143, 129), as shells report a killed command.
 fn handle_signals() {
@@ -295,6 +307,7 @@ fn report_json(code: u8, msg: &str, causes: &[String]) {
 
 /// The whole program: parse, run, map the outcome to an exit code.
 pub fn main() -> std::process::ExitCode {
+    quiet_display_probe();
     handle_panics();
     handle_signals();
     let cli = match Cli::try_parse() {

@@ -200,15 +200,6 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
     let seg_fp = fingerprint_of(&seg_ds);
     if let Some(m) = &a.model {
         let model = Model::load(m)?;
-        let used: Vec<&String> =
-            a.protected.iter().filter(|p| model.feature_columns.iter().any(|c| &c.column == *p)).collect();
-        if !used.is_empty() {
-            return Err(Error::Usage(format!(
-                "protected column(s) {} were clustering features of {}; refit without them (--exclude) before auditing",
-                used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                m.display()
-            )));
-        }
         if let Some(fp) = &seg_fp
             && *fp != model.fingerprint()
         {
@@ -222,6 +213,15 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
                     crate::segments::profile::short(&model.fingerprint())
                 ),
             ));
+        }
+        let used: Vec<&String> =
+            a.protected.iter().filter(|p| model.feature_columns.iter().any(|c| &c.column == *p)).collect();
+        if !used.is_empty() {
+            return Err(Error::Usage(format!(
+                "protected column(s) {} were clustering features of {}; refit without them (--exclude) before auditing",
+                used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                m.display()
+            )));
         }
     }
     let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
@@ -350,7 +350,7 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
     }
     if a.json {
         super::print_json(&serde_json::json!({
-            "command": "audit", "joined_rows": joined, "unmatched_rows": unmatched,
+            "command": "audit", "joined_rows": joined, "unmatched_input_rows": unmatched,
             "unmatched_segment_rows": unmatched_segment_rows,
             "duplicate_segment_ids": duplicate_segment_ids, "duplicate_input_ids": duplicate_input_ids,
             "flags": report.attributes.iter().map(|r| (r.column.clone(), r.flags)).collect::<Vec<_>>(),

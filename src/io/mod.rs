@@ -218,8 +218,8 @@ impl Dataset {
     pub fn fingerprint(&self) -> Result<String> {
         let mut h = Sha256::new();
         for f in &self.files {
-            if output::is_stdio(f) {
-                let b = stdin_bytes()?;
+            let streamed = if output::is_stdio(f) { Some(stdin_bytes()?) } else { cached_pipe(f) };
+            if let Some(b) = streamed {
                 h.update(b"-");
                 h.update((b.len() as u64).to_le_bytes());
                 h.update(&b[b.len().saturating_sub(1 << 20)..]);
@@ -301,6 +301,33 @@ pub fn stdin_bytes() -> Result<bytes::Bytes> {
         .map_err(|e| Error::input(output::STDIO, format!("cannot read standard input: {e}")))
 }
 
+#[cfg(unix)]
+fn is_fifo(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    m.file_type().is_fifo()
+}
+
+#[cfg(not(unix))]
+fn is_fifo(_: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Pipes given as inputs, read whole at their first opening (a pipe reads only once).
+static PIPES: std::sync::Mutex<Vec<(PathBuf, bytes::Bytes)>> = std::sync::Mutex::new(Vec::new());
+
+fn cached_pipe(path: &Path) -> Option<bytes::Bytes> {
+    PIPES.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(p, _)| p == path).map(|(_, b)| b.clone())
+}
+
+fn pipe_bytes(path: &Path, mut file: File) -> Result<bytes::Bytes> {
+    let mut pipes = PIPES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v = Vec::new();
+    file.read_to_end(&mut v).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    let b = bytes::Bytes::from(v);
+    pipes.push((path.to_path_buf(), b.clone()));
+    Ok(b)
+}
+
 /// The text of a small input (a model, a profile, a report): a file, or `-` for stdin.
 pub fn read_text(path: &Path, what: &str) -> Result<String> {
     let bytes = if output::is_stdio(path) {
@@ -314,12 +341,23 @@ pub fn read_text(path: &Path, what: &str) -> Result<String> {
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> {
     let source = if output::is_stdio(path) {
         Source::Stdin(stdin_bytes()?)
+    } else if let Some(b) = cached_pipe(path) {
+        Source::Stdin(b)
     } else {
         let file = File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(Error::input(path, "not a regular file; give a Parquet file (or - for standard input)"));
+        let meta = file.metadata().map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+        if meta.is_file() {
+            Source::File(file)
+        } else if is_fifo(&meta) {
+            // A pipe (`/dev/stdin` from a pipe, a named pipe): read whole once, kept for
+            // the later passes over the same input.
+            Source::Stdin(pipe_bytes(path, file)?)
+        } else {
+            return Err(Error::input(
+                path,
+                "not a regular file or a pipe; give a Parquet file (or - for standard input)",
+            ));
         }
-        Source::File(file)
     };
     if parquet::file::reader::Length::len(&source) == 0 {
         return Err(Error::input(path, "the file is empty (0 bytes), not a Parquet file"));

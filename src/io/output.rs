@@ -382,6 +382,12 @@ pub fn check_paths(inputs: &[&Path], outputs: &[&Path], json: bool) -> Result<()
     let ids: Vec<(Option<FileId>, Option<PathBuf>, &Path)> =
         files.iter().map(|(f, given)| (file_id(f), std::fs::canonicalize(f).ok(), *given)).collect();
     let outs: Vec<&Path> = outputs.iter().copied().filter(|p| !is_stdio(p)).collect();
+    // Temporary files a killed run left beside these outputs go now, whatever happens next.
+    for o in &outs {
+        if std::fs::metadata(o).map_or(true, |m| m.is_file()) {
+            sweep_stale(o);
+        }
+    }
     for (n, &o) in outs.iter().enumerate() {
         // Special files (devices, pipes) are written in place and cannot alias data.
         if std::fs::metadata(o).is_ok_and(|m| !m.is_file()) {

@@ -107,25 +107,31 @@ impl KMeansParams {
         want.min(n).max(self.k.min(n))
     }
 
-    /// Validate against the data: `n` rows (with positive weight) of `dim` features.
-    pub fn check(&self, n: usize, dim: usize) -> Result<()> {
-        if self.k == 0 {
+    /// The checks that need no data (run before any is read, so a bad flag fails fast).
+    pub fn check_settings(k: usize, max_iter: usize, tol: f64, n_init: usize) -> Result<()> {
+        if k == 0 {
             return Err(Error::Usage("--k must be at least 1".into()));
         }
+        if max_iter == 0 {
+            return Err(Error::Usage("--max-iter must be at least 1".into()));
+        }
+        if !(tol.is_finite() && tol >= 0.0) {
+            return Err(Error::Usage(format!("--tol must be a finite number >= 0, not {tol}")));
+        }
+        if n_init == 0 {
+            return Err(Error::Usage("--n-init must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Validate against the data: `n` rows (with positive weight) of `dim` features.
+    pub fn check(&self, n: usize, dim: usize) -> Result<()> {
+        Self::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
         if self.k > n {
             return Err(Error::Data(format!(
                 "--k {} is more than the {n} usable rows of the input; lower --k or give more rows",
                 self.k
             )));
-        }
-        if self.max_iter == 0 {
-            return Err(Error::Usage("--max-iter must be at least 1".into()));
-        }
-        if !(self.tol.is_finite() && self.tol >= 0.0) {
-            return Err(Error::Usage(format!("--tol must be a finite number >= 0, not {}", self.tol)));
-        }
-        if self.n_init == 0 {
-            return Err(Error::Usage("--n-init must be at least 1".into()));
         }
         if let InitMethod::Given(c) = &self.init {
             if c.dim != dim {

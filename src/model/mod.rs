@@ -167,7 +167,7 @@ impl Model {
 
     /// Read and validate a model file (`-`: standard input).
     pub fn load(path: &Path) -> Result<Model> {
-        let text = crate::io::read_text(path, "model")?;
+        let text = crate::io::read_text(path, "microseg model")?;
         let model: Model =
             serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not a microseg model: {e}")))?;
         model

@@ -14,6 +14,73 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
+/// A feature name as a reader says it: `recency_days` → "recency (days)", `is_uk` →
+/// "UK", `avg_basket_value` → "avg basket value".
+pub fn label(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("is_").or_else(|| name.strip_prefix("has_")) {
+        return if rest.len() <= 3 { rest.to_uppercase() } else { rest.replace('_', " ") };
+    }
+    for (suffix, unit) in UNITS {
+        if let Some(stem) = name.strip_suffix(suffix)
+            && !stem.is_empty()
+        {
+            return format!("{} ({unit})", stem.replace('_', " "));
+        }
+    }
+    name.replace('_', " ")
+}
+
+/// Name suffixes that carry a unit.
+const UNITS: &[(&str, &str)] = &[
+    ("_days", "days"),
+    ("_hours", "hours"),
+    ("_minutes", "minutes"),
+    ("_weeks", "weeks"),
+    ("_months", "months"),
+    ("_years", "years"),
+    ("_pct", "%"),
+];
+
+/// A number for people: no "-0.0", three significant digits, thousands kept whole.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    let a = v.abs();
+    let text = if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    };
+    clean_zero(text)
+}
+
+/// A signed standardised difference ("+1.25", "−0.40", "0.00").
+fn signed(v: f64, decimals: usize) -> String {
+    let t = format!("{v:+.decimals$}");
+    let zero = format!("{:.decimals$}", 0.0);
+    if t.trim_start_matches(['+', '-']) == zero { zero } else { t.replacen('-', "−", 1) }
+}
+
+fn clean_zero(text: String) -> String {
+    if text.starts_with('-') && text[1..].chars().all(|c| c == '0' || c == '.') { text[1..].to_string() } else { text }
+}
+
+/// A share as a percentage; tiny non-zero shares say so instead of "0 %".
+pub fn pct(share: f64) -> String {
+    if !share.is_finite() {
+        "–".into()
+    } else if share > 0.0 && share < 0.001 {
+        "<0.1 %".into()
+    } else {
+        format!("{:.1} %", 100.0 * share)
+    }
+}
+
 /// Diverging colour for a standardised difference (blue low, white 0, red high).
 fn colour(z: f64) -> String {
     let t = (z / 2.0).clamp(-1.0, 1.0);
@@ -97,7 +164,7 @@ pub fn render(
          {} iterations, inertia {:.6e}, input {}</span></p>",
         profile.k,
         profile.n_rows,
-        esc(&names.join(", ")),
+        esc(&names.iter().map(|n| label(n)).collect::<Vec<_>>().join(", ")),
         esc(&model.manifest.engine),
         esc(&model.manifest.engine_version),
         model.manifest.iterations,
@@ -119,7 +186,7 @@ pub fn render(
         let _ = write!(
             h,
             "<text x=\"0\" y=\"{}\">{} · {}</text><rect x=\"330\" y=\"{}\" width=\"{len:.1}\" height=\"{}\" fill=\"#4a7fb5\"></rect>\
-             <text x=\"{:.1}\" y=\"{}\">{:.1} % ({})</text>",
+             <text x=\"{:.1}\" y=\"{}\">{} ({})</text>",
             y + 15,
             s.id,
             esc(&s.name),
@@ -127,7 +194,7 @@ pub fn render(
             bar_h - 6,
             335.0 + len,
             y + 15,
-            100.0 * s.share,
+            pct(s.share),
             s.size
         );
     }
@@ -141,11 +208,11 @@ pub fn render(
     let hh = top + profile.segments.len() * ch + 10;
     let _ = write!(
         h,
-        "<h2>Standardised feature means</h2><p class=\"muted\">(segment mean − population mean) / population sd; red high, blue low.</p><svg width=\"{hw}\" height=\"{hh}\" role=\"img\" aria-label=\"heat map\">"
+        "<h2>How each segment differs</h2><p class=\"muted\">Each cell: the segment's mean against everyone's, in standard deviations of the whole population (+1 = one standard deviation above average); red above, blue below. The table further down gives the means in the data's own units.</p><svg width=\"{hw}\" height=\"{hh}\" role=\"img\" aria-label=\"heat map\">"
     );
     for (j, n) in names.iter().enumerate() {
         let x = left + j * cw + cw / 2;
-        let _ = write!(h, "<text transform=\"translate({x},{}) rotate(-45)\">{}</text>", top - 6, esc(n));
+        let _ = write!(h, "<text transform=\"translate({x},{}) rotate(-45)\">{}</text>", top - 6, esc(&label(n)));
     }
     for (i, s) in profile.segments.iter().enumerate() {
         let y = top + i * ch;
@@ -154,13 +221,14 @@ pub fn render(
             let z = f.std_diff.unwrap_or(0.0);
             let _ = write!(
                 h,
-                "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{}\" fill=\"{}\" stroke=\"#fff\"></rect><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{z:+.1}</text>",
+                "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{}\" fill=\"{}\" stroke=\"#fff\"></rect><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
                 left + j * cw,
                 cw,
                 ch,
                 colour(z),
                 left + j * cw + cw / 2,
-                y + 15
+                y + 15,
+                signed(z, 1)
             );
         }
     }
@@ -175,7 +243,17 @@ pub fn render(
     let sy = |y: f64| ph - pad - (y - miny) / (maxy - miny).max(1e-12) * (ph - 2.0 * pad);
     let _ = write!(
         h,
-        "<h2>Centroids, first two principal axes</h2><p class=\"muted\">area ∝ members</p><svg width=\"{pw}\" height=\"{ph}\" role=\"img\" aria-label=\"centroid map\"><rect x=\"0\" y=\"0\" width=\"{pw}\" height=\"{ph}\" fill=\"#fafafa\" stroke=\"#ddd\"></rect>"
+        "<h2>Segment map</h2><figure style=\"margin:0\"><svg width=\"{pw}\" height=\"{ph}\" role=\"img\" aria-label=\"segment map\"><rect x=\"0\" y=\"0\" width=\"{pw}\" height=\"{ph}\" fill=\"#fafafa\" stroke=\"#ddd\"></rect>\
+         <line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"></line><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#999\"></line>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">first principal axis →</text>\
+         <text transform=\"translate(14,{}) rotate(-90)\" text-anchor=\"middle\">second principal axis →</text>",
+        ph - pad,
+        pw - pad,
+        ph - pad,
+        ph - pad,
+        pw / 2.0,
+        ph - 12.0,
+        ph / 2.0
     );
     let max_size = model.segments.iter().map(|s| s.size).max().unwrap_or(1).max(1) as f64;
     for (s, p) in model.segments.iter().zip(&pts) {
@@ -190,14 +268,33 @@ pub fn render(
             s.id
         );
     }
-    h.push_str("</svg>");
+    h.push_str(
+        "</svg><figcaption class=\"muted\">Each circle is a segment's centre (its id inside), placed on the two \
+         directions along which the segment centres differ most (principal axes of the centroids in the \
+         model's standardised space); circles close together are similar segments. Circle area is \
+         proportional to the number of members.</figcaption></figure>",
+    );
     // Table.
     h.push_str("<h2>Segments and why</h2><table><tr><th>id</th><th>name</th><th class=\"num\">members</th><th class=\"num\">share</th><th>why</th><th>outcomes</th></tr>");
     for s in &profile.segments {
         let why: Vec<String> = s
             .top_features
             .iter()
-            .map(|t| format!("{} {} ({:+.2} sd)", t.direction, esc(&t.feature), t.std_diff))
+            .map(|t| {
+                // The segment's mean in the data's units, against the whole population's.
+                let seg = s.features.iter().find(|f| f.name == t.feature).map(|f| f.mean);
+                let pop = profile.population.iter().find(|f| f.name == t.feature).map(|f| f.mean);
+                let units = match (seg, pop) {
+                    (Some(a), Some(b)) => format!("mean {} against {} overall, ", num(a), num(b)),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} {} ({units}{} standard deviations)",
+                    t.direction,
+                    esc(&label(&t.feature)),
+                    signed(t.std_diff, 2)
+                )
+            })
             .collect();
         let outcomes: Vec<String> = s
             .outcomes
@@ -205,32 +302,28 @@ pub fn render(
             .map(|o| match o {
                 OutcomeSummary::Numeric { column, mean, rate, .. } => {
                     if *rate {
-                        format!("{}: {:.1} %", esc(column), 100.0 * mean)
+                        format!("{}: {}", esc(&label(column)), pct(*mean))
                     } else {
-                        format!("{}: mean {:.3}", esc(column), mean)
+                        format!("{}: mean {}", esc(&label(column)), num(*mean))
                     }
                 }
                 OutcomeSummary::Hour { column, best_hour, best_hour_share, .. } => {
-                    format!("{}: best hour {best_hour}:00 ({:.0} %)", esc(column), 100.0 * best_hour_share)
+                    format!("{}: best hour {best_hour}:00 ({})", esc(&label(column)), pct(*best_hour_share))
                 }
                 OutcomeSummary::Categorical { column, top, .. } => format!(
                     "{}: {}",
-                    esc(column),
-                    top.iter()
-                        .take(3)
-                        .map(|(k, v)| format!("{} {:.0} %", esc(k), 100.0 * v))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    esc(&label(column)),
+                    top.iter().take(3).map(|(k, v)| format!("{} {}", esc(k), pct(*v))).collect::<Vec<_>>().join(", ")
                 ),
             })
             .collect();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1} %</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             s.id,
             esc(&s.name),
             s.size,
-            100.0 * s.share,
+            pct(s.share),
             why.join("; "),
             outcomes.join("<br>")
         );
@@ -239,18 +332,19 @@ pub fn render(
     if let Some(d) = drift {
         let _ = write!(
             h,
-            "<h2>Drift</h2><p>Verdict: <b>{:?}</b> (watch from PSI {}, retrain from {}). Segment-share PSI {:.3}; mean distance {:.3} (training {:.3}); weakly assigned {:.1} % (training {:.1} %).</p><table><tr><th>feature</th><th class=\"num\">PSI</th></tr>",
+            "<h2>Drift</h2><p>Verdict: <b>{:?}</b> on {} rows (watch from PSI {}, retrain from {}). Segment-share PSI {}; mean distance to the segment centre {} (training {}); weakly assigned {} (training {}).</p><table><tr><th>feature</th><th class=\"num\">PSI</th></tr>",
             d.verdict,
+            d.n_rows,
             d.thresholds.watch,
             d.thresholds.retrain,
-            d.segment_psi,
-            d.mean_distance,
-            d.training_mean_distance,
-            100.0 * d.low_margin_share,
-            100.0 * d.training_low_margin_share
+            num(d.segment_psi),
+            num(d.mean_distance),
+            num(d.training_mean_distance),
+            pct(d.low_margin_share),
+            pct(d.training_low_margin_share)
         );
         for f in &d.feature_psi {
-            let _ = write!(h, "<tr><td>{}</td><td class=\"num\">{:.4}</td></tr>", esc(&f.feature), f.psi);
+            let _ = write!(h, "<tr><td>{}</td><td class=\"num\">{}</td></tr>", esc(&label(&f.feature)), num(f.psi));
         }
         h.push_str("</table>");
     }
@@ -260,17 +354,17 @@ pub fn render(
             let _ = write!(
                 h,
                 "<h3>{}</h3><table><tr><th>segment</th><th>group</th><th class=\"num\">share of segment</th><th class=\"num\">share of population</th><th class=\"num\">disparate impact</th></tr>",
-                esc(&attr.column)
+                esc(&label(&attr.column))
             );
             for s in &attr.segments {
                 for g in &s.groups {
                     let _ = write!(
                         h,
-                        "<tr><td>{}</td><td>{}</td><td class=\"num\">{:.1} %</td><td class=\"num\">{:.1} %</td><td class=\"num{}\">{:.2}</td></tr>",
+                        "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num{}\">{:.2}</td></tr>",
                         s.segment,
                         esc(&g.group),
-                        100.0 * g.share_of_segment,
-                        100.0 * g.share_of_population,
+                        pct(g.share_of_segment),
+                        pct(g.share_of_population),
                         if g.flagged { " flag" } else { "" },
                         g.disparate_impact
                     );
