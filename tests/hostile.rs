@@ -176,7 +176,7 @@ fn outputs_that_alias_inputs_are_refused() {
 /// Wait until a `.partial` file appears in `dir` (the output has started).
 fn wait_for_partial(dir: &Path, child: &mut std::process::Child) -> bool {
     for _ in 0..20_000 {
-        if listing(dir).iter().any(|f| f.ends_with(".partial")) {
+        if dir.is_dir() && listing(dir).iter().any(|f| f.ends_with(".partial")) {
             return true;
         }
         if child.try_wait().unwrap().is_some() {
@@ -219,7 +219,18 @@ fn signals_leave_no_partial_file_and_stale_ones_are_swept() {
             assert_eq!(listing(p), base, "the stale temporary file was not swept");
         }
     }
-    // A temporary file of a live writer (locked) is left alone; an unrelated file too.
+    // `segment` into a directory it created: the directory goes too.
+    let mut child = bin()
+        .args(["segment", "big.parquet", "--k", "4", "--max-iter", "2", "--explain", "--threads", "1"])
+        .args(["--out-dir", "seg", "--quiet"])
+        .current_dir(p)
+        .spawn()
+        .unwrap();
+    assert!(wait_for_partial(&p.join("seg"), &mut child), "segment: no temporary file appeared");
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(listing(p), base, "segment: files or its directory left behind");
+    // An unrelated file that only looks like ours is left alone.
     std::fs::write(p.join(".a.parquet.notours.partial"), "x").unwrap();
     ok(&run(&["assign", "--model", "m.json", "big.parquet", "--out", "a.parquet", "--quiet"], p));
     assert!(p.join(".a.parquet.notours.partial").exists(), "only our own naming is swept");
@@ -463,6 +474,15 @@ fn no_panics_and_closed_pipes_exit_quietly() {
         let o = into_closed_pipe(&args, p);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
         assert!(o.stderr.is_empty(), "{args:?} printed: {}", stderr(&o));
+    }
+    // A closed stderr: logs and errors are dropped, the exit code still tells.
+    for (args, code) in [
+        (vec!["fit", "in.parquet", "--k", "3", "--model", "y.json"], 0),
+        (vec!["fit", "missing.parquet", "--k", "3", "--model", "z.json"], 3),
+    ] {
+        let mut child = bin().args(&args).current_dir(p).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stderr.take());
+        assert_eq!(child.wait().unwrap().code(), Some(code), "{args:?} with stderr closed");
     }
     for args in [
         vec!["bench", "--dims", "0", "--k", "2"],

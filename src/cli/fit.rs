@@ -182,6 +182,14 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
     }
     let cols = features::select_columns(&ds, o.features.as_deref(), &o.exclude, &o.log1p, &reserved)?;
     let dim = features::dim_of(&cols);
+    let previous = match &o.previous {
+        Some(p) => {
+            let prev = Model::load(p)?;
+            crate::segments::lineage::check_previous(&prev, &cols)?;
+            Some((p, prev))
+        }
+        None => None,
+    };
     let sensitive: Vec<&str> =
         cols.iter().map(|c| c.column.as_str()).filter(|c| crate::segments::looks_sensitive(c)).collect();
     if !sensitive.is_empty() {
@@ -334,10 +342,9 @@ pub(crate) fn fit_model(inputs: &[PathBuf], o: &FitOpts, backend: &dyn Backend) 
         ));
     }
     let mut segments = Model::segments_from(&fit.centroids, &fit.stats, &cols, &transforms);
-    let lineage = match &o.previous {
-        Some(p) => {
-            let prev = Model::load(p)?;
-            let l = crate::segments::lineage::link(&prev, &mut segments, &cols, &transforms)?;
+    let lineage = match &previous {
+        Some((p, prev)) => {
+            let l = crate::segments::lineage::link(prev, &mut segments, &cols, &transforms)?;
             let kept = l.entries.iter().filter(|e| e.kind == "kept").count();
             log(format!(
                 "segment ids from {}: {kept} kept, {} split, {} new, {} vanished",

@@ -26,8 +26,14 @@ pub(crate) fn verbose() -> bool {
 /// A line of human-readable progress on stderr (silenced by --quiet).
 pub(crate) fn log(msg: impl AsRef<str>) {
     if !QUIET.load(Ordering::Relaxed) {
-        eprintln!("microseg: {}", msg.as_ref());
+        stderr_line(&format!("microseg: {}", msg.as_ref()));
     }
+}
+
+/// A line on stderr; a closed or broken stderr is ignored (`eprintln!` would panic).
+fn stderr_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 pub(crate) fn quiet() -> bool {
@@ -288,9 +294,9 @@ fn handle_panics() {
 
 /// The error on stderr (with its causes), and with `--json` one JSON line on stdout.
 fn report_error(code: u8, msg: &str, causes: &[String]) {
-    eprintln!("microseg: error: {msg}");
+    stderr_line(&format!("microseg: error: {msg}"));
     for c in causes {
-        eprintln!("  caused by: {c}");
+        stderr_line(&format!("  caused by: {c}"));
     }
     if JSON_MODE.load(Ordering::Relaxed) {
         report_json(code, msg, causes);

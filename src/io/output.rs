@@ -63,12 +63,12 @@ pub fn forget_dir(p: &Path) {
 /// process. Called from the signal-handling thread before the process exits.
 pub fn cleanup_on_signal() {
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    for p in live.iter() {
-        if p.is_dir() {
-            let _ = std::fs::remove_dir(p);
-        } else {
-            let _ = std::fs::remove_file(p);
-        }
+    // Files first, so the directories holding them are empty when their turn comes.
+    for p in live.iter().filter(|p| !p.is_dir()) {
+        let _ = std::fs::remove_file(p);
+    }
+    for p in live.iter().rev().filter(|p| p.is_dir()) {
+        let _ = std::fs::remove_dir(p);
     }
 }
 

@@ -38,7 +38,8 @@ pub struct Lineage {
 }
 
 /// The previous model's centroids mapped into the new model's space.
-fn map_previous(prev: &Model, cols: &[FeatureColumn], tf: &[FeatureTransform]) -> Result<Vec<Vec<f64>>> {
+/// Refuse a previous model of other features (before a fit spends time on the data).
+pub fn check_previous(prev: &Model, cols: &[FeatureColumn]) -> Result<()> {
     let same = prev.feature_columns.len() == cols.len()
         && prev.feature_columns.iter().zip(cols).all(|(a, b)| a.column == b.column && a.width == b.width);
     if !same {
@@ -48,6 +49,11 @@ fn map_previous(prev: &Model, cols: &[FeatureColumn], tf: &[FeatureTransform]) -
             cols.iter().map(|c| c.column.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
+    Ok(())
+}
+
+fn map_previous(prev: &Model, cols: &[FeatureColumn], tf: &[FeatureTransform]) -> Result<Vec<Vec<f64>>> {
+    check_previous(prev, cols)?;
     let log1p: Vec<bool> = cols.iter().flat_map(|c| std::iter::repeat_n(c.log1p, c.width)).collect();
     Ok(prev
         .segments
