@@ -284,7 +284,12 @@ pub fn render(
                 // The segment's mean in the data's units, against the whole population's.
                 let seg = s.features.iter().find(|f| f.name == t.feature).map(|f| f.mean);
                 let pop = profile.population.iter().find(|f| f.name == t.feature).map(|f| f.mean);
+                let is_flag = t.feature.starts_with("is_") || t.feature.starts_with("has_");
                 let units = match (seg, pop) {
+                    // A flag's mean is the share of members who have it.
+                    (Some(a), Some(b)) if is_flag && (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b) => {
+                        format!("{} of members against {} overall, ", pct(a), pct(b))
+                    }
                     (Some(a), Some(b)) => format!("mean {} against {} overall, ", num(a), num(b)),
                     _ => String::new(),
                 };
