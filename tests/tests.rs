@@ -2,6 +2,7 @@
 
 mod util;
 
+mod api;
 mod backend;
 mod cli;
 mod hostile;

@@ -17,17 +17,45 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::error::{Error, ExitCode, Result};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
-static VERBOSE: AtomicBool = AtomicBool::new(false);
 
-pub(crate) fn verbose() -> bool {
-    VERBOSE.load(Ordering::Relaxed) && !quiet()
+/// A line of human-readable progress on stderr (silenced by --quiet), through the
+/// same `log` facade the library uses.
+pub(crate) fn log(msg: impl AsRef<str>) {
+    log::info!("{}", msg.as_ref());
 }
 
-/// A line of human-readable progress on stderr (silenced by --quiet).
-pub(crate) fn log(msg: impl AsRef<str>) {
-    if !QUIET.load(Ordering::Relaxed) {
-        stderr_line(&format!("microseg: {}", msg.as_ref()));
+/// The one logger: the library's and the CLI's lines on stderr as `microseg: ...`
+/// (warnings marked), nothing from other crates (wgpu, naga), nothing under --quiet,
+/// debug lines (per iteration) under -v.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level() && m.target().starts_with("microseg")
     }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let prefix = match r.level() {
+                log::Level::Error => "error: ",
+                log::Level::Warn => "warning: ",
+                _ => "",
+            };
+            stderr_line(&format!("microseg: {prefix}{}", r.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn configure_logging(quiet: bool, verbose: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(match (quiet, verbose) {
+        (true, _) => log::LevelFilter::Off,
+        (false, true) => log::LevelFilter::Debug,
+        (false, false) => log::LevelFilter::Info,
+    });
 }
 
 /// A line on stderr; a closed or broken stderr is ignored (`eprintln!` would panic).
@@ -126,15 +154,6 @@ pub(crate) enum AlgorithmArg {
     Pruned,
 }
 
-/// Resolve the id column: the one named (must exist), else `fallbacks` in order when present.
-pub(crate) fn resolve_id(ds: &crate::io::Dataset, named: Option<&str>, fallbacks: &[&str]) -> Result<Option<String>> {
-    if let Some(n) = named {
-        ds.column_type(n)?;
-        return Ok(Some(n.to_string()));
-    }
-    Ok(fallbacks.iter().find(|c| ds.has_column(c)).map(|c| c.to_string()))
-}
-
 /// Provenance written into every Parquet output's key-value metadata: the engine, the
 /// command, the model it came from, and whether the ids are pseudonyms.
 pub(crate) fn provenance(
@@ -224,8 +243,7 @@ impl Command {
 /// Run a parsed command line; returns the process exit code on success (0, or drift's
 /// verdict).
 pub fn run(cli: Cli) -> Result<u8> {
-    QUIET.store(cli.quiet, Ordering::Relaxed);
-    VERBOSE.store(cli.verbose, Ordering::Relaxed);
+    configure_logging(cli.quiet, cli.verbose);
     JSON_MODE.store(cli.command.json(), Ordering::Relaxed);
     configure_threads(cli.threads)?;
     match cli.command {

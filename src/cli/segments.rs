@@ -9,16 +9,16 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
 use clap::Args;
 
-use super::assign::{id_column, stream_assigned};
 use super::backend::BackendArgs;
 use super::{TableArgs, log};
 use crate::error::{Error, Result};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, write_json};
 use crate::model::Model;
+use crate::pipeline;
 use crate::segments::audit::{AuditBuilder, AuditReport};
-use crate::segments::drift::{DriftBuilder, Thresholds};
-use crate::segments::profile::{Profile, ProfileBuilder};
+use crate::segments::drift::Thresholds;
+use crate::segments::profile::Profile;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProfileArgs {
@@ -42,28 +42,6 @@ pub(crate) struct ProfileArgs {
     pub(crate) json: bool,
 }
 
-/// Profile the input against a model (shared with `segment`).
-pub(crate) fn profile_of(
-    model: &Model,
-    ds: &Dataset,
-    id_named: Option<&str>,
-    outcomes: &[String],
-    backend: &dyn crate::backend::Backend,
-) -> Result<Profile> {
-    for o in outcomes {
-        if model.feature_columns.iter().any(|c| &c.column == o) {
-            return Err(Error::Usage(format!("--outcomes names '{o}', which is a clustering feature")));
-        }
-    }
-    let id = id_column(model, ds, id_named)?;
-    let mut b = ProfileBuilder::new(model, outcomes);
-    stream_assigned(model, ds, id.as_deref(), outcomes, backend, |batch| {
-        let labels: Vec<u32> = batch.nearest.iter().map(|n| n.label).collect();
-        b.add(batch.raw, &labels, &batch.extra)
-    })?;
-    Ok(b.finish())
-}
-
 pub(crate) fn run_profile(a: ProfileArgs) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     inputs.push(&a.model);
@@ -72,7 +50,7 @@ pub(crate) fn run_profile(a: ProfileArgs) -> Result<()> {
     let ds = Dataset::open(&a.inputs)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
     let backend = super::backend::open(&a.backend)?;
-    let p = profile_of(&model, &ds, a.table.id_col.as_deref(), &a.outcomes, backend.as_ref())?;
+    let p = pipeline::profile(&model, &ds, a.table.id_col.as_deref(), &a.outcomes, backend.as_ref())?;
     write_json(out, &p)?;
     for s in &p.segments {
         log(format!("segment {}: {} ({:.1} %)", s.id, s.name, 100.0 * s.share));
@@ -122,12 +100,7 @@ pub(crate) fn run_drift(a: DriftArgs) -> Result<u8> {
     let ds = Dataset::open(&a.inputs)?;
     let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
     let backend = super::backend::open(&a.backend)?;
-    let mut b = DriftBuilder::new(&model)?;
-    stream_assigned(&model, &ds, None, &[], backend.as_ref(), |batch| {
-        b.add(batch.model_space, batch.nearest);
-        Ok(())
-    })?;
-    let r = b.finish(&model, Thresholds { watch: a.watch, retrain: a.retrain });
+    let r = pipeline::drift(&model, &ds, Thresholds { watch: a.watch, retrain: a.retrain }, backend.as_ref())?;
     if let Some(o) = out {
         write_json(o, &r)?;
     }
@@ -328,7 +301,7 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
         }
     }
     for w in &warnings {
-        log(format!("warning: {w}"));
+        log::warn!("{w}");
     }
     for r in &attributes {
         log(format!("{}: {} segment×group pairs under the four-fifths rule", r.column, r.flags));

@@ -210,7 +210,7 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
         }
     };
     let search_s = t1.elapsed().as_secs_f64();
-    let resolve = |ds: &Dataset| super::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
+    let resolve = |ds: &Dataset| crate::pipeline::resolve_id(ds, a.id_col.as_deref(), &["subscriber_id"]);
     let (qid, bid) = (resolve(&qds)?, resolve(&bds)?);
     let mut q_rows = Vec::new();
     let mut r_col = Vec::new();
@@ -389,7 +389,7 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
     let ds = Dataset::open(&a.input)?;
     let cols = embedding_column(&ds, &a.embedding)?;
     let dim = cols[0].width;
-    let id = super::resolve_id(&ds, a.id_col.as_deref(), &["subscriber_id"])?;
+    let id = crate::pipeline::resolve_id(&ds, a.id_col.as_deref(), &["subscriber_id"])?;
     // The seeds and the ids to leave out.
     let mut exclude = std::collections::HashSet::new();
     let seeds: Vec<f32> = match (&a.seeds, &a.seed_ids) {
@@ -420,7 +420,7 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
                     ),
                 ));
             }
-            let sid = super::resolve_id(&sds, a.id_col.as_deref(), &["subscriber_id"])?;
+            let sid = crate::pipeline::resolve_id(&sds, a.id_col.as_deref(), &["subscriber_id"])?;
             let mut v = Vec::new();
             stream_rows(&sds, &scols, sid.as_deref(), |block, ids, _, _| {
                 v.extend_from_slice(block);

@@ -768,3 +768,20 @@ pub fn check_range(block: &[f32], cols: &[FeatureColumn], tf: &[FeatureTransform
         ),
     ))
 }
+
+/// A fingerprint of the training data itself: SHA-256 over the shape, the feature
+/// values as read (before transforms, after rows with missing values were handled) and
+/// the weights. The same rows give the same fingerprint whether they came from one
+/// Parquet file, several, or an Arrow table in memory.
+pub fn data_fingerprint(m: &Matrix, weights: Option<&[f32]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((m.n() as u64).to_le_bytes());
+    h.update((m.dim as u64).to_le_bytes());
+    h.update(bytemuck::cast_slice::<f32, u8>(&m.data));
+    if let Some(w) = weights {
+        h.update(b"weights");
+        h.update(bytemuck::cast_slice::<f32, u8>(w));
+    }
+    format!("sha256:{}", h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}

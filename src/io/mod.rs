@@ -5,7 +5,7 @@
 pub mod output;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
@@ -13,7 +13,6 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -25,12 +24,17 @@ pub const NON_FEATURE_KEY: &str = "microseg.non_features";
 /// enough that a batch of 32 float columns stays a few MiB.
 pub const BATCH_ROWS: usize = 65_536;
 
-/// One or more Parquet files read as one table.
+/// A table read batch by batch: one or more Parquet files (or directories of them), or
+/// record batches already in memory (an Arrow table or stream handed over by Python,
+/// an `ndarray`): every job reads its input through this one type.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The files, or one name standing for the in-memory batches (for messages).
     pub files: Vec<PathBuf>,
     pub rows_per_file: Vec<u64>,
     pub schema: SchemaRef,
+    /// In-memory batches (shared, never copied); `None` for files.
+    memory: Option<std::sync::Arc<Vec<RecordBatch>>>,
 }
 
 /// How a column can be used as clustering input.
@@ -95,7 +99,29 @@ impl Dataset {
                 Some(first) => check_same_schema(first, &s, f, &files[0])?,
             }
         }
-        Ok(Dataset { files, rows_per_file, schema: schema.unwrap() })
+        Ok(Dataset { files, rows_per_file, schema: schema.unwrap(), memory: None })
+    }
+
+    /// A table of record batches already in memory (all of one schema); `name` stands
+    /// for it in messages. The batches are shared, not copied.
+    pub fn from_batches(name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
+        for (i, b) in batches.iter().enumerate() {
+            if b.schema().fields() != schema.fields() {
+                return Err(Error::input(name, format!("batch {i} has another schema than the first")));
+            }
+        }
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        Ok(Dataset {
+            files: vec![PathBuf::from(name)],
+            rows_per_file: vec![rows],
+            schema,
+            memory: Some(std::sync::Arc::new(batches)),
+        })
+    }
+
+    /// Whether the table is in memory rather than in files.
+    pub fn in_memory(&self) -> bool {
+        self.memory.is_some()
     }
 
     pub fn n_rows(&self) -> u64 {
@@ -212,48 +238,13 @@ impl Dataset {
         self.schema.fields().iter().filter(|f| column_kind(f.data_type()).is_some()).map(|f| f.name().clone()).collect()
     }
 
-    /// A content fingerprint: SHA-256 over each file's name, size and Parquet footer
-    /// (which holds the row-group offsets and column statistics), so it changes when
-    /// the data does without reading the data twice.
-    pub fn fingerprint(&self) -> Result<String> {
-        let mut h = Sha256::new();
-        for f in &self.files {
-            let streamed = if output::is_stdio(f) { Some(stdin_bytes()?) } else { cached_pipe(f) };
-            if let Some(b) = streamed {
-                h.update(b"-");
-                h.update((b.len() as u64).to_le_bytes());
-                h.update(&b[b.len().saturating_sub(1 << 20)..]);
-                continue;
-            }
-            let mut file = File::open(f).map_err(|e| Error::input(f, format!("cannot open: {e}")))?;
-            let len = file.metadata().map_err(|e| Error::input(f, e.to_string()))?.len();
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            h.update(name.as_bytes());
-            h.update(len.to_le_bytes());
-            let tail = len.min(8);
-            let mut buf = vec![0u8; tail as usize];
-            file.seek(SeekFrom::End(-(tail as i64)))
-                .and_then(|_| file.read_exact(&mut buf))
-                .map_err(|e| Error::input(f, e.to_string()))?;
-            let footer_len = if tail == 8 { u32::from_le_bytes(buf[0..4].try_into().unwrap()) as u64 } else { 0 };
-            let footer_len = footer_len.min(len.saturating_sub(8));
-            let mut footer = vec![0u8; footer_len as usize];
-            file.seek(SeekFrom::End(-((footer_len + 8) as i64).min(len as i64)))
-                .and_then(|_| file.read_exact(&mut footer))
-                .map_err(|e| Error::input(f, e.to_string()))?;
-            h.update(&footer);
-        }
-        let digest = h.finalize();
-        Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
-    }
-
     /// Stream record batches holding exactly `columns` (in that order), file after
     /// file, row group by row group. Only those columns are decoded (projection).
     pub fn batches<'a>(&'a self, columns: &'a [String]) -> Result<Batches<'a>> {
         for c in columns {
             self.column_type(c)?;
         }
-        Ok(Batches { ds: self, columns, file: 0, reader: None })
+        Ok(Batches { ds: self, columns, file: 0, reader: None, next_batch: 0 })
     }
 }
 
@@ -393,12 +384,32 @@ fn check_same_schema(first: &SchemaRef, s: &SchemaRef, path: &Path, first_path: 
     Ok(())
 }
 
+/// The named columns of a batch, in the order asked (no copy: arrays are shared).
+fn project(batch: &RecordBatch, columns: &[String], path: &Path) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut cols = Vec::with_capacity(columns.len());
+    let mut fields = Vec::with_capacity(columns.len());
+    for c in columns {
+        let i = schema.index_of(c).map_err(|_| Error::input(path, format!("no column '{c}'")))?;
+        cols.push(batch.column(i).clone());
+        fields.push(schema.field(i).clone());
+    }
+    RecordBatch::try_new_with_options(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        cols,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| Error::input(path, e.to_string()))
+}
+
 /// Streaming batches over all files of a [`Dataset`].
 pub struct Batches<'a> {
     ds: &'a Dataset,
     columns: &'a [String],
     file: usize,
     reader: Option<ParquetRecordBatchReader>,
+    /// The next in-memory batch.
+    next_batch: usize,
 }
 
 /// A batch and the file it came from (for error messages).
@@ -411,6 +422,12 @@ impl<'a> Iterator for Batches<'a> {
     type Item = Result<SourcedBatch<'a>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(mem) = &self.ds.memory {
+            let batch = mem.get(self.next_batch)?;
+            self.next_batch += 1;
+            let path = self.ds.files[0].as_path();
+            return Some(project(batch, self.columns, path).map(|batch| SourcedBatch { path, batch }));
+        }
         loop {
             if self.file >= self.ds.files.len() {
                 return None;
@@ -428,21 +445,7 @@ impl<'a> Iterator for Batches<'a> {
             match self.reader.as_mut().unwrap().next() {
                 Some(Ok(batch)) => {
                     // The projection yields file order; put columns in the order asked.
-                    let schema = batch.schema();
-                    let cols = self
-                        .columns
-                        .iter()
-                        .map(|c| batch.column(schema.index_of(c).unwrap()).clone())
-                        .collect::<Vec<_>>();
-                    let fields =
-                        self.columns.iter().map(|c| schema.field_with_name(c).unwrap().clone()).collect::<Vec<_>>();
-                    let out = RecordBatch::try_new_with_options(
-                        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-                        cols,
-                        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-                    )
-                    .map_err(|e| Error::input(path, e.to_string()));
-                    return Some(out.map(|batch| SourcedBatch { path, batch }));
+                    return Some(project(&batch, self.columns, path).map(|batch| SourcedBatch { path, batch }));
                 }
                 Some(Err(e)) => {
                     self.file = self.ds.files.len();

@@ -449,7 +449,8 @@ pub type Provenance = Vec<(String, String)>;
 /// file is started at the first batch (or at commit, for an empty result).
 pub struct ParquetOutput {
     out: Option<AtomicOutput>,
-    schema: SchemaRef,
+    /// Known at construction, or set by `set_schema` before the first batch.
+    schema: Option<SchemaRef>,
     props: Option<WriterProperties>,
     writer: Option<ArrowWriter<Box<dyn Write + Send>>>,
 }
@@ -472,15 +473,32 @@ impl ParquetOutput {
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .set_key_value_metadata((!kv.is_empty()).then_some(kv))
             .build();
-        Ok(ParquetOutput { out: Some(out), schema, props: Some(props), writer: None })
+        Ok(ParquetOutput { out: Some(out), schema: Some(schema), props: Some(props), writer: None })
+    }
+
+    /// A writer whose schema comes later (`set_schema`, before the first batch).
+    pub fn pending(out: AtomicOutput, row_group_rows: usize, metadata: Provenance) -> Result<Self> {
+        let placeholder = Arc::new(arrow::datatypes::Schema::empty());
+        let mut w = Self::with_metadata(out, placeholder, row_group_rows, metadata)?;
+        w.schema = None;
+        Ok(w)
+    }
+
+    pub fn set_schema(&mut self, schema: &SchemaRef) -> Result<()> {
+        if self.writer.is_some() {
+            return Err(Error::Runtime("the Parquet schema is set after the first batch".into()));
+        }
+        self.schema = Some(schema.clone());
+        Ok(())
     }
 
     fn started(&mut self) -> Result<&mut ArrowWriter<Box<dyn Write + Send>>> {
         if self.writer.is_none() {
             let out = self.out.as_mut().unwrap();
             let w = out.writer()?;
-            let writer = ArrowWriter::try_new(w, Arc::clone(&self.schema), self.props.take())
-                .map_err(|e| Error::output(out.path(), e))?;
+            let schema = self.schema.clone().ok_or_else(|| Error::Runtime("Parquet output without a schema".into()))?;
+            let writer =
+                ArrowWriter::try_new(w, schema, self.props.take()).map_err(|e| Error::output(out.path(), e))?;
             self.writer = Some(writer);
         }
         Ok(self.writer.as_mut().unwrap())

@@ -326,7 +326,7 @@ impl Ord for OrdF32 {
 /// New centroids: weighted means; a cluster left with no weight keeps its centroid.
 /// For the cosine metric the mean is put back on the unit sphere (a zero mean keeps the
 /// old centroid).
-fn centroids_from(stats: &ClusterStats, old: &Centroids, metric: Metric) -> Centroids {
+pub fn centroids_from(stats: &ClusterStats, old: &Centroids, metric: Metric) -> Centroids {
     let dim = stats.dim;
     let mut data = old.data.clone();
     for j in 0..stats.k {

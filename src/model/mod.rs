@@ -3,9 +3,15 @@
 //! manifest that says how the model was made. It is the contract between `fit` and
 //! every later command; nothing here computes clusters.
 
+pub mod baseline;
+pub mod lineage;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+pub use baseline::{Baseline, Histogram};
+pub use lineage::{Lineage, LineageKind};
 
 use crate::backend::{Centroids, ClusterStats};
 use crate::error::{Error, Result};
@@ -43,10 +49,10 @@ pub struct Model {
     pub manifest: Manifest,
     /// Training distributions for `microseg drift`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<crate::segments::Baseline>,
+    pub baseline: Option<Baseline>,
     /// How the segments relate to the previous model's (`fit --previous`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lineage: Option<crate::segments::lineage::Lineage>,
+    pub lineage: Option<Lineage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,8 +81,11 @@ pub struct Segment {
 pub struct Manifest {
     pub engine: String,
     pub engine_version: String,
-    /// Input file names (not full paths, so a moved input keeps its fingerprint).
+    /// Input file names, in models written before the fingerprint was of the data
+    /// itself (no longer written: the same rows make the same model from any source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<String>,
+    /// SHA-256 of the training rows as read (features and weights), whatever their source.
     pub input_fingerprint: String,
     pub rows_read: u64,
     pub rows_used: u64,

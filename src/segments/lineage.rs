@@ -5,37 +5,11 @@
 
 use pathfinding::kuhn_munkres::kuhn_munkres_min;
 use pathfinding::matrix::Matrix as CostMatrix;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::features::{FeatureColumn, FeatureTransform};
+pub use crate::model::lineage::{Lineage, LineageEntry, LineageKind, Vanished};
 use crate::model::{Model, Segment};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LineageEntry {
-    pub id: u32,
-    /// "kept" (matched to `previous`), "split" (from `previous`, whose id another new
-    /// segment kept), or "new".
-    pub kind: String,
-    pub previous: Option<u32>,
-    /// Distance between the matched centroids (new model space).
-    pub distance: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Vanished {
-    pub id: u32,
-    pub name: Option<String>,
-    /// The new segment nearest to it, when it looks merged into one.
-    pub merged_into: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Lineage {
-    pub previous_fingerprint: String,
-    pub entries: Vec<LineageEntry>,
-    pub vanished: Vec<Vanished>,
-}
 
 /// The previous model's centroids mapped into the new model's space.
 /// Refuse a previous model of other features (before a fit spends time on the data).
@@ -123,7 +97,7 @@ pub fn link(
                 segments[i].name = prev.segments[j].name.clone();
                 LineageEntry {
                     id: segments[i].id,
-                    kind: "kept".into(),
+                    kind: LineageKind::Kept,
                     previous: Some(prev.segments[j].id),
                     distance: Some(d[i][j]),
                 }
@@ -135,12 +109,12 @@ pub fn link(
                 if new_of_old[j].is_some() {
                     LineageEntry {
                         id: segments[i].id,
-                        kind: "split".into(),
+                        kind: LineageKind::Split,
                         previous: Some(prev.segments[j].id),
                         distance: Some(d[i][j]),
                     }
                 } else {
-                    LineageEntry { id: segments[i].id, kind: "new".into(), previous: None, distance: None }
+                    LineageEntry { id: segments[i].id, kind: LineageKind::New, previous: None, distance: None }
                 }
             }
         };
@@ -159,5 +133,10 @@ pub fn link(
             }
         })
         .collect();
-    Ok(Lineage { previous_fingerprint: prev.manifest.input_fingerprint.clone(), entries, vanished })
+    Ok(Lineage {
+        previous_fingerprint: prev.manifest.input_fingerprint.clone(),
+        previous_model: Some(prev.fingerprint()),
+        entries,
+        vanished,
+    })
 }

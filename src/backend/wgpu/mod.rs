@@ -252,7 +252,7 @@ impl GpuContext {
         }))
         .map_err(|e| gpu_err("device request failed", e))?;
         device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
-            eprintln!("microseg: uncaptured GPU error: {e}");
+            log::error!("uncaptured GPU error: {e}");
         }));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let make = |src: &str, name: &str, entries: &[wgpu::BindGroupLayoutEntry]| {

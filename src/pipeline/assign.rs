@@ -1,0 +1,362 @@
+//! Applying a model to data: the one streaming pass every later command rides on
+//! (transforms, missing values, the backend's assign pass, batch by batch), the
+//! assignment job writing id, segment, distance, margin and explanations, and profiles.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, Int32Array, UInt64Array};
+use arrow::compute::filter;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use crate::backend::{Backend, Nearest};
+use crate::error::{Error, Result};
+use crate::features::{self, MissingPolicy, MissingReport};
+use crate::io::{BATCH_ROWS, ColumnKind, Dataset};
+use crate::model::Model;
+use crate::segments::profile::{Profile, ProfileBuilder};
+
+/// Check that the input has every model column with the same shape.
+fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
+    for c in &model.feature_columns {
+        let dt = ds.schema.field_with_name(&c.column).map(|f| f.data_type().clone()).map_err(|_| {
+            Error::input(&ds.files[0], format!("the model's feature column '{}' is missing from the input", c.column))
+        })?;
+        let width = match ds.feature_kind(&c.column)? {
+            Some(ColumnKind::Scalar) => 1,
+            Some(ColumnKind::Embedding { width }) => width,
+            None => 0,
+        };
+        if width != c.width {
+            return Err(Error::input(
+                &ds.files[0],
+                format!(
+                    "column '{}' has type {dt} but the model expects {} numeric value(s) per row",
+                    c.column, c.width
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One batch of input run through a model: what every streaming command needs.
+pub struct AssignedBatch<'a> {
+    /// The id column (or row numbers), rows with missing values already left out.
+    pub ids: ArrayRef,
+    /// Extra columns asked for (outcomes, protected attributes), filtered like `ids`.
+    pub extra: Vec<ArrayRef>,
+    /// Feature values in input units (log1p undone), row-major.
+    pub raw: &'a [f32],
+    /// Feature values in model space, row-major.
+    pub model_space: &'a [f32],
+    pub nearest: &'a [Nearest],
+}
+
+/// Stream the input through the model's transforms and the backend's assign pass,
+/// batch by batch (bounded memory), handing each batch to `each`. Returns (rows
+/// assigned, rows left out for missing values).
+pub fn stream_assigned(
+    model: &Model,
+    ds: &Dataset,
+    id_col: Option<&str>,
+    extra: &[String],
+    backend: &dyn Backend,
+    mut each: impl FnMut(AssignedBatch<'_>) -> Result<()>,
+) -> Result<(u64, u64)> {
+    check_columns(model, ds)?;
+    for c in extra {
+        ds.column_type(c)?;
+    }
+    let cols = &model.feature_columns;
+    let dim = model.dim();
+    let mut names: Vec<String> = cols.iter().map(|c| c.column.clone()).collect();
+    names.extend(id_col.map(str::to_string));
+    names.extend(extra.iter().cloned());
+    let centroids = model.centroids();
+    let fill: Option<Vec<f32>> = if model.missing == MissingPolicy::Mean {
+        Some(model.features.iter().map(|f| f.impute.unwrap_or(0.0)).collect())
+    } else {
+        None
+    };
+    let log1p: Vec<bool> = cols.iter().flat_map(|c| std::iter::repeat_n(c.log1p, c.width)).collect();
+    let mut report = MissingReport::new(cols.len());
+    let (mut rows, mut row_base, mut dropped) = (0u64, 0u64, 0u64);
+    let mut block: Vec<f32> = Vec::with_capacity(BATCH_ROWS * dim);
+    let mut raw: Vec<f32> = Vec::with_capacity(BATCH_ROWS * dim);
+    let mut nearest: Vec<Nearest> = Vec::with_capacity(BATCH_ROWS);
+    for sb in ds.batches(&names)? {
+        let sb = sb?;
+        let m = sb.batch.num_rows();
+        block.clear();
+        block.resize(m * dim, 0.0);
+        features::convert_batch(&sb.batch, cols, sb.path, &mut block)?;
+        let complete = report.scan(&block, cols, sb.path);
+        let all_complete = complete.iter().all(|c| *c);
+        if model.missing == MissingPolicy::Error && (report.rows_with_any > 0) {
+            // Keep scanning so the error can give the total count; write nothing more.
+            row_base += m as u64;
+            continue;
+        }
+        let first_extra = cols.len() + id_col.is_some() as usize;
+        let mut ids: ArrayRef = match id_col {
+            Some(_) => sb.batch.column(cols.len()).clone(),
+            None => Arc::new(UInt64Array::from_iter_values(row_base..row_base + m as u64)),
+        };
+        let mut extra_arrays: Vec<ArrayRef> =
+            (0..extra.len()).map(|i| sb.batch.column(first_extra + i).clone()).collect();
+        row_base += m as u64;
+        match (model.missing, &fill) {
+            (MissingPolicy::Drop, _) if !all_complete => {
+                let kept = features::compact_rows(&mut block, dim, &complete);
+                dropped += (m - kept) as u64;
+                let mask = BooleanArray::from(complete.clone());
+                ids = filter(&ids, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                for a in extra_arrays.iter_mut() {
+                    *a = filter(a, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                }
+            }
+            (MissingPolicy::Mean, Some(f)) if !all_complete => {
+                let mut mtx = features::Matrix::new(std::mem::take(&mut block), dim);
+                features::fill_missing(&mut mtx, f);
+                block = mtx.data;
+            }
+            _ => {}
+        }
+        let kept = block.len() / dim;
+        if kept == 0 {
+            continue;
+        }
+        raw.clear();
+        raw.extend(
+            block
+                .chunks_exact(dim)
+                .flat_map(|row| row.iter().zip(&log1p).map(|(v, l)| if *l { v.exp_m1() } else { *v })),
+        );
+        features::apply_transforms(&mut block, &model.features);
+        features::check_range(&block, cols, &model.features, sb.path)?;
+        if model.metric == crate::model::Metric::Cosine {
+            let mut mtx = features::Matrix::new(std::mem::take(&mut block), dim);
+            let policy = if model.missing == MissingPolicy::Drop { MissingPolicy::Drop } else { MissingPolicy::Error };
+            let keep = features::normalize_rows(&mut mtx, policy, &sb.path.display().to_string())?;
+            block = mtx.data;
+            if let Some(k) = keep {
+                dropped += k.iter().filter(|v| !**v).count() as u64;
+                features::compact_rows(&mut raw, dim, &k);
+                let mask = BooleanArray::from(k);
+                ids = filter(&ids, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                for a in extra_arrays.iter_mut() {
+                    *a = filter(a, &mask).map_err(|e| Error::Runtime(e.to_string()))?;
+                }
+            }
+        }
+        let kept = block.len() / dim;
+        if kept == 0 {
+            continue;
+        }
+        nearest.clear();
+        nearest.resize(kept, Nearest::default());
+        backend.assign(&block, &centroids, &mut nearest)?;
+        if let Some(bad) = nearest.iter().position(|n| !n.dist.is_finite()) {
+            return Err(Error::Runtime(format!(
+                "{}: row {} of a batch has no finite distance to any centroid; nothing was written",
+                sb.path.display(),
+                bad
+            )));
+        }
+        each(AssignedBatch { ids, extra: extra_arrays, raw: &raw, model_space: &block, nearest: &nearest })?;
+        rows += kept as u64;
+    }
+    if model.missing == MissingPolicy::Error
+        && let Some(e) = report.to_error(cols, row_base)
+    {
+        return Err(e);
+    }
+    Ok((rows, dropped))
+}
+
+/// The id column for a streaming command: the one named, else the model's, else
+/// `subscriber_id`, when present in the input.
+pub fn id_column(model: &Model, ds: &Dataset, named: Option<&str>) -> Result<Option<String>> {
+    let mut fallbacks: Vec<&str> = Vec::new();
+    if let Some(id) = &model.id_column {
+        fallbacks.push(id);
+    }
+    fallbacks.push("subscriber_id");
+    super::resolve_id(ds, named, &fallbacks)
+}
+
+/// A receiver of output batches: a Parquet file, an Arrow table in memory, a stream.
+pub trait BatchSink {
+    /// The schema of every batch that follows (called once, before any batch).
+    fn start(&mut self, schema: &SchemaRef) -> Result<()>;
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+}
+
+/// Batches collected in memory (for Python and tests).
+impl BatchSink for (Option<SchemaRef>, Vec<RecordBatch>) {
+    fn start(&mut self, schema: &SchemaRef) -> Result<()> {
+        self.0 = Some(schema.clone());
+        Ok(())
+    }
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.1.push(batch.clone());
+        Ok(())
+    }
+}
+
+/// A Parquet file.
+impl BatchSink for crate::io::output::ParquetOutput {
+    fn start(&mut self, schema: &SchemaRef) -> Result<()> {
+        self.set_schema(schema)
+    }
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        crate::io::output::ParquetOutput::write(self, batch)
+    }
+}
+
+/// How assignments are written beyond id, segment, distance and margin.
+#[derive(Default)]
+pub struct AssignConfig {
+    /// The id column copied to the output (default: the model's, else `subscriber_id`
+    /// when present; else 0-based row numbers in a `row` column).
+    pub id_col: Option<String>,
+    /// Add an `explanation` column, naming segments with these names (by segment
+    /// index; [`segment_names`] gives the profile's or the model's).
+    pub explain: Option<Vec<String>>,
+    /// Replace ids by keyed pseudonyms.
+    pub pseudonymize: Option<crate::segments::privacy::Pseudonymizer>,
+}
+
+/// What an assignment did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AssignReport {
+    /// Rows per segment, by segment index.
+    pub segment_counts: Vec<u64>,
+    pub n_rows: u64,
+    pub rows_dropped: u64,
+    pub assign_seconds: f64,
+}
+
+/// Assign every row of `source` to the model's segments, batch by batch (memory is
+/// bounded by one batch), handing `id, segment (int32), distance, margin[, explanation]`
+/// batches to `sink`.
+pub fn assign(
+    model: &Model,
+    source: &Dataset,
+    cfg: &AssignConfig,
+    backend: &dyn Backend,
+    sink: &mut dyn BatchSink,
+) -> Result<AssignReport> {
+    let t0 = Instant::now();
+    let ds = source;
+    check_columns(model, ds)?;
+    let id_col = id_column(model, ds, cfg.id_col.as_deref())?;
+    if id_col.is_none() {
+        log::info!("no id column in the input; writing `row` (0-based row number) instead");
+    }
+    let id_field = match (&id_col, &cfg.pseudonymize) {
+        (Some(id), Some(_)) => Field::new(id, DataType::Utf8, true),
+        (Some(id), None) => ds.schema.field_with_name(id).map_err(|e| Error::Runtime(e.to_string()))?.clone(),
+        (None, _) => Field::new("row", DataType::UInt64, false),
+    };
+    let mut fields = vec![
+        id_field,
+        Field::new("segment", DataType::Int32, false),
+        Field::new("distance", DataType::Float32, false),
+        Field::new("margin", DataType::Float32, true),
+    ];
+    if cfg.explain.is_some() {
+        fields.push(Field::new("explanation", DataType::Utf8, false));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    sink.start(&schema)?;
+    let seg_ids: Vec<i32> = model.segments.iter().map(|s| s.id as i32).collect();
+    let centroids = model.centroids();
+    let mut counts = vec![0u64; model.k];
+    let (rows, dropped) = stream_assigned(model, ds, id_col.as_deref(), &[], backend, |b| {
+        for nr in b.nearest {
+            counts[nr.label as usize] += 1;
+        }
+        let ids = match (&cfg.pseudonymize, id_col.is_some()) {
+            (Some(p), true) => p.apply(&b.ids)?,
+            _ => b.ids,
+        };
+        let mut columns: Vec<ArrayRef> = vec![
+            ids,
+            Arc::new(Int32Array::from_iter_values(b.nearest.iter().map(|n| seg_ids[n.label as usize]))),
+            Arc::new(Float32Array::from_iter_values(b.nearest.iter().map(|n| n.dist.sqrt()))),
+            Arc::new(Float32Array::from_iter(
+                b.nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
+            )),
+        ];
+        if let Some(names) = &cfg.explain {
+            let dim = model.dim();
+            let texts: Vec<String> = b
+                .nearest
+                .iter()
+                .zip(b.model_space.chunks_exact(dim))
+                .map(|(n, x)| {
+                    let runner = runner_up(&centroids, x, n.label as usize);
+                    crate::segments::explain::explain(model, names, x, n.label as usize, runner, 2)
+                })
+                .collect();
+            columns.push(Arc::new(arrow::array::StringArray::from(texts)));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Runtime(e.to_string()))?;
+        sink.write(&batch)
+    })?;
+    Ok(AssignReport {
+        segment_counts: counts,
+        n_rows: rows,
+        rows_dropped: dropped,
+        assign_seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Per-segment profiles (means, quantiles, distinctions, names, outcomes) of `source`.
+pub fn profile(
+    model: &Model,
+    source: &Dataset,
+    id_col: Option<&str>,
+    outcomes: &[String],
+    backend: &dyn Backend,
+) -> Result<Profile> {
+    for o in outcomes {
+        if model.feature_columns.iter().any(|c| &c.column == o) {
+            return Err(Error::Usage(format!("--outcomes names '{o}', which is a clustering feature")));
+        }
+    }
+    let id = id_column(model, source, id_col)?;
+    let mut b = ProfileBuilder::new(model, outcomes);
+    stream_assigned(model, source, id.as_deref(), outcomes, backend, |batch| {
+        let labels: Vec<u32> = batch.nearest.iter().map(|n| n.label).collect();
+        b.add(batch.raw, &labels, &batch.extra)
+    })?;
+    Ok(b.finish())
+}
+
+/// The nearest centroid to `x` other than `best` (exact, small k per row is fine).
+fn runner_up(c: &crate::backend::Centroids, x: &[f32], best: usize) -> Option<usize> {
+    (0..c.k)
+        .filter(|&j| j != best)
+        .map(|j| (crate::backend::cpu::exact_sq_dist(x, c.row(j)), j))
+        .min_by(|a, b| a.partial_cmp(b).unwrap())
+        .map(|(_, j)| j)
+}
+
+/// Segment names by index: the profile's, else the model's, else "segment N".
+pub fn segment_names(model: &Model, profile: Option<&crate::segments::profile::Profile>) -> Vec<String> {
+    model
+        .segments
+        .iter()
+        .map(|s| {
+            profile
+                .and_then(|p| p.segment(s.id))
+                .map(|p| p.name.clone())
+                .or_else(|| s.name.clone())
+                .unwrap_or_else(|| format!("segment {}", s.id))
+        })
+        .collect()
+}

@@ -1,0 +1,479 @@
+//! The fit job: select and check the feature columns, read them into the matrix,
+//! fit the transforms, run k-means on a backend, and build the model (segments, drift
+//! baseline, lineage against a previous model, manifest).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use ndarray::ArrayView2;
+use serde::Serialize;
+
+use super::resolve_id;
+use crate::backend::{Backend, Centroids};
+use crate::error::{Error, Result};
+use crate::features::{self, MissingPolicy, Scale};
+use crate::io::Dataset;
+use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams, Metric};
+use crate::model::{FORMAT, FORMAT_VERSION, Manifest, Method, Model};
+
+/// How the first centroids are chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitSpec {
+    /// Greedy k-means++ (scikit-learn's variant, 2 + ln k trials per step).
+    KMeansPlusPlus,
+    /// k-means‖ (oversampled rounds, then k-means++ on the candidates).
+    KMeansParallel,
+    /// k distinct rows at random.
+    Random,
+    /// A file of centroids in model space: Parquet (all numeric columns) or CSV without header.
+    File(PathBuf),
+    /// Centroids given directly (row-major, in model space).
+    Centroids(Vec<f32>),
+}
+
+impl InitSpec {
+    /// `k-means++`, `k-means||`, `random`, or else a file path (as the CLI's `--init`).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "k-means++" | "kmeans++" => InitSpec::KMeansPlusPlus,
+            "k-means||" | "kmeans||" => InitSpec::KMeansParallel,
+            "random" => InitSpec::Random,
+            file => InitSpec::File(PathBuf::from(file)),
+        }
+    }
+}
+
+/// Which exact iteration runs (all give the same model bit for bit on the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlgorithmChoice {
+    /// Hamerly below k = 128, pruned from 128 on; Lloyd on a GPU backend.
+    #[default]
+    Auto,
+    Lloyd,
+    Hamerly,
+    Pruned,
+}
+
+/// Everything a fit needs besides the data and the backend. Build it with
+/// `FitConfig { k: 16, ..Default::default() }`; [`FitConfig::check`] runs before any
+/// data is read.
+#[derive(Debug, Clone)]
+pub struct FitConfig {
+    /// Number of segments (default 8, as scikit-learn).
+    pub k: usize,
+    /// Feature columns (default: every numeric column but the id and weight columns and
+    /// columns the file marks as non-features).
+    pub features: Option<Vec<String>>,
+    /// Columns left out of the default feature set.
+    pub exclude: Vec<String>,
+    /// Heavy-tailed columns transformed by ln(1 + x) before scaling.
+    pub log1p: Vec<String>,
+    pub scale: Scale,
+    pub missing: MissingPolicy,
+    /// Sample weights column (finite, >= 0).
+    pub weight_col: Option<String>,
+    /// Column carried into outputs (default: `subscriber_id` when present).
+    pub id_col: Option<String>,
+    pub init: InitSpec,
+    /// Rows sampled for initialisation (0: 64·k, at least 10,000).
+    pub init_sample: usize,
+    /// Restarts from different seeds; the lowest inertia wins.
+    pub n_init: usize,
+    pub max_iter: usize,
+    /// Relative tolerance on the centroid shift (times the mean feature variance).
+    pub tol: f64,
+    pub seed: u64,
+    /// A previous model of the same features: matching segments keep its ids and names.
+    pub previous: Option<Model>,
+    /// Allow features whose names look like protected attributes.
+    pub allow_sensitive: bool,
+    pub metric: Metric,
+    /// Total variance of each embedding column under standard scaling (default: the
+    /// number of scalar features).
+    pub embedding_weight: Option<f64>,
+    pub algorithm: AlgorithmChoice,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            k: 8,
+            features: None,
+            exclude: Vec::new(),
+            log1p: Vec::new(),
+            scale: Scale::Standard,
+            missing: MissingPolicy::Error,
+            weight_col: None,
+            id_col: None,
+            init: InitSpec::KMeansPlusPlus,
+            init_sample: 0,
+            n_init: 1,
+            max_iter: 300,
+            tol: 1e-4,
+            seed: kmeans::DEFAULT_SEED,
+            previous: None,
+            allow_sensitive: false,
+            metric: Metric::Euclidean,
+            embedding_weight: None,
+            algorithm: AlgorithmChoice::Auto,
+        }
+    }
+}
+
+impl FitConfig {
+    /// The checks that need no data, in the words of the options.
+    pub fn check(&self) -> Result<()> {
+        KMeansParams::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
+        if self.embedding_weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
+            return Err(Error::Usage("--embedding-weight must be a positive number".into()));
+        }
+        if let InitSpec::File(p) = &self.init
+            && !p.is_file()
+        {
+            return Err(Error::Usage(format!(
+                "--init {}: not k-means++, k-means||, random, nor an existing centroids file",
+                p.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a fit did, for logs and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    pub n_rows: usize,
+    pub rows_read: u64,
+    pub rows_dropped: u64,
+    pub n_features: usize,
+    pub k: usize,
+    pub iterations: usize,
+    pub converged: bool,
+    pub inertia: f64,
+    pub read_seconds: f64,
+    pub init_seconds: f64,
+    pub fit_seconds: f64,
+    pub seconds_per_iteration: f64,
+    pub full_evaluations_per_iteration: f64,
+    pub empty_cluster_relocations: usize,
+    pub empty_segments: usize,
+    pub model_fingerprint: String,
+    pub backend: &'static str,
+    pub algorithm: &'static str,
+    pub threads: usize,
+}
+
+/// Read centroids from a file: CSV without header (one centroid per line) or Parquet
+/// (all numeric columns), `dim` values each.
+pub fn read_centroids(path: &Path, dim: usize) -> Result<Centroids> {
+    let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("txt"));
+    if is_csv {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+        let mut data = Vec::new();
+        for (ln, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: std::result::Result<Vec<f32>, _> = line.split(',').map(|s| s.trim().parse::<f32>()).collect();
+            let row = row.map_err(|e| Error::input(path, format!("line {}: not a list of numbers ({e})", ln + 1)))?;
+            if row.len() != dim {
+                return Err(Error::input(
+                    path,
+                    format!("line {} has {} values but the model has {dim} features", ln + 1, row.len()),
+                ));
+            }
+            data.extend(row);
+        }
+        if data.is_empty() {
+            return Err(Error::input(path, "holds no centroids"));
+        }
+        return Ok(Centroids::new(data, dim));
+    }
+    let ds = Dataset::open(&[path.to_path_buf()])?;
+    let cols = features::select_columns(&ds, None, &[], &[], &[])?;
+    let t = features::load_training(&ds, &cols, None, MissingPolicy::Error)?;
+    if t.matrix.dim != dim {
+        return Err(Error::input(
+            path,
+            format!("has {} numeric columns but the model has {dim} features", t.matrix.dim),
+        ));
+    }
+    Ok(Centroids::new(t.matrix.data, dim))
+}
+
+/// Fit a model on `source` (see [`fit_with_progress`]).
+pub fn fit(source: &Dataset, cfg: &FitConfig, backend: &dyn Backend) -> Result<(Model, FitReport)> {
+    fit_with_progress(source, cfg, backend, &mut |_| {})
+}
+
+/// Fit on the rows of a matrix (input units, one column per feature, named `names` or
+/// `x0`, `x1`, …): the `ndarray` edge of the API. The matrix is viewed as Arrow
+/// columns (one copy, column by column) and fitted as a table.
+pub fn fit_array(
+    x: ArrayView2<'_, f32>,
+    names: Option<&[String]>,
+    cfg: &FitConfig,
+    backend: &dyn Backend,
+) -> Result<(Model, FitReport)> {
+    let d = x.ncols();
+    let names: Vec<String> = match names {
+        Some(n) if n.len() == d => n.to_vec(),
+        Some(n) => return Err(Error::Usage(format!("{} names for {d} columns", n.len()))),
+        None => (0..d).map(|j| format!("x{j}")).collect(),
+    };
+    let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Float32, false)).collect();
+    let columns: Vec<ArrayRef> =
+        (0..d).map(|j| Arc::new(Float32Array::from_iter_values(x.column(j).iter().copied())) as ArrayRef).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Runtime(e.to_string()))?;
+    let ds = Dataset::from_batches("<array>", schema, vec![batch])?;
+    fit(&ds, cfg, backend)
+}
+
+/// Read, transform and fit; `progress` sees every iteration.
+pub fn fit_with_progress(
+    source: &Dataset,
+    cfg: &FitConfig,
+    backend: &dyn Backend,
+    progress: &mut dyn FnMut(&kmeans::IterInfo),
+) -> Result<(Model, FitReport)> {
+    cfg.check()?;
+    let t_read = Instant::now();
+    let ds = source;
+    let id_col = resolve_id(ds, cfg.id_col.as_deref(), &["subscriber_id"])?;
+    if let Some(w) = &cfg.weight_col {
+        ds.column_type(w)?;
+    }
+    let mut reserved: Vec<&str> = Vec::new();
+    reserved.extend(id_col.as_deref());
+    reserved.extend(cfg.weight_col.as_deref());
+    let cols = features::select_columns(ds, cfg.features.as_deref(), &cfg.exclude, &cfg.log1p, &reserved)?;
+    let dim = features::dim_of(&cols);
+    if let Some(prev) = &cfg.previous {
+        crate::segments::lineage::check_previous(prev, &cols)?;
+    }
+    check_sensitive(&cols, cfg.allow_sensitive)?;
+    log::info!(
+        "{}: {} rows; {} features from {} columns: {}",
+        ds.display_name(),
+        ds.n_rows(),
+        dim,
+        cols.len(),
+        cols.iter().map(|c| c.column.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let init = match &cfg.init {
+        InitSpec::KMeansPlusPlus => InitMethod::KMeansPlusPlus,
+        InitSpec::KMeansParallel => InitMethod::KMeansParallel,
+        InitSpec::Random => InitMethod::Random,
+        InitSpec::File(p) => InitMethod::Given(read_centroids(p, dim)?),
+        InitSpec::Centroids(c) => {
+            if c.is_empty() || c.len() % dim != 0 {
+                return Err(Error::Usage(format!("initial centroids: {} values are not rows of {dim}", c.len())));
+            }
+            InitMethod::Given(Centroids::new(c.clone(), dim))
+        }
+    };
+    let mut table = features::load_training(ds, &cols, cfg.weight_col.as_deref(), cfg.missing)?;
+    if table.rows_dropped > 0 {
+        log::info!("left out {} of {} rows with missing values (--missing drop)", table.rows_dropped, table.rows_read);
+    }
+    let input_fingerprint = features::data_fingerprint(&table.matrix, table.weights.as_deref());
+    let transforms = features::fit_transforms_weighted(
+        &table.matrix,
+        &cols,
+        cfg.scale,
+        table.impute.as_deref(),
+        cfg.embedding_weight,
+    );
+    features::apply_transforms(&mut table.matrix.data, &transforms);
+    features::check_range(&table.matrix.data, &cols, &transforms, Path::new(&ds.display_name()))?;
+    if cfg.metric == Metric::Cosine {
+        let keep = features::normalize_rows(&mut table.matrix, cfg.missing, &ds.display_name())?;
+        if let (Some(k), Some(w)) = (&keep, table.weights.as_mut()) {
+            let mut it = k.iter();
+            w.retain(|_| *it.next().unwrap());
+        }
+        if let Some(k) = keep {
+            let dropped = k.iter().filter(|v| !**v).count() as u64;
+            table.rows_dropped += dropped;
+            log::info!("left out {dropped} rows with a zero vector (--metric cosine, --missing drop)");
+        }
+    }
+    let read_seconds = t_read.elapsed().as_secs_f64();
+    let algorithm = resolve_algorithm(cfg, backend)?;
+    let params = KMeansParams {
+        k: cfg.k,
+        init,
+        max_iter: cfg.max_iter,
+        tol: cfg.tol,
+        n_init: cfg.n_init,
+        seed: cfg.seed,
+        algorithm,
+        init_sample: cfg.init_sample,
+        metric: cfg.metric,
+    };
+    let n = table.matrix.n();
+    log::info!(
+        "fitting k={} on {n} × {dim} ({} backend, {}, init {}, {} threads)",
+        cfg.k,
+        backend.name(),
+        algorithm.name(),
+        params.init.name(),
+        rayon::current_num_threads()
+    );
+    let mut iter_secs: Vec<(usize, f64)> = Vec::new();
+    let t_fit = Instant::now();
+    let fit = kmeans::fit(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info| {
+        iter_secs.push((info.run, info.seconds));
+        log::debug!(
+            "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
+            info.run + 1,
+            info.iteration,
+            info.changed,
+            100.0 * info.full_evaluations as f64 / n as f64,
+            info.shift,
+            info.seconds
+        );
+        progress(info);
+    })?;
+    let fit_seconds = t_fit.elapsed().as_secs_f64();
+    let per_iter = {
+        let s: Vec<f64> = iter_secs.iter().filter(|(r, _)| *r == fit.best_run).map(|(_, s)| *s).collect();
+        s.iter().sum::<f64>() / s.len().max(1) as f64
+    };
+    log::info!(
+        "{} after {} iterations: inertia {:.6e}, {:.3}s per iteration, {} empty-cluster relocations",
+        if fit.converged { "converged" } else { "stopped at --max-iter" },
+        fit.iterations,
+        fit.inertia,
+        per_iter,
+        fit.relocations
+    );
+    let empty_segments = fit.stats.count.iter().filter(|c| **c == 0).count();
+    if empty_segments > 0 {
+        log::warn!(
+            "{empty_segments} of {} segments are empty: the {n} rows hold fewer than k distinct points \
+             (identical rows); choose a smaller --k",
+            cfg.k
+        );
+    }
+    let mut segments = Model::segments_from(&fit.centroids, &fit.stats, &cols, &transforms);
+    let lineage = match &cfg.previous {
+        Some(prev) => {
+            let l = crate::segments::lineage::link(prev, &mut segments, &cols, &transforms)?;
+            let count = |k: crate::model::LineageKind| l.entries.iter().filter(|e| e.kind == k).count();
+            log::info!(
+                "segment ids from the previous model: {} kept, {} split, {} new, {} vanished",
+                count(crate::model::LineageKind::Kept),
+                count(crate::model::LineageKind::Split),
+                count(crate::model::LineageKind::New),
+                l.vanished.len()
+            );
+            Some(l)
+        }
+        None => None,
+    };
+    let baseline = Some(crate::model::Baseline::fit(&table.matrix.data, dim, &fit.nearest));
+    let model = Model {
+        baseline,
+        lineage,
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        method: Method::KMeans,
+        metric: cfg.metric,
+        k: cfg.k,
+        id_column: id_col,
+        weight_column: cfg.weight_col.clone(),
+        missing: cfg.missing,
+        scale: cfg.scale,
+        feature_columns: cols,
+        features: transforms,
+        segments,
+        manifest: Manifest {
+            engine: "microseg".into(),
+            engine_version: crate::ENGINE_VERSION.into(),
+            inputs: Vec::new(),
+            input_fingerprint,
+            rows_read: table.rows_read,
+            rows_used: n as u64,
+            rows_dropped: table.rows_dropped,
+            seed: cfg.seed,
+            init: params.init.name().into(),
+            init_sample_rows: params.init_sample_rows(n),
+            n_init: cfg.n_init,
+            best_run: fit.best_run,
+            algorithm: algorithm.name().into(),
+            max_iter: cfg.max_iter,
+            tol: cfg.tol,
+            tol_scaled: fit.tol_scaled,
+            iterations: fit.iterations,
+            converged: fit.converged,
+            objective: fit.inertia,
+            empty_cluster_relocations: fit.relocations,
+            empty_segments,
+            backend: backend.name().into(),
+        },
+    };
+    let report = FitReport {
+        n_rows: n,
+        rows_read: table.rows_read,
+        rows_dropped: table.rows_dropped,
+        n_features: dim,
+        k: cfg.k,
+        iterations: fit.iterations,
+        converged: fit.converged,
+        inertia: fit.inertia,
+        read_seconds,
+        init_seconds: fit.init_seconds,
+        fit_seconds,
+        seconds_per_iteration: per_iter,
+        full_evaluations_per_iteration: fit.full_evaluations as f64 / (fit.iterations as f64 + 1.0) / n as f64,
+        empty_cluster_relocations: fit.relocations,
+        empty_segments,
+        model_fingerprint: model.fingerprint(),
+        backend: backend.name(),
+        algorithm: algorithm.name(),
+        threads: rayon::current_num_threads(),
+    };
+    Ok((model, report))
+}
+
+fn check_sensitive(cols: &[features::FeatureColumn], allow: bool) -> Result<()> {
+    let sensitive: Vec<&str> =
+        cols.iter().map(|c| c.column.as_str()).filter(|c| crate::segments::looks_sensitive(c)).collect();
+    if sensitive.is_empty() {
+        return Ok(());
+    }
+    let list = sensitive.join(", ");
+    if !allow {
+        return Err(Error::Usage(format!(
+            "feature column(s) {list} look like protected or sensitive attributes; leave them out \
+             (--exclude {list}) and audit them instead (microseg audit --protected), or pass \
+             --allow-sensitive to cluster on them anyway"
+        )));
+    }
+    log::warn!("clustering on sensitive-looking column(s) {list} (--allow-sensitive)");
+    Ok(())
+}
+
+fn resolve_algorithm(cfg: &FitConfig, backend: &dyn Backend) -> Result<Algorithm> {
+    let algorithm = match cfg.algorithm {
+        AlgorithmChoice::Lloyd => Algorithm::Lloyd,
+        AlgorithmChoice::Auto if !backend.exact_labels() => Algorithm::Lloyd,
+        AlgorithmChoice::Auto => Algorithm::auto(cfg.k),
+        AlgorithmChoice::Hamerly => Algorithm::Hamerly,
+        AlgorithmChoice::Pruned => Algorithm::Pruned,
+    };
+    if algorithm != Algorithm::Lloyd && !backend.exact_labels() {
+        return Err(Error::Usage(format!(
+            "--algorithm {} runs its bounds on the CPU backend; use --algorithm lloyd (or auto) with --backend {}",
+            algorithm.name(),
+            backend.name()
+        )));
+    }
+    Ok(algorithm)
+}

@@ -1,0 +1,138 @@
+//! The jobs: fit, assign, profile, drift and segment, over any table of record batches
+//! (Parquet files, or batches in memory from Python or an `ndarray`), each taking a
+//! validated configuration and returning a report. Every front end (the CLI, the Python
+//! package, a Spark worker) maps its own conventions onto these calls and adds no
+//! pipeline logic. Nothing here prints: progress goes through the `log` facade.
+
+mod assign;
+mod fit;
+
+pub use assign::{
+    AssignConfig, AssignReport, AssignedBatch, BatchSink, assign, id_column, profile, segment_names, stream_assigned,
+};
+pub use fit::{AlgorithmChoice, FitConfig, FitReport, InitSpec, fit, fit_array, fit_with_progress, read_centroids};
+
+use crate::backend::{Backend, Centroids, ClusterStats, Nearest};
+use crate::error::{Error, Result};
+use crate::io::Dataset;
+use crate::model::Model;
+use crate::segments::drift::{DriftBuilder, DriftReport, Thresholds};
+use crate::segments::profile::Profile;
+
+/// Resolve the id column: the one named (must exist), else `fallbacks` in order when present.
+pub fn resolve_id(ds: &Dataset, named: Option<&str>, fallbacks: &[&str]) -> Result<Option<String>> {
+    if let Some(n) = named {
+        ds.column_type(n)?;
+        return Ok(Some(n.to_string()));
+    }
+    Ok(fallbacks.iter().find(|c| ds.has_column(c)).map(|c| c.to_string()))
+}
+
+/// Drift of `source` against the model's training baseline.
+pub fn drift(model: &Model, source: &Dataset, thresholds: Thresholds, backend: &dyn Backend) -> Result<DriftReport> {
+    if !(thresholds.watch > 0.0 && thresholds.retrain >= thresholds.watch && thresholds.retrain.is_finite()) {
+        return Err(Error::Usage("--watch must be > 0 and --retrain >= --watch".into()));
+    }
+    let mut b = DriftBuilder::new(model)?;
+    stream_assigned(model, source, None, &[], backend, |batch| {
+        b.add(batch.model_space, batch.nearest);
+        Ok(())
+    })?;
+    Ok(b.finish(model, thresholds))
+}
+
+/// One Lloyd step's pass over a part of the data: the per-segment statistics (count,
+/// weight, sum, squared error) of `source`'s rows against the model's centroids, in
+/// model space. Statistics of parts merge by [`ClusterStats::merge`]; [`update`] turns
+/// the merged statistics into the next centroids. This is what a distributed driver
+/// calls on each partition.
+pub fn partial_stats(model: &Model, source: &Dataset, backend: &dyn Backend) -> Result<ClusterStats> {
+    let mut total = ClusterStats::zeros(model.k, model.dim());
+    stream_assigned(model, source, None, &[], backend, |batch| {
+        let stats = backend.reduce(batch.model_space, None, batch.nearest, model.k)?;
+        total.merge(&stats);
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// The same pass over a matrix already in model space (row-major, `centroids.dim` wide).
+pub fn partial_stats_of(
+    points: &[f32],
+    weights: Option<&[f32]>,
+    centroids: &Centroids,
+    backend: &dyn Backend,
+) -> Result<ClusterStats> {
+    if points.len() % centroids.dim != 0 {
+        return Err(Error::Data(format!("{} values do not make rows of {} features", points.len(), centroids.dim)));
+    }
+    let mut nearest = vec![Nearest::default(); points.len() / centroids.dim];
+    backend.assign_labels(points, centroids, &mut nearest)?;
+    backend.reduce(points, weights, &nearest, centroids.k)
+}
+
+/// The centroids after a Lloyd update from merged statistics (a segment without members
+/// keeps its centroid; cosine models renormalise).
+pub fn update(model: &Model, stats: &ClusterStats) -> Result<Centroids> {
+    if (stats.k, stats.dim) != (model.k, model.dim()) {
+        return Err(Error::Data(format!(
+            "statistics of {} segments × {} features do not fit a model of {} × {}",
+            stats.k,
+            stats.dim,
+            model.k,
+            model.dim()
+        )));
+    }
+    Ok(crate::kmeans::centroids_from(stats, &model.centroids(), model.metric))
+}
+
+/// Profile `source` against the model (see [`profile`]); re-exported name for clarity.
+pub fn profile_of(model: &Model, source: &Dataset, outcomes: &[String], backend: &dyn Backend) -> Result<Profile> {
+    profile(model, source, None, outcomes, backend)
+}
+
+impl Model {
+    /// The segment id and distance of every row of a matrix in input units, one column
+    /// per feature in the model's order (the `ndarray` edge of [`assign`]).
+    pub fn assign_array(
+        &self,
+        x: ndarray::ArrayView2<'_, f32>,
+        backend: &dyn Backend,
+    ) -> Result<(ndarray::Array1<i32>, ndarray::Array1<f32>)> {
+        use std::sync::Arc;
+        if self.feature_columns.iter().any(|c| c.width != 1) {
+            return Err(Error::Usage("this model has embedding features; assign a table, not a matrix".into()));
+        }
+        if x.ncols() != self.dim() {
+            return Err(Error::Data(format!(
+                "the matrix has {} columns, the model {} features",
+                x.ncols(),
+                self.dim()
+            )));
+        }
+        let fields: Vec<arrow::datatypes::Field> = self
+            .feature_columns
+            .iter()
+            .map(|c| arrow::datatypes::Field::new(&c.column, arrow::datatypes::DataType::Float32, false))
+            .collect();
+        let columns: Vec<arrow::array::ArrayRef> = (0..x.ncols())
+            .map(|j| {
+                Arc::new(arrow::array::Float32Array::from_iter_values(x.column(j).iter().copied()))
+                    as arrow::array::ArrayRef
+            })
+            .collect();
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        let ds = Dataset::from_batches("<array>", schema, vec![batch])?;
+        let mut sink = (None, Vec::new());
+        assign(self, &ds, &AssignConfig::default(), backend, &mut sink)?;
+        let (mut seg, mut dist) = (Vec::with_capacity(x.nrows()), Vec::with_capacity(x.nrows()));
+        for b in &sink.1 {
+            use arrow::array::AsArray;
+            seg.extend_from_slice(b.column(1).as_primitive::<arrow::datatypes::Int32Type>().values());
+            dist.extend_from_slice(b.column(2).as_primitive::<arrow::datatypes::Float32Type>().values());
+        }
+        Ok((ndarray::Array1::from(seg), ndarray::Array1::from(dist)))
+    }
+}
