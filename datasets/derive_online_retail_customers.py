@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Derive a per-customer (RFM-style) feature table from UCI Online Retail.
 
-Input  (read-only): /work/shared/datasets/online_retail/online_retail.parquet
+Input  (read-only): ../shared/datasets/online_retail/online_retail.parquet
         541,909 invoice lines, 2010-12-01 .. 2011-12-09, columns
         InvoiceNo, StockCode, Description (str), Quantity (double),
         InvoiceDate (timestamp[us]), UnitPrice (double),
@@ -12,7 +12,7 @@ Output: datasets/online_retail_customers.parquet (next to this script),
 
 Regenerate (from the repository root):
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
-        /work/venv/bin/python datasets/derive_online_retail_customers.py
+        .venv/bin/python datasets/derive_online_retail_customers.py
 Optional arguments: --input PATH --output PATH.
 
 Definitions (all on lines that have a CustomerID; lines without one are
@@ -70,7 +70,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_INPUT = Path("/work/shared/datasets/online_retail/online_retail.parquet")
+DEFAULT_INPUT = Path("../shared/datasets/online_retail/online_retail.parquet")
 DEFAULT_OUTPUT = HERE / "online_retail_customers.parquet"
 REF = pd.Timestamp("2011-12-10 00:00:00")
 DAY = pd.Timedelta(days=1)

@@ -41,7 +41,7 @@ The ``generated`` case reads tests/data/generated_small.parquet, made with::
 Run from anywhere (paths are relative to the repository root, the parent of
 this script's directory):
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /work/venv/bin/python \
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python \
         scripts/sklearn_reference.py            # all cases
     ... scripts/sklearn_reference.py bank       # only the named cases
 

@@ -16,6 +16,8 @@ pub enum ExitCode {
     BadInput = 3,
     /// An output cannot be written (directory missing, no permission, disk full).
     Output = 4,
+    /// Stopped by SIGINT (as shells report it: 128 + 2).
+    Interrupted = 130,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,9 @@ pub enum Error {
     OutputExists(PathBuf),
     #[error("{0}")]
     Runtime(String),
+    /// The caller asked the work to stop (Ctrl-C in Python, a cancelled job).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {
@@ -47,6 +52,7 @@ impl Error {
             Error::Input { .. } | Error::Data(_) => ExitCode::BadInput,
             Error::Output { .. } => ExitCode::Output,
             Error::Runtime(_) => ExitCode::Runtime,
+            Error::Interrupted => ExitCode::Interrupted,
         }
     }
 }

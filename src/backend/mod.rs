@@ -118,3 +118,82 @@ pub trait Backend: Send + Sync {
     /// The summation order is fixed by row index, so results repeat bit for bit.
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats>;
 }
+
+/// Where the passes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// A hardware GPU when one exists (said in the log), else the CPU.
+    #[default]
+    Auto,
+    /// The GPU; an error when there is none.
+    Gpu,
+    Cpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "gpu" => Ok(BackendChoice::Gpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            other => Err(crate::Error::Usage(format!("backend '{other}': use auto, gpu or cpu"))),
+        }
+    }
+}
+
+/// Open a backend. `allow_software` also accepts a software adapter (Mesa's lavapipe).
+pub fn open(choice: BackendChoice, allow_software: bool) -> Result<Box<dyn Backend>> {
+    match choice {
+        BackendChoice::Cpu => Ok(Box::new(cpu::CpuBackend::default())),
+        BackendChoice::Gpu => Ok(Box::new(open_gpu(allow_software)?)),
+        BackendChoice::Auto => match wgpu::WgpuBackend::open(allow_software)? {
+            Some(b) => {
+                log::info!(
+                    "using GPU adapter {} ({}, {}); --backend cpu to stay on the CPU",
+                    b.ctx.adapter.name,
+                    b.ctx.adapter.backend,
+                    b.ctx.adapter.device_type
+                );
+                Ok(Box::new(b))
+            }
+            None => {
+                log::info!("no GPU adapter found; using the CPU backend");
+                Ok(Box::new(cpu::CpuBackend::default()))
+            }
+        },
+    }
+}
+
+/// The GPU backend, or an error that lists the adapters wgpu did find.
+pub fn open_gpu(allow_software: bool) -> Result<wgpu::WgpuBackend> {
+    match wgpu::WgpuBackend::open(allow_software)? {
+        Some(b) => {
+            log::info!(
+                "using GPU adapter {} ({}, {})",
+                b.ctx.adapter.name,
+                b.ctx.adapter.backend,
+                b.ctx.adapter.device_type
+            );
+            Ok(b)
+        }
+        None => Err(crate::Error::Usage(no_gpu_message(allow_software))),
+    }
+}
+
+fn no_gpu_message(allow_software: bool) -> String {
+    let seen = wgpu::list_adapters();
+    let seen = if seen.is_empty() {
+        "wgpu found no adapter at all".to_string()
+    } else {
+        format!(
+            "wgpu found only: {}",
+            seen.iter()
+                .map(|a| format!("{} ({}, {})", a.name, a.backend, a.device_type))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    let hint = if allow_software { "" } else { "; --allow-software-gpu accepts a software adapter such as lavapipe" };
+    format!("--backend gpu: no GPU adapter ({seen}); use --backend cpu{hint}")
+}

@@ -3,11 +3,9 @@
 
 use clap::{Args, ValueEnum};
 
-use super::log;
-use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::wgpu::{self as gpu, WgpuBackend};
-use crate::error::{Error, Result};
+use crate::backend::{Backend, BackendChoice};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendArg {
@@ -29,70 +27,29 @@ pub(crate) struct BackendArgs {
     pub allow_software_gpu: bool,
 }
 
+impl BackendArg {
+    fn choice(self) -> BackendChoice {
+        match self {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Gpu => BackendChoice::Gpu,
+            BackendArg::Cpu => BackendChoice::Cpu,
+        }
+    }
+}
+
 /// The GPU for the similarity commands: `Some` only under `--backend gpu` (their
 /// `auto` stays on the CPU, whose 8-bit scan is the measured fast path; the top-k
 /// shader has not been timed on hardware yet).
 pub(crate) fn similarity_gpu(a: &BackendArgs) -> Result<Option<WgpuBackend>> {
     match a.backend {
         BackendArg::Cpu | BackendArg::Auto => Ok(None),
-        BackendArg::Gpu => match WgpuBackend::open(a.allow_software_gpu)? {
-            Some(b) => {
-                log(format!(
-                    "using GPU adapter {} ({}, {})",
-                    b.ctx.adapter.name, b.ctx.adapter.backend, b.ctx.adapter.device_type
-                ));
-                Ok(Some(b))
-            }
-            None => Err(Error::Usage(no_gpu_message(a.allow_software_gpu))),
-        },
+        BackendArg::Gpu => crate::backend::open_gpu(a.allow_software_gpu).map(Some),
     }
 }
 
 /// Open the backend the flags ask for.
 pub(crate) fn open(a: &BackendArgs) -> Result<Box<dyn Backend>> {
-    match a.backend {
-        BackendArg::Cpu => Ok(Box::new(CpuBackend::default())),
-        BackendArg::Gpu => match WgpuBackend::open(a.allow_software_gpu)? {
-            Some(b) => {
-                log(format!(
-                    "using GPU adapter {} ({}, {})",
-                    b.ctx.adapter.name, b.ctx.adapter.backend, b.ctx.adapter.device_type
-                ));
-                Ok(Box::new(b))
-            }
-            None => Err(Error::Usage(no_gpu_message(a.allow_software_gpu))),
-        },
-        BackendArg::Auto => match WgpuBackend::open(a.allow_software_gpu)? {
-            Some(b) => {
-                log(format!(
-                    "using GPU adapter {} ({}, {}); --backend cpu to stay on the CPU",
-                    b.ctx.adapter.name, b.ctx.adapter.backend, b.ctx.adapter.device_type
-                ));
-                Ok(Box::new(b))
-            }
-            None => {
-                log("no GPU adapter found; using the CPU backend");
-                Ok(Box::new(CpuBackend::default()))
-            }
-        },
-    }
-}
-
-fn no_gpu_message(allow_software: bool) -> String {
-    let seen = gpu::list_adapters();
-    let seen = if seen.is_empty() {
-        "wgpu found no adapter at all".to_string()
-    } else {
-        format!(
-            "wgpu found only: {}",
-            seen.iter()
-                .map(|a| format!("{} ({}, {})", a.name, a.backend, a.device_type))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    };
-    let hint = if allow_software { "" } else { "; --allow-software-gpu accepts a software adapter such as lavapipe" };
-    format!("--backend gpu: no GPU adapter ({seen}); use --backend cpu{hint}")
+    crate::backend::open(a.backend.choice(), a.allow_software_gpu)
 }
 
 #[derive(Debug, Args)]

@@ -179,6 +179,7 @@ fn fit_model(inputs: &[PathBuf], cfg: &FitConfig, backend: &dyn Backend) -> Resu
     let res = pipeline::fit_with_progress(&ds, cfg, backend, &mut |info: &kmeans::IterInfo| {
         bar.set_position(info.iteration as u64);
         bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
+        true
     });
     bar.finish_and_clear();
     res

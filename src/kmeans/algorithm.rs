@@ -70,6 +70,21 @@ pub fn fit<B: Backend + ?Sized>(
     params: &KMeansParams,
     on_iter: &mut dyn FnMut(&IterInfo),
 ) -> Result<KMeansFit> {
+    fit_cancellable(backend, x, weights, params, &mut |info| {
+        on_iter(info);
+        true
+    })
+}
+
+/// As [`fit`]; the fit stops with [`Error::Interrupted`] when `on_iter` returns false
+/// (a Ctrl-C seen by a Python caller, a job cancelled by its driver).
+pub fn fit_cancellable<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    weights: Option<&[f32]>,
+    params: &KMeansParams,
+    on_iter: &mut dyn FnMut(&IterInfo) -> bool,
+) -> Result<KMeansFit> {
     let usable = weights.map_or(x.n(), |w| w.iter().filter(|v| **v > 0.0).count());
     params.check(usable, x.dim)?;
     if let Some(w) = weights {
@@ -91,7 +106,7 @@ fn fit_runs<B: Backend + ?Sized>(
     params: &KMeansParams,
     tol_scaled: f64,
     runs: usize,
-    on_iter: &mut dyn FnMut(&IterInfo),
+    on_iter: &mut dyn FnMut(&IterInfo) -> bool,
 ) -> Result<KMeansFit> {
     let mut best: Option<KMeansFit> = None;
     let mut init_seconds = 0.0;
@@ -161,7 +176,7 @@ fn run_once<B: Backend + ?Sized>(
     start: Centroids,
     tol_scaled: f64,
     run: usize,
-    on_iter: &mut dyn FnMut(&IterInfo),
+    on_iter: &mut dyn FnMut(&IterInfo) -> bool,
 ) -> Result<KMeansFit> {
     let n = x.n();
     let k = p.k;
@@ -219,7 +234,7 @@ fn run_once<B: Backend + ?Sized>(
         let shift: f64 = (0..k).map(|j| exact_sq_dist(new_c.row(j), c.row(j))).sum();
         prev_c = Some(std::mem::replace(&mut c, new_c));
         iterations = it + 1;
-        on_iter(&IterInfo {
+        let go_on = on_iter(&IterInfo {
             run,
             iteration: iterations,
             changed,
@@ -227,6 +242,9 @@ fn run_once<B: Backend + ?Sized>(
             full_evaluations: evaluated,
             seconds: t0.elapsed().as_secs_f64(),
         });
+        if !go_on {
+            return Err(Error::Interrupted);
+        }
         if changed == 0 || shift <= tol_scaled {
             converged = true;
             break;

@@ -7,5 +7,5 @@ pub mod hyperparams;
 pub mod init;
 mod pruned;
 
-pub use algorithm::{IterInfo, KMeansFit, centroids_from, fit, tolerance};
+pub use algorithm::{IterInfo, KMeansFit, centroids_from, fit, fit_cancellable, tolerance};
 pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams, Metric};

@@ -207,7 +207,7 @@ pub fn read_centroids(path: &Path, dim: usize) -> Result<Centroids> {
 
 /// Fit a model on `source` (see [`fit_with_progress`]).
 pub fn fit(source: &Dataset, cfg: &FitConfig, backend: &dyn Backend) -> Result<(Model, FitReport)> {
-    fit_with_progress(source, cfg, backend, &mut |_| {})
+    fit_with_progress(source, cfg, backend, &mut |_| true)
 }
 
 /// Fit on the rows of a matrix (input units, one column per feature, named `names` or
@@ -234,12 +234,13 @@ pub fn fit_array(
     fit(&ds, cfg, backend)
 }
 
-/// Read, transform and fit; `progress` sees every iteration.
+/// Read, transform and fit; `progress` sees every iteration and stops the fit
+/// ([`Error::Interrupted`]) by returning false.
 pub fn fit_with_progress(
     source: &Dataset,
     cfg: &FitConfig,
     backend: &dyn Backend,
-    progress: &mut dyn FnMut(&kmeans::IterInfo),
+    progress: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
 ) -> Result<(Model, FitReport)> {
     cfg.check()?;
     let t_read = Instant::now();
@@ -327,7 +328,7 @@ pub fn fit_with_progress(
     );
     let mut iter_secs: Vec<(usize, f64)> = Vec::new();
     let t_fit = Instant::now();
-    let fit = kmeans::fit(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info| {
+    let fit = kmeans::fit_cancellable(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info| {
         iter_secs.push((info.run, info.seconds));
         log::debug!(
             "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
@@ -338,7 +339,7 @@ pub fn fit_with_progress(
             info.shift,
             info.seconds
         );
-        progress(info);
+        progress(info)
     })?;
     let fit_seconds = t_fit.elapsed().as_secs_f64();
     let per_iter = {

@@ -1,0 +1,266 @@
+"""microseg: subscriber tables to micro-segments.
+
+Exact k-means (k-means++, Hamerly and triangle-inequality-pruned iterations) on the
+CPU or a GPU, with models that explain, profile and track their segments. The same
+engine as the ``microseg`` command line: a model fitted here is the same file, byte
+for byte, as ``microseg fit`` writes for the same rows and options.
+
+Data goes in as anything Arrow can stream without a copy (a ``pyarrow.Table`` or
+``RecordBatchReader``, a polars ``DataFrame``, a DuckDB result: any object with
+``__arrow_c_stream__``), or as a pandas ``DataFrame``, a dict of columns or a 2-D
+numpy array (converted through pyarrow). Results come back as ``pyarrow.Table``.
+
+>>> import microseg, pyarrow.parquet as pq
+>>> table = pq.read_table("datasets/online_retail_customers.parquet")
+>>> model = microseg.fit(table, k=8, log1p=["monetary", "frequency"])
+>>> model.assign(table).num_rows
+4372
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable, Optional, Sequence
+
+# Probing for a GPU loads Vulkan drivers whose Wayland code prints
+# "XDG_RUNTIME_DIR is invalid" on stderr when the variable is unset (containers, batch
+# jobs); microseg draws no windows. Set before the native module starts any thread.
+if "XDG_RUNTIME_DIR" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.gettempdir()
+
+import numpy as np
+import pyarrow as pa
+
+from . import _native
+from ._native import InvalidInputError
+
+__version__ = _native.__version__
+__all__ = ["fit", "load", "loads", "Model", "InvalidInputError", "__version__"]
+
+
+def _arrow(data: Any) -> Any:
+    """Anything tabular as an object with ``__arrow_c_stream__`` (no copy when it has one)."""
+    if hasattr(data, "__arrow_c_stream__"):
+        return data
+    if isinstance(data, np.ndarray):
+        if data.ndim != 2:
+            raise InvalidInputError(f"a numpy array of features must be 2-D (rows × features), not {data.ndim}-D")
+        return pa.table({f"x{j}": np.ascontiguousarray(data[:, j]) for j in range(data.shape[1])})
+    if isinstance(data, dict):
+        return pa.table(data)
+    try:  # pandas, and anything else pyarrow understands
+        return pa.Table.from_pandas(data, preserve_index=False)
+    except Exception:  # noqa: BLE001 - fall through to a clear message
+        pass
+    raise InvalidInputError(
+        f"cannot read {type(data).__name__} as a table: give a pyarrow Table or RecordBatchReader, "
+        "a polars or pandas DataFrame, a dict of columns or a 2-D numpy array"
+    )
+
+
+class Model:
+    """A fitted segmentation: features and their transforms, centroids, per-segment
+    statistics, the training baseline for drift, and a manifest of how it was made."""
+
+    def __init__(self, native: Any, report: Optional[dict] = None):
+        self._native = native
+        #: What the fit did (rows, iterations, inertia, timings), as ``--json`` prints it.
+        self.report: Optional[dict] = report
+
+    # -- contents -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The model file as a dict."""
+        return json.loads(self._native.to_json())
+
+    def to_json(self) -> str:
+        """The model file's JSON text (what ``save`` writes)."""
+        return self._native.to_json()
+
+    @property
+    def k(self) -> int:
+        return self.to_dict()["k"]
+
+    @property
+    def features(self) -> list:
+        """Feature names in model order (``column`` or ``column[i]`` for embeddings)."""
+        return [f["name"] for f in self.to_dict()["features"]]
+
+    @property
+    def segment_ids(self) -> list:
+        return [s["id"] for s in self.to_dict()["segments"]]
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """Centroids in model space (after log1p and scaling), shape (k, d)."""
+        return np.asarray(self._native.centroids(), dtype=np.float32)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the model's geometry; profiles and reports carry it."""
+        return self._native.fingerprint()
+
+    # -- jobs ---------------------------------------------------------------------
+    def assign(
+        self,
+        data: Any,
+        *,
+        id_col: Optional[str] = None,
+        explain: bool = False,
+        profile: Optional[dict] = None,
+        backend: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> pa.Table:
+        """Every row's ``segment`` (int32), ``distance`` and ``margin`` (float32), with the
+        id column (``id_col``, else the model's, else ``subscriber_id``, else ``row``
+        numbers); ``explain=True`` adds an ``explanation`` column, naming segments from
+        ``profile`` (a dict from :meth:`profile`) or the model."""
+        reader = self._native.assign(
+            _arrow(data),
+            id_col=id_col,
+            explain=explain,
+            profile_json=None if profile is None else json.dumps(profile),
+            backend_name=backend,
+            allow_software_gpu=allow_software_gpu,
+        )
+        return reader.read_all()
+
+    def profile(
+        self,
+        data: Any,
+        *,
+        outcomes: Sequence[str] = (),
+        id_col: Optional[str] = None,
+        backend: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> dict:
+        """Per-segment profiles: size, share, each feature's mean and quantiles against the
+        population, the features that set the segment apart, a generated name, and
+        summaries of ``outcomes`` columns (as ``microseg profile`` writes them)."""
+        return json.loads(
+            self._native.profile(
+                _arrow(data),
+                outcomes=list(outcomes),
+                id_col=id_col,
+                backend_name=backend,
+                allow_software_gpu=allow_software_gpu,
+            )
+        )
+
+    def drift(
+        self,
+        data: Any,
+        *,
+        watch: float = 0.1,
+        retrain: float = 0.25,
+        backend: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> dict:
+        """PSI of segment shares and of every feature against the training baseline, and a
+        verdict: stable, watch, retrain or insufficient_data (as ``microseg drift``)."""
+        return json.loads(
+            self._native.drift(
+                _arrow(data), watch=watch, retrain=retrain, backend_name=backend, allow_software_gpu=allow_software_gpu
+            )
+        )
+
+    def save(self, path: "os.PathLike[str] | str", *, overwrite: bool = True) -> None:
+        """Write the model file atomically (a temporary file renamed into place)."""
+        self._native.save(os.fspath(path), overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        return f"<microseg.Model k={d['k']} features={len(d['features'])} metric={d['metric']}>"
+
+
+def fit(
+    data: Any,
+    k: int = 8,
+    *,
+    features: Optional[Iterable[str]] = None,
+    exclude: Iterable[str] = (),
+    log1p: Iterable[str] = (),
+    scale: str = "standard",
+    missing: str = "error",
+    weight_col: Optional[str] = None,
+    id_col: Optional[str] = None,
+    init: Any = "k-means++",
+    init_sample: int = 0,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    previous: Optional[Model] = None,
+    allow_sensitive: bool = False,
+    metric: str = "euclidean",
+    embedding_weight: Optional[float] = None,
+    algorithm: str = "auto",
+    backend: Optional[str] = None,
+    allow_software_gpu: bool = False,
+) -> Model:
+    """Fit k-means segments on a table; one keyword per flag of ``microseg fit``, same
+    defaults.
+
+    data: a pyarrow Table/RecordBatchReader, polars/pandas DataFrame, dict of columns or
+        2-D numpy array.
+    k: number of segments.
+    features: feature columns (default: every numeric column but the id and weight
+        columns). exclude: columns left out of that default.
+    log1p: heavy-tailed columns transformed by ln(1 + x) before scaling.
+    scale: "standard" (mean 0, sd 1, fitted here and stored in the model) or "none".
+    missing: rows with null/NaN/inf features: "error", "drop" or "mean" (fill).
+    weight_col: sample weights column. id_col: the id column carried into outputs.
+    init: "k-means++", "k-means||", "random", a path to a centroids file, or an array of
+        k × d initial centroids in model space.
+    init_sample, n_init, max_iter, tol, seed: as the CLI (tol is relative to the mean
+        feature variance, as scikit-learn).
+    previous: a previous Model of the same features; segment ids and names are kept.
+    metric: "euclidean" or "cosine" (spherical k-means).
+    algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit).
+    backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
+
+    Raises InvalidInputError (a ValueError) for bad data or arguments, with the
+    command line's message. The GIL is released while the fit runs; Ctrl-C stops it
+    between iterations (KeyboardInterrupt).
+    """
+    init_centroids = None
+    if not isinstance(init, (str, os.PathLike)):
+        init_centroids = np.asarray(init, dtype=np.float32).ravel().tolist()
+        init = "k-means++"
+    native, report = _native.fit(
+        _arrow(data),
+        k=k,
+        features=None if features is None else list(features),
+        exclude=list(exclude),
+        log1p=list(log1p),
+        scale=scale,
+        missing=missing,
+        weight_col=weight_col,
+        id_col=id_col,
+        init=os.fspath(init),
+        init_centroids=init_centroids,
+        init_sample=init_sample,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        previous=None if previous is None else previous._native,
+        allow_sensitive=allow_sensitive,
+        metric=metric,
+        embedding_weight=embedding_weight,
+        algorithm=algorithm,
+        backend_name=backend,
+        allow_software_gpu=allow_software_gpu,
+    )
+    return Model(native, json.loads(report))
+
+
+def load(path: "os.PathLike[str] | str") -> Model:
+    """Read a model file written by ``microseg fit`` or :meth:`Model.save`."""
+    return Model(_native.load(os.fspath(path)))
+
+
+def loads(text: str) -> Model:
+    """A model from its JSON text."""
+    return Model(_native.loads(text))

@@ -1,0 +1,66 @@
+"""Type stubs of the compiled module (the documented API is in microseg/__init__.py)."""
+
+from typing import Any, Optional, Sequence
+
+__version__: str
+
+class InvalidInputError(ValueError): ...
+
+class NativeModel:
+    def to_json(self) -> str: ...
+    def save(self, path: str, overwrite: bool = True) -> None: ...
+    def fingerprint(self) -> str: ...
+    def centroids(self) -> list[list[float]]: ...
+    def assign(
+        self,
+        data: Any,
+        id_col: Optional[str] = None,
+        explain: bool = False,
+        profile_json: Optional[str] = None,
+        backend_name: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> Any: ...
+    def profile(
+        self,
+        data: Any,
+        outcomes: Sequence[str] = (),
+        id_col: Optional[str] = None,
+        backend_name: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> str: ...
+    def drift(
+        self,
+        data: Any,
+        watch: float = 0.1,
+        retrain: float = 0.25,
+        backend_name: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> str: ...
+
+def load(path: str) -> NativeModel: ...
+def loads(text: str) -> NativeModel: ...
+def fit(
+    data: Any,
+    k: int = 8,
+    features: Optional[list[str]] = None,
+    exclude: list[str] = ...,
+    log1p: list[str] = ...,
+    scale: str = "standard",
+    missing: str = "error",
+    weight_col: Optional[str] = None,
+    id_col: Optional[str] = None,
+    init: str = "k-means++",
+    init_centroids: Optional[list[float]] = None,
+    init_sample: int = 0,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    previous: Optional[NativeModel] = None,
+    allow_sensitive: bool = False,
+    metric: str = "euclidean",
+    embedding_weight: Optional[float] = None,
+    algorithm: str = "auto",
+    backend_name: Optional[str] = None,
+    allow_software_gpu: bool = False,
+) -> tuple[NativeModel, str]: ...

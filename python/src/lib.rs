@@ -1,0 +1,297 @@
+//! The Python front end: maps keyword arguments onto the library's job configurations
+//! and Arrow objects (anything with `__arrow_c_stream__`: pyarrow tables and readers,
+//! polars frames, DuckDB results) onto in-memory datasets, without copying their
+//! buffers. No pipeline logic lives here; `microseg/__init__.py` adds the Pythonic
+//! surface (numpy and pandas inputs, docstrings).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ffi_stream::RecordBatchStreamReader;
+use arrow::pyarrow::{FromPyArrow, IntoPyArrow};
+use arrow::record_batch::{RecordBatch, RecordBatchIterator};
+use microseg::backend::{Backend, BackendChoice};
+use microseg::features::{MissingPolicy, Scale};
+use microseg::io::Dataset;
+use microseg::model::{Metric, Model};
+use microseg::pipeline::{self, AlgorithmChoice, AssignConfig, FitConfig, InitSpec};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+pyo3::create_exception!(
+    _native,
+    InvalidInputError,
+    PyValueError,
+    "Bad input data or arguments (exit codes 2 and 3 of the CLI)."
+);
+
+/// A microseg error as the Python exception a data engineer expects, with the CLI's message.
+fn to_py(e: microseg::Error) -> PyErr {
+    use microseg::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::Usage(_) | E::Input { .. } | E::Data(_) | E::OutputExists(_) => InvalidInputError::new_err(msg),
+        E::Output { .. } => PyOSError::new_err(msg),
+        E::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        _ => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Any Arrow stream-capable object as a dataset of its batches (buffers shared, not copied).
+fn dataset(data: &Bound<'_, PyAny>, name: &str) -> PyResult<Dataset> {
+    let reader = RecordBatchStreamReader::from_pyarrow_bound(data)?;
+    let schema: SchemaRef = arrow::record_batch::RecordBatchReader::schema(&reader);
+    let batches: Vec<RecordBatch> =
+        reader.collect::<Result<_, _>>().map_err(|e| InvalidInputError::new_err(format!("{name}: {e}")))?;
+    Dataset::from_batches(name, schema, batches).map_err(to_py)
+}
+
+fn backend(name: Option<&str>, allow_software_gpu: bool) -> PyResult<Box<dyn Backend>> {
+    let env = std::env::var("MICROSEG_BACKEND").ok();
+    let choice: BackendChoice = name.or(env.as_deref()).unwrap_or("auto").parse().map_err(to_py)?;
+    microseg::backend::open(choice, allow_software_gpu).map_err(to_py)
+}
+
+fn parse<T>(what: &str, value: &str, options: &[(&str, T)]) -> PyResult<T>
+where
+    T: Copy,
+{
+    options.iter().find(|(n, _)| *n == value).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        InvalidInputError::new_err(format!("{what}='{value}': use one of {}", names.join(", ")))
+    })
+}
+
+/// Run `f` without the GIL; a Ctrl-C arriving meanwhile is seen between iterations.
+fn interruptible<T: Send>(py: Python<'_>, f: impl FnOnce(&mut dyn FnMut() -> bool) -> T + Send) -> T {
+    py.detach(|| {
+        let mut still_wanted = || Python::attach(|py| py.check_signals().is_ok());
+        f(&mut still_wanted)
+    })
+}
+
+/// A fitted segmentation model (see `microseg.Model` for the documented surface).
+#[pyclass(module = "microseg._native", name = "NativeModel", frozen)]
+struct NativeModel {
+    model: Arc<Model>,
+}
+
+#[pymethods]
+impl NativeModel {
+    /// The model file's JSON text.
+    fn to_json(&self) -> PyResult<String> {
+        serde_json::to_string_pretty(&*self.model).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Write the model file (atomically; an existing file is replaced only with overwrite).
+    #[pyo3(signature = (path, overwrite = true))]
+    fn save(&self, py: Python<'_>, path: PathBuf, overwrite: bool) -> PyResult<()> {
+        let model = self.model.clone();
+        py.detach(move || {
+            let out = microseg::io::output::AtomicOutput::create(&path, overwrite)?;
+            microseg::io::output::write_json(out, &*model)
+        })
+        .map_err(to_py)
+    }
+
+    fn fingerprint(&self) -> String {
+        self.model.fingerprint()
+    }
+
+    /// Centroids in model space as row lists (k × d).
+    fn centroids(&self) -> Vec<Vec<f32>> {
+        self.model.segments.iter().map(|s| s.centroid.clone()).collect()
+    }
+
+    /// Assign every row; returns a pyarrow.RecordBatchReader over id, segment, distance,
+    /// margin (and explanation).
+    #[pyo3(signature = (data, id_col = None, explain = false, profile_json = None, backend_name = None, allow_software_gpu = false))]
+    fn assign<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        id_col: Option<String>,
+        explain: bool,
+        profile_json: Option<String>,
+        backend_name: Option<String>,
+        allow_software_gpu: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ds = dataset(data, "<table>")?;
+        let profile = match profile_json {
+            Some(text) => {
+                let p: microseg::segments::profile::Profile = serde_json::from_str(&text)
+                    .map_err(|e| InvalidInputError::new_err(format!("not a microseg profile ({e})")))?;
+                p.check_model(&self.model).map_err(InvalidInputError::new_err)?;
+                Some(p)
+            }
+            None => None,
+        };
+        let be = backend(backend_name.as_deref(), allow_software_gpu)?;
+        let model = self.model.clone();
+        let cfg = AssignConfig {
+            id_col,
+            explain: explain.then(|| pipeline::segment_names(&model, profile.as_ref())),
+            pseudonymize: None,
+        };
+        let (schema, batches) = py
+            .detach(move || {
+                let mut sink = (None, Vec::new());
+                pipeline::assign(&model, &ds, &cfg, be.as_ref(), &mut sink)?;
+                Ok::<_, microseg::Error>((sink.0.expect("assign announces its schema"), sink.1))
+            })
+            .map_err(to_py)?;
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let boxed: Box<dyn arrow::record_batch::RecordBatchReader + Send> = Box::new(reader);
+        boxed.into_pyarrow(py)
+    }
+
+    /// Per-segment profiles as the JSON text of `microseg profile`.
+    #[pyo3(signature = (data, outcomes = Vec::new(), id_col = None, backend_name = None, allow_software_gpu = false))]
+    fn profile(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        outcomes: Vec<String>,
+        id_col: Option<String>,
+        backend_name: Option<String>,
+        allow_software_gpu: bool,
+    ) -> PyResult<String> {
+        let ds = dataset(data, "<table>")?;
+        let be = backend(backend_name.as_deref(), allow_software_gpu)?;
+        let model = self.model.clone();
+        let p = py
+            .detach(move || pipeline::profile(&model, &ds, id_col.as_deref(), &outcomes, be.as_ref()))
+            .map_err(to_py)?;
+        serde_json::to_string(&p).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Drift of `data` against the training baseline, as the JSON text of `microseg drift`.
+    #[pyo3(signature = (data, watch = 0.1, retrain = 0.25, backend_name = None, allow_software_gpu = false))]
+    fn drift(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        watch: f64,
+        retrain: f64,
+        backend_name: Option<String>,
+        allow_software_gpu: bool,
+    ) -> PyResult<String> {
+        let ds = dataset(data, "<table>")?;
+        let be = backend(backend_name.as_deref(), allow_software_gpu)?;
+        let model = self.model.clone();
+        let t = microseg::segments::drift::Thresholds { watch, retrain };
+        let r = py.detach(move || pipeline::drift(&model, &ds, t, be.as_ref())).map_err(to_py)?;
+        serde_json::to_string(&r).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+}
+
+/// Read a model file (or `-`, standard input).
+#[pyfunction]
+fn load(path: PathBuf) -> PyResult<NativeModel> {
+    Ok(NativeModel { model: Arc::new(Model::load(&path).map_err(to_py)?) })
+}
+
+/// A model from its JSON text.
+#[pyfunction]
+fn loads(text: &str) -> PyResult<NativeModel> {
+    let model: Model =
+        serde_json::from_str(text).map_err(|e| InvalidInputError::new_err(format!("not a microseg model: {e}")))?;
+    model.validate().map_err(|m| InvalidInputError::new_err(format!("invalid model: {m}")))?;
+    Ok(NativeModel { model: Arc::new(model) })
+}
+
+/// Fit k-means segments; the keywords are the CLI's flags (see `microseg.fit`).
+#[pyfunction]
+#[pyo3(signature = (
+    data, k = 8, features = None, exclude = Vec::new(), log1p = Vec::new(), scale = "standard",
+    missing = "error", weight_col = None, id_col = None, init = "k-means++", init_centroids = None,
+    init_sample = 0, n_init = 1, max_iter = 300, tol = 1e-4, seed = 0, previous = None,
+    allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
+    backend_name = None, allow_software_gpu = false
+))]
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    k: usize,
+    features: Option<Vec<String>>,
+    exclude: Vec<String>,
+    log1p: Vec<String>,
+    scale: &str,
+    missing: &str,
+    weight_col: Option<String>,
+    id_col: Option<String>,
+    init: &str,
+    init_centroids: Option<Vec<f32>>,
+    init_sample: usize,
+    n_init: usize,
+    max_iter: usize,
+    tol: f64,
+    seed: u64,
+    previous: Option<PyRef<'_, NativeModel>>,
+    allow_sensitive: bool,
+    metric: &str,
+    embedding_weight: Option<f64>,
+    algorithm: &str,
+    backend_name: Option<String>,
+    allow_software_gpu: bool,
+) -> PyResult<(NativeModel, String)> {
+    let cfg = FitConfig {
+        k,
+        features,
+        exclude,
+        log1p,
+        scale: parse("scale", scale, &[("standard", Scale::Standard), ("none", Scale::None)])?,
+        missing: parse(
+            "missing",
+            missing,
+            &[("error", MissingPolicy::Error), ("drop", MissingPolicy::Drop), ("mean", MissingPolicy::Mean)],
+        )?,
+        weight_col,
+        id_col,
+        init: match init_centroids {
+            Some(c) => InitSpec::Centroids(c),
+            None => InitSpec::parse(init),
+        },
+        init_sample,
+        n_init,
+        max_iter,
+        tol,
+        seed,
+        previous: previous.map(|p| (*p.model).clone()),
+        allow_sensitive,
+        metric: parse("metric", metric, &[("euclidean", Metric::Euclidean), ("cosine", Metric::Cosine)])?,
+        embedding_weight,
+        algorithm: parse(
+            "algorithm",
+            algorithm,
+            &[
+                ("auto", AlgorithmChoice::Auto),
+                ("lloyd", AlgorithmChoice::Lloyd),
+                ("hamerly", AlgorithmChoice::Hamerly),
+                ("pruned", AlgorithmChoice::Pruned),
+            ],
+        )?,
+    };
+    cfg.check().map_err(to_py)?;
+    let ds = dataset(data, "<table>")?;
+    let be = backend(backend_name.as_deref(), allow_software_gpu)?;
+    let (model, report) = interruptible(py, move |still_wanted| {
+        pipeline::fit_with_progress(&ds, &cfg, be.as_ref(), &mut |_| still_wanted())
+    })
+    .map_err(to_py)?;
+    let report = serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok((NativeModel { model: Arc::new(model) }, report))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(fit, m)?)?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(loads, m)?)?;
+    m.add_class::<NativeModel>()?;
+    m.add("InvalidInputError", m.py().get_type::<InvalidInputError>())?;
+    m.add("__version__", microseg::ENGINE_VERSION)?;
+    Ok(())
+}
