@@ -1,12 +1,8 @@
 //! `microseg profile`, `microseg drift` and `microseg audit`: what a marketer reads
 //! about the segments, and the checks a batch job runs before trusting them again.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use arrow::array::{Array, AsArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type};
 use clap::Args;
 
 use super::backend::BackendArgs;
@@ -16,7 +12,7 @@ use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, write_json};
 use crate::model::Model;
 use crate::pipeline;
-use crate::segments::audit::{AuditBuilder, AuditReport};
+use crate::segments::audit::AuditReport;
 use crate::segments::drift::Thresholds;
 use crate::segments::profile::Profile;
 
@@ -153,179 +149,25 @@ pub(crate) struct AuditArgs {
     pub(crate) json: bool,
 }
 
-fn keys(a: &dyn Array) -> Result<Vec<Option<String>>> {
-    let s = cast(a, &DataType::Utf8).map_err(|e| Error::Data(format!("cannot read as text: {e}")))?;
-    let s = s.as_string::<i32>();
-    Ok((0..s.len()).map(|i| (!s.is_null(i)).then(|| s.value(i).to_string())).collect())
-}
-
-/// The model fingerprint a Parquet output of ours carries in its metadata.
-fn fingerprint_of(ds: &Dataset) -> Option<String> {
-    ds.schema.metadata().get("microseg.model_fingerprint").cloned()
-}
-
 pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
     let mut inputs = vec![a.segments.as_path(), a.input.as_path()];
     inputs.extend(a.model.as_deref());
     let outputs: Vec<&std::path::Path> = a.out.as_deref().into_iter().collect();
     crate::io::output::check_paths(&inputs, &outputs, a.json)?;
-    let seg_ds = Dataset::open(std::slice::from_ref(&a.segments))?;
-    let seg_fp = fingerprint_of(&seg_ds);
-    if let Some(m) = &a.model {
-        let model = Model::load(m)?;
-        if let Some(fp) = &seg_fp
-            && *fp != model.fingerprint()
-        {
-            return Err(Error::input(
-                &a.segments,
-                format!(
-                    "these assignments were made with another model than {} (fingerprint {} against {}); \
-                     assign again with that model or pass the model they came from",
-                    m.display(),
-                    crate::segments::profile::short(fp),
-                    crate::segments::profile::short(&model.fingerprint())
-                ),
-            ));
-        }
-        let used: Vec<&String> =
-            a.protected.iter().filter(|p| model.feature_columns.iter().any(|c| &c.column == *p)).collect();
-        if !used.is_empty() {
-            return Err(Error::Usage(format!(
-                "protected column(s) {} were clustering features of {}; refit without them (--exclude) before auditing",
-                used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                m.display()
-            )));
-        }
-    }
+    let model = a.model.as_deref().map(Model::load).transpose()?;
     let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
-    let cols = vec![a.id_col.clone(), "segment".to_string()];
-    let seg_id_type = seg_ds.column_type(&a.id_col)?.clone();
-    let mut segment_of: HashMap<String, (u32, bool)> = HashMap::new();
-    let mut duplicate_segment_ids = 0u64;
-    for sb in seg_ds.batches(&cols)? {
-        let sb = sb?;
-        let ids = keys(sb.batch.column(0).as_ref())
-            .map_err(|e| Error::input(sb.path, format!("column '{}': {e}", a.id_col)))?;
-        let seg = cast(sb.batch.column(1), &DataType::Int64)
-            .map_err(|e| Error::input(sb.path, format!("column 'segment': {e}")))?;
-        let seg = seg.as_primitive::<Int64Type>();
-        for (i, id) in ids.into_iter().enumerate() {
-            let Some(id) = id else { continue };
-            if seg.is_null(i) || seg.value(i) < 0 || seg.value(i) > u32::MAX as i64 {
-                return Err(Error::input(
-                    sb.path,
-                    format!("column 'segment' holds {} at row {i}; segment ids are integers from 0", seg.value(i)),
-                ));
-            }
-            match segment_of.entry(id) {
-                std::collections::hash_map::Entry::Occupied(_) => duplicate_segment_ids += 1,
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((seg.value(i) as u32, false));
-                }
-            }
-        }
-    }
-    let ds = Dataset::open(std::slice::from_ref(&a.input))?;
-    let input_id_type = ds.column_type(&a.id_col)?.clone();
-    let mut names = vec![a.id_col.clone()];
-    names.extend(a.protected.iter().cloned());
-    let mut builders: Vec<AuditBuilder> = a.protected.iter().map(|_| AuditBuilder::default()).collect();
-    let (mut unmatched, mut joined, mut duplicate_input_ids) = (0u64, 0u64, 0u64);
-    for sb in ds.batches(&names)? {
-        let sb = sb?;
-        let ids = keys(sb.batch.column(0).as_ref())
-            .map_err(|e| Error::input(sb.path, format!("column '{}': {e}", a.id_col)))?;
-        let groups: Vec<Vec<Option<String>>> = (0..a.protected.len())
-            .map(|p| {
-                keys(sb.batch.column(p + 1).as_ref())
-                    .map_err(|e| Error::input(sb.path, format!("column '{}': {e}", a.protected[p])))
-            })
-            .collect::<Result<_>>()?;
-        for (i, id) in ids.iter().enumerate() {
-            let Some(entry) = id.as_ref().and_then(|id| segment_of.get_mut(id)) else {
-                unmatched += 1;
-                continue;
-            };
-            if entry.1 {
-                duplicate_input_ids += 1;
-            }
-            entry.1 = true;
-            joined += 1;
-            for (p, b) in builders.iter_mut().enumerate() {
-                b.add(entry.0, groups[p][i].as_deref().unwrap_or("(missing)"));
-            }
-        }
-    }
-    let unmatched_segment_rows = segment_of.values().filter(|(_, seen)| !seen).count() as u64;
-    if joined == 0 {
-        return Err(Error::input(
-            &a.input,
-            format!(
-                "no row joins the assignments in {} on '{}' ({} input rows, {} assigned ids; the id column is {} \
-                 here and {} there): check that both files hold the same subscribers and id format (and \
-                 --id-col; pseudonymised ids do not join raw ones)",
-                a.segments.display(),
-                a.id_col,
-                unmatched,
-                segment_of.len(),
-                input_id_type,
-                seg_id_type
-            ),
-        ));
-    }
-    let mut warnings = Vec::new();
-    if unmatched > 0 {
-        warnings.push(format!("{unmatched} rows of {} have no segment and are left out", a.input.display()));
-    }
-    if unmatched_segment_rows > 0 {
-        warnings.push(format!("{unmatched_segment_rows} assigned ids have no row in {}", a.input.display()));
-    }
-    if duplicate_segment_ids > 0 {
-        warnings.push(format!(
-            "{duplicate_segment_ids} ids appear more than once in {} (the first row counts)",
-            a.segments.display()
-        ));
-    }
-    if duplicate_input_ids > 0 {
-        warnings.push(format!("{duplicate_input_ids} ids appear more than once in {}", a.input.display()));
-    }
-    let attributes: Vec<_> = builders.into_iter().zip(&a.protected).map(|(b, c)| b.finish(c)).collect();
-    for r in &attributes {
-        if r.population.len() > crate::segments::audit::MANY_GROUPS {
-            warnings.push(format!(
-                "protected column '{}' has {} distinct values: is it a group label? (an id or a number \
-                 gives meaningless groups; bucket it first)",
-                r.column,
-                r.population.len()
-            ));
-        }
-    }
-    for w in &warnings {
-        log::warn!("{w}");
-    }
-    for r in &attributes {
-        log(format!("{}: {} segment×group pairs under the four-fifths rule", r.column, r.flags));
-    }
-    let report = AuditReport {
-        format: crate::segments::audit::AUDIT_FORMAT.into(),
-        format_version: 1,
-        model_fingerprint: seg_fp,
-        joined_rows: joined,
-        unmatched_input_rows: unmatched,
-        unmatched_segment_rows,
-        duplicate_segment_ids,
-        duplicate_input_ids,
-        warnings,
-        attributes,
-    };
+    let segments = Dataset::open(std::slice::from_ref(&a.segments))?;
+    let input = Dataset::open(std::slice::from_ref(&a.input))?;
+    let cfg = pipeline::AuditConfig { id_col: a.id_col.clone(), protected: a.protected.clone() };
+    let report = pipeline::audit(&segments, &input, &cfg, model.as_ref())?;
     if let Some(o) = out {
         write_json(o, &report)?;
     }
     if a.json {
         super::print_json(&serde_json::json!({
-            "command": "audit", "joined_rows": joined, "unmatched_input_rows": unmatched,
-            "unmatched_segment_rows": unmatched_segment_rows,
-            "duplicate_segment_ids": duplicate_segment_ids, "duplicate_input_ids": duplicate_input_ids,
+            "command": "audit", "joined_rows": report.joined_rows, "unmatched_input_rows": report.unmatched_input_rows,
+            "unmatched_segment_rows": report.unmatched_segment_rows,
+            "duplicate_segment_ids": report.duplicate_segment_ids, "duplicate_input_ids": report.duplicate_input_ids,
             "flags": report.attributes.iter().map(|r| (r.column.clone(), r.flags)).collect::<Vec<_>>(),
             "report": report,
         }))?;

@@ -5,12 +5,18 @@
 //! pipeline logic. Nothing here prints: progress goes through the `log` facade.
 
 mod assign;
+mod audit;
 mod fit;
+mod similarity;
 
 pub use assign::{
     AssignConfig, AssignReport, AssignedBatch, BatchSink, assign, id_column, profile, segment_names, stream_assigned,
 };
+pub use audit::{AuditConfig, audit, fingerprint_of};
 pub use fit::{AlgorithmChoice, FitConfig, FitReport, InitSpec, fit, fit_array, fit_with_progress, read_centroids};
+pub use similarity::{
+    NeighborsConfig, NeighborsReport, SeedMode, Seeds, SimilarConfig, SimilarReport, neighbors, similar,
+};
 
 use crate::backend::{Backend, Centroids, ClusterStats, Nearest};
 use crate::error::{Error, Result};
