@@ -37,7 +37,7 @@ from . import _native
 from ._native import InvalidInputError
 
 __version__ = _native.__version__
-__all__ = ["fit", "load", "loads", "Model", "InvalidInputError", "__version__"]
+__all__ = ["fit", "load", "loads", "neighbors", "similar", "Model", "InvalidInputError", "__version__"]
 
 
 def _arrow(data: Any) -> Any:
@@ -264,3 +264,50 @@ def load(path: "os.PathLike[str] | str") -> Model:
 def loads(text: str) -> Model:
     """A model from its JSON text."""
     return Model(_native.loads(text))
+
+
+def neighbors(
+    base: Any,
+    queries: Any,
+    *,
+    embedding: str,
+    k: int,
+    metric: str = "cosine",
+    id_col: Optional[str] = None,
+    backend: Optional[str] = None,
+    allow_software_gpu: bool = False,
+) -> pa.Table:
+    """Exact top-``k`` neighbours of every query row among the base rows, by ``"cosine"``
+    or inner product (``"ip"``) over an embedding column (a fixed-length list of
+    numbers): a table of ``query``, ``rank`` (int32, from 1), ``neighbor``, ``score``;
+    ids keep their columns' types (row numbers without an id column). The result is a
+    float64 brute force's, ties to the lower row (as ``microseg neighbors``)."""
+    return _native.neighbors(
+        _arrow(base), _arrow(queries), embedding, k, metric=metric, id_col=id_col,
+        backend_name=backend, allow_software_gpu=allow_software_gpu,
+    ).read_all()
+
+
+def similar(
+    data: Any,
+    *,
+    embedding: str,
+    top: int,
+    seeds: Any = None,
+    seed_ids: Optional[Iterable[Any]] = None,
+    mode: str = "max",
+    metric: str = "cosine",
+    id_col: Optional[str] = None,
+    backend: Optional[str] = None,
+    allow_software_gpu: bool = False,
+) -> pa.Table:
+    """A look-alike audience: the ``top`` rows of ``data`` most similar to the seeds
+    (``seeds``: a table with the same embedding column; or ``seed_ids``: ids looked up in
+    the id column), seeds left out; ``mode`` is ``"max"`` (the most similar seed),
+    ``"mean"`` or ``"centroid"``. Returns id, ``rank`` (int32) and ``score``."""
+    return _native.similar(
+        _arrow(data), embedding, top,
+        seeds=None if seeds is None else _arrow(seeds),
+        seed_ids=None if seed_ids is None else [str(i) for i in seed_ids],
+        mode=mode, metric=metric, id_col=id_col, backend_name=backend, allow_software_gpu=allow_software_gpu,
+    ).read_all()

@@ -64,3 +64,25 @@ def fit(
     backend_name: Optional[str] = None,
     allow_software_gpu: bool = False,
 ) -> tuple[NativeModel, str]: ...
+def neighbors(
+    base: Any,
+    queries: Any,
+    embedding: str,
+    k: int,
+    metric: str = "cosine",
+    id_col: Optional[str] = None,
+    backend_name: Optional[str] = None,
+    allow_software_gpu: bool = False,
+) -> Any: ...
+def similar(
+    data: Any,
+    embedding: str,
+    top: int,
+    seeds: Any = None,
+    seed_ids: Optional[list[str]] = None,
+    mode: str = "max",
+    metric: str = "cosine",
+    id_col: Optional[str] = None,
+    backend_name: Optional[str] = None,
+    allow_software_gpu: bool = False,
+) -> Any: ...

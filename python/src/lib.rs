@@ -285,11 +285,125 @@ fn fit(
     Ok((NativeModel { model: Arc::new(model) }, report))
 }
 
+fn sim_metric(metric: &str) -> PyResult<microseg::similarity::SimMetric> {
+    use microseg::similarity::SimMetric;
+    parse("metric", metric, &[("cosine", SimMetric::Cosine), ("ip", SimMetric::Ip)])
+}
+
+fn gpu_for(
+    backend_name: Option<&str>,
+    allow_software_gpu: bool,
+) -> PyResult<Option<microseg::backend::wgpu::WgpuBackend>> {
+    match backend_name {
+        Some("gpu") => microseg::backend::open_gpu(allow_software_gpu).map(Some).map_err(to_py),
+        Some("cpu") | Some("auto") | None => Ok(None),
+        Some(other) => Err(InvalidInputError::new_err(format!("backend '{other}': use auto, gpu or cpu"))),
+    }
+}
+
+fn reader_of<'py>(py: Python<'py>, sink: (Option<SchemaRef>, Vec<RecordBatch>)) -> PyResult<Bound<'py, PyAny>> {
+    let schema = sink.0.ok_or_else(|| PyRuntimeError::new_err("no schema"))?;
+    let reader = RecordBatchIterator::new(sink.1.into_iter().map(Ok), schema);
+    let boxed: Box<dyn arrow::record_batch::RecordBatchReader + Send> = Box::new(reader);
+    boxed.into_pyarrow(py)
+}
+
+/// Exact top-k neighbours of every query row among the base rows (embedding column).
+#[pyfunction]
+#[pyo3(signature = (base, queries, embedding, k, metric = "cosine", id_col = None, backend_name = None, allow_software_gpu = false))]
+#[allow(clippy::too_many_arguments)]
+fn neighbors<'py>(
+    py: Python<'py>,
+    base: &Bound<'py, PyAny>,
+    queries: &Bound<'py, PyAny>,
+    embedding: String,
+    k: usize,
+    metric: &str,
+    id_col: Option<String>,
+    backend_name: Option<String>,
+    allow_software_gpu: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let base = dataset(base, "<base>")?;
+    let queries = dataset(queries, "<queries>")?;
+    let cfg = pipeline::NeighborsConfig {
+        embedding,
+        k,
+        metric: sim_metric(metric)?,
+        id_col,
+        scan: microseg::similarity::ScanKernel::Auto,
+    };
+    let gpu = gpu_for(backend_name.as_deref(), allow_software_gpu)?;
+    let sink = py
+        .detach(move || {
+            let mut sink = (None, Vec::new());
+            pipeline::neighbors(&base, &queries, &cfg, gpu.as_ref(), &mut sink)?;
+            Ok::<_, microseg::Error>(sink)
+        })
+        .map_err(to_py)?;
+    reader_of(py, sink)
+}
+
+/// A look-alike audience: the rows of `data` most similar to the seeds.
+#[pyfunction]
+#[pyo3(signature = (data, embedding, top, seeds = None, seed_ids = None, mode = "max", metric = "cosine", id_col = None, backend_name = None, allow_software_gpu = false))]
+#[allow(clippy::too_many_arguments)]
+fn similar<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    embedding: String,
+    top: usize,
+    seeds: Option<&Bound<'py, PyAny>>,
+    seed_ids: Option<Vec<String>>,
+    mode: &str,
+    metric: &str,
+    id_col: Option<String>,
+    backend_name: Option<String>,
+    allow_software_gpu: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    use pipeline::SeedMode;
+    let input = dataset(data, "<table>")?;
+    let seed_table = seeds.map(|s| dataset(s, "<seeds>")).transpose()?;
+    let ids = match (&seed_table, seed_ids) {
+        (Some(_), Some(_)) => return Err(InvalidInputError::new_err("give seeds or seed_ids, not both")),
+        (None, None) => return Err(InvalidInputError::new_err("give seeds (a table) or seed_ids (a list of ids)")),
+        (_, ids) => ids,
+    };
+    let cfg = pipeline::SimilarConfig {
+        embedding,
+        top,
+        mode: parse(
+            "mode",
+            mode,
+            &[("max", SeedMode::Max), ("mean", SeedMode::Mean), ("centroid", SeedMode::Centroid)],
+        )?,
+        metric: sim_metric(metric)?,
+        id_col,
+    };
+    let gpu = if cfg.mode == SeedMode::Max { gpu_for(backend_name.as_deref(), allow_software_gpu)? } else { None };
+    let sink = py
+        .detach(move || {
+            let seeds = match (&seed_table, ids) {
+                (Some(t), _) => pipeline::Seeds::Table(t),
+                (None, Some(ids)) => {
+                    pipeline::Seeds::Ids { ids: ids.into_iter().collect(), source: PathBuf::from("<seed_ids>") }
+                }
+                (None, None) => unreachable!("checked above"),
+            };
+            let mut sink = (None, Vec::new());
+            pipeline::similar(&input, seeds, &cfg, gpu.as_ref(), &mut sink)?;
+            Ok::<_, microseg::Error>(sink)
+        })
+        .map_err(to_py)?;
+    reader_of(py, sink)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fit, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
+    m.add_function(wrap_pyfunction!(neighbors, m)?)?;
+    m.add_function(wrap_pyfunction!(similar, m)?)?;
     m.add_class::<NativeModel>()?;
     m.add("InvalidInputError", m.py().get_type::<InvalidInputError>())?;
     m.add("__version__", microseg::ENGINE_VERSION)?;

@@ -125,3 +125,31 @@ def test_the_gil_is_released_while_rust_works(table):
         time.sleep(0.001)
     t.join()
     assert len(ticks) > 5, "the main thread could not run while the fit ran"
+
+
+def test_neighbors_and_look_alikes_equal_the_cli(tmp_path):
+    emb = REPO / "datasets" / "online_retail_descriptions_minilm_l6_v2.parquet"
+    base = pq.read_table(emb)
+    queries = base.slice(100, 20)
+    pq.write_table(queries, tmp_path / "q.parquet")
+    col = [f.name for f in base.schema if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type)][0]
+    r = cli("neighbors", "--base", emb, "--queries", "q.parquet", "--embedding", col, "--k", "5",
+            "--out", "n.parquet", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ours = microseg.neighbors(base, queries, embedding=col, k=5)
+    theirs = pq.read_table(tmp_path / "n.parquet")
+    assert ours.num_rows == 100
+    for name in ["query", "rank", "neighbor", "score"]:
+        assert ours.column(name).equals(theirs.column(name)), name
+    ids_col = base.schema.names[0]
+    seed_ids = base.column(ids_col).slice(0, 3).to_pylist()
+    (tmp_path / "seeds.txt").write_text("\n".join(map(str, seed_ids)) + "\n")
+    r = cli("similar", "--input", emb, "--embedding", col, "--seed-ids", "seeds.txt", "--top", "7",
+            "--id-col", ids_col, "--out", "s.parquet", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ours = microseg.similar(base, embedding=col, top=7, seed_ids=seed_ids, id_col=ids_col)
+    assert ours.equals(pq.read_table(tmp_path / "s.parquet").replace_schema_metadata(None)) or all(
+        ours.column(n).equals(pq.read_table(tmp_path / "s.parquet").column(n)) for n in ours.schema.names
+    )
+    with pytest.raises(microseg.InvalidInputError):
+        microseg.similar(base, embedding=col, top=3)

@@ -6,9 +6,9 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Float64Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float32Type};
+use arrow::datatypes::{DataType, Float32Type, Float64Type};
 use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -265,8 +265,31 @@ pub fn convert_batch(batch: &RecordBatch, cols: &[FeatureColumn], path: &Path, o
     debug_assert_eq!(out.len(), m * dim);
     let mut keeps: Vec<Option<ArrayRef>> = vec![None; cols.len()];
     let mut flats = Vec::with_capacity(cols.len());
+    // Float64 columns (the usual Arrow type) are read in place and narrowed while they
+    // are written into the matrix: the matrix is the only copy (no f32 array between).
+    let mut doubles: Vec<(&Float64Array, usize, bool)> = Vec::new();
     let mut offset = 0;
     for ((c, array), keep) in cols.iter().zip(batch.columns()).zip(keeps.iter_mut()) {
+        if c.width == 1 && array.data_type() == &DataType::Float64 {
+            let f = array.as_primitive::<Float64Type>();
+            if c.log1p
+                && let Some(pos) = (0..f.len()).find(|&i| f.is_valid(i) && (f.value(i) as f32) <= -1.0)
+            {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "column '{}' has the value {} (batch row {pos}); log1p needs values > -1; \
+                         drop '{}' from --log1p or fix the data",
+                        c.column,
+                        f.value(pos),
+                        c.column
+                    ),
+                ));
+            }
+            doubles.push((f, offset, c.log1p));
+            offset += 1;
+            continue;
+        }
         let vals = flat_values(array, keep, c.width)
             .map_err(|e| Error::input(path, format!("column '{}': cannot convert to float: {e}", c.column)))?;
         if c.log1p
@@ -298,6 +321,15 @@ pub fn convert_batch(batch: &RecordBatch, cols: &[FeatureColumn], path: &Path, o
                 for r in 0..rows {
                     chunk[r * dim + off..r * dim + off + w].copy_from_slice(&src[r * w..(r + 1) * w]);
                 }
+            }
+        }
+        for (f, off, log1p) in &doubles {
+            let values = &f.values()[r0..r0 + rows];
+            let nulls = f.nulls();
+            for (r, &v) in values.iter().enumerate() {
+                // As Arrow's cast does: round to f32, then log1p in f32; nulls are NaN.
+                let v = if nulls.is_some_and(|n| n.is_null(r0 + r)) { f32::NAN } else { v as f32 };
+                chunk[r * dim + off] = if *log1p { v.ln_1p() } else { v };
             }
         }
     });
