@@ -263,20 +263,24 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
     let profile_out = AtomicOutput::create(&a.out_dir.join("profile.json"), a.force)?;
     let report_out = AtomicOutput::create(&a.out_dir.join("report.html"), a.force)?;
     let backend = super::backend::open(&a.opts.backend)?;
-    let (model, report) = fit_model(&a.inputs, cfg, backend.as_ref())?;
     let ds = Dataset::open(&a.inputs)?;
-    let id = a.opts.table.id_col.as_deref();
     let pseudonymize =
         a.privacy.pseudonymize_ids.then(crate::segments::privacy::Pseudonymizer::from_env).transpose()?;
-    let profile = pipeline::profile(&model, &ds, id, &a.outcomes, backend.as_ref())?;
     let assign_cfg = pipeline::AssignConfig {
-        id_col: id.map(str::to_string),
-        explain: a.explain.then(|| pipeline::segment_names(&model, Some(&profile))),
+        id_col: a.opts.table.id_col.clone(),
+        // Named from the profile by `segment`; the names here only ask for the column.
+        explain: a.explain.then(Vec::new),
         pseudonymize,
     };
-    let meta = super::provenance("segment", Some(&model), assign_cfg.pseudonymize.is_some());
+    let meta = super::provenance("segment", None, assign_cfg.pseudonymize.is_some());
     let mut sink = ParquetOutput::pending(assign_out, 1 << 20, meta)?;
-    let assigned = pipeline::assign(&model, &ds, &assign_cfg, backend.as_ref(), &mut sink)?;
+    let bar = progress_bar(cfg.max_iter as u64);
+    let done = pipeline::segment(&ds, cfg, &a.outcomes, assign_cfg, backend.as_ref(), &mut sink, &mut |info| {
+        bar.set_position(info.iteration as u64);
+        true
+    });
+    bar.finish_and_clear();
+    let pipeline::Segmented { model, fit: report, profile, assigned } = done?;
     let html = crate::segments::report::render(&model, &profile, None, None);
     // Commit only when every output is ready: a failure above leaves nothing behind.
     sink.commit()?;

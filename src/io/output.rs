@@ -452,6 +452,8 @@ pub struct ParquetOutput {
     /// Known at construction, or set by `set_schema` before the first batch.
     schema: Option<SchemaRef>,
     props: Option<WriterProperties>,
+    /// Key-value metadata known only after the data (a model fitted meanwhile).
+    late_metadata: Provenance,
     writer: Option<ArrowWriter<Box<dyn Write + Send>>>,
 }
 
@@ -473,7 +475,13 @@ impl ParquetOutput {
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .set_key_value_metadata((!kv.is_empty()).then_some(kv))
             .build();
-        Ok(ParquetOutput { out: Some(out), schema: Some(schema), props: Some(props), writer: None })
+        Ok(ParquetOutput {
+            out: Some(out),
+            schema: Some(schema),
+            props: Some(props),
+            late_metadata: Vec::new(),
+            writer: None,
+        })
     }
 
     /// A writer whose schema comes later (`set_schema`, before the first batch).
@@ -497,6 +505,12 @@ impl ParquetOutput {
             let out = self.out.as_mut().unwrap();
             let w = out.writer()?;
             let schema = self.schema.clone().ok_or_else(|| Error::Runtime("Parquet output without a schema".into()))?;
+            // Provenance in the Arrow schema too, where pyarrow and polars readers look.
+            let mut meta = schema.metadata().clone();
+            if let Some(kv) = self.props.as_ref().and_then(|p| p.key_value_metadata()) {
+                meta.extend(kv.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())));
+            }
+            let schema = Arc::new(schema.as_ref().clone().with_metadata(meta));
             let writer =
                 ArrowWriter::try_new(w, schema, self.props.take()).map_err(|e| Error::output(out.path(), e))?;
             self.writer = Some(writer);
@@ -517,9 +531,18 @@ impl ParquetOutput {
         res.map_err(|e| self.error(e))
     }
 
+    /// More key-value metadata for the footer (written at commit).
+    pub fn append_metadata(&mut self, kv: Provenance) {
+        self.late_metadata.extend(kv);
+    }
+
     /// Finish the file (footer) and rename it into place.
     pub fn commit(mut self) -> Result<()> {
-        self.started()?;
+        let late = std::mem::take(&mut self.late_metadata);
+        let writer = self.started()?;
+        for (k, v) in late {
+            writer.append_key_value_metadata(KeyValue::new(k, v));
+        }
         let res = self.writer.take().unwrap().close();
         res.map_err(|e| self.error(e))?;
         self.out.take().unwrap().commit()

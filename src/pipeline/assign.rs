@@ -270,7 +270,13 @@ pub fn assign(
     if cfg.explain.is_some() {
         fields.push(Field::new("explanation", DataType::Utf8, false));
     }
-    let schema = Arc::new(Schema::new(fields));
+    // The batches say which model made them (and whether their ids are pseudonyms).
+    let provenance = [
+        ("microseg.model_fingerprint".to_string(), model.fingerprint()),
+        ("microseg.ids_pseudonymized".to_string(), cfg.pseudonymize.is_some().to_string()),
+    ];
+    let meta: std::collections::HashMap<String, String> = provenance.into_iter().collect();
+    let schema = Arc::new(Schema::new(fields).with_metadata(meta));
     sink.start(&schema)?;
     let seg_ids: Vec<i32> = model.segments.iter().map(|s| s.id as i32).collect();
     let centroids = model.centroids();

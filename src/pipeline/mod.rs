@@ -142,3 +142,31 @@ impl Model {
         Ok((ndarray::Array1::from(seg), ndarray::Array1::from(dist)))
     }
 }
+
+/// What `segment` produces besides the assignments written to its sink.
+pub struct Segmented {
+    pub model: Model,
+    pub fit: FitReport,
+    pub profile: Profile,
+    pub assigned: AssignReport,
+}
+
+/// The main job: fit on `source`, profile it (with `outcomes` summarised per segment),
+/// and assign every row into `sink` (with explanations when `explain`, named from the
+/// profile). `progress` sees every fit iteration and may stop it.
+pub fn segment(
+    source: &Dataset,
+    cfg: &FitConfig,
+    outcomes: &[String],
+    assign_cfg: AssignConfig,
+    backend: &dyn Backend,
+    sink: &mut dyn BatchSink,
+    progress: &mut dyn FnMut(&crate::kmeans::IterInfo) -> bool,
+) -> Result<Segmented> {
+    let (model, fit) = fit_with_progress(source, cfg, backend, progress)?;
+    let profile = profile(&model, source, assign_cfg.id_col.as_deref(), outcomes, backend)?;
+    let assign_cfg =
+        AssignConfig { explain: assign_cfg.explain.map(|_| segment_names(&model, Some(&profile))), ..assign_cfg };
+    let assigned = assign(&model, source, &assign_cfg, backend, sink)?;
+    Ok(Segmented { model, fit, profile, assigned })
+}
