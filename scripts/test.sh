@@ -4,6 +4,12 @@
 # which compares it with the CLI built by the first step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The in-process GPU tests load Mesa's Vulkan driver, whose Wayland code prints
+# "XDG_RUNTIME_DIR is invalid" on every probe when the variable is unset.
+if [ -z "${XDG_RUNTIME_DIR:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ]; then
+    XDG_RUNTIME_DIR="$(mktemp -d)"
+    export XDG_RUNTIME_DIR
+fi
 
 cargo test --release
 

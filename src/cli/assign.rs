@@ -38,10 +38,8 @@ pub(crate) struct AssignArgs {
     /// standard output.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -56,7 +54,7 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     inputs.push(&a.model);
     inputs.extend(a.profile.as_deref());
-    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
+    crate::io::output::check_paths(&inputs, &[&a.out], a.write.json)?;
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
     let pseudonymize =
@@ -65,7 +63,7 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
         Some(p) => Some(super::segments::read_profile(p, &model, &a.model)?),
         None => None,
     };
-    let out = AtomicOutput::create(&a.out, a.force)?;
+    let out = AtomicOutput::create(&a.out, a.write.force)?;
     let backend = super::backend::open(&a.backend)?;
     let cfg = pipeline::AssignConfig {
         id_col: a.table.id_col.clone(),
@@ -84,7 +82,7 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
         res.rows_dropped,
         a.out.display()
     ));
-    if a.json {
+    if a.write.json {
         super::print_json(&serde_json::json!({
             "command": "assign",
             "n_rows": res.n_rows,

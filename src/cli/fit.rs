@@ -91,12 +91,8 @@ pub(crate) struct FitArgs {
     /// Where to write the model (JSON).
     #[arg(long)]
     model: PathBuf,
-    /// Replace existing outputs.
-    #[arg(long)]
-    force: bool,
-    /// Print a one-line JSON summary on stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -116,10 +112,8 @@ pub(crate) struct SegmentArgs {
     explain: bool,
     #[command(flatten)]
     privacy: super::assign::PrivacyArgs,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 impl FitOpts {
@@ -218,13 +212,13 @@ fn fit_inputs<'a>(inputs: &'a [PathBuf], o: &'a FitOpts) -> Vec<&'a Path> {
 
 pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
     let cfg = a.opts.checked_config()?;
-    crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &[&a.model], a.json)?;
-    let out = AtomicOutput::create(&a.model, a.force)?;
+    crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &[&a.model], a.write.json)?;
+    let out = AtomicOutput::create(&a.model, a.write.force)?;
     let backend = super::backend::open(&a.opts.backend)?;
     let (model, report) = fit_model(&a.inputs, &cfg, backend.as_ref())?;
     write_json(out, &model)?;
     log(format!("wrote the model to {}", a.model.display()));
-    if a.json {
+    if a.write.json {
         let mut s = summary(&report, "fit")?;
         s["model"] = a.model.display().to_string().into();
         super::print_json(&s)?;
@@ -242,7 +236,7 @@ pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
         .map(|f| a.out_dir.join(f))
         .collect();
     let out_refs: Vec<&Path> = outputs.iter().map(|p| p.as_path()).collect();
-    crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &out_refs, a.json)?;
+    crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &out_refs, a.write.json)?;
     let created = !a.out_dir.exists();
     if created {
         std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::output(&a.out_dir, e))?;
@@ -258,10 +252,10 @@ pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
 }
 
 fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
-    let model_out = AtomicOutput::create(&a.out_dir.join("model.json"), a.force)?;
-    let assign_out = AtomicOutput::create(&a.out_dir.join("assignments.parquet"), a.force)?;
-    let profile_out = AtomicOutput::create(&a.out_dir.join("profile.json"), a.force)?;
-    let report_out = AtomicOutput::create(&a.out_dir.join("report.html"), a.force)?;
+    let model_out = AtomicOutput::create(&a.out_dir.join("model.json"), a.write.force)?;
+    let assign_out = AtomicOutput::create(&a.out_dir.join("assignments.parquet"), a.write.force)?;
+    let profile_out = AtomicOutput::create(&a.out_dir.join("profile.json"), a.write.force)?;
+    let report_out = AtomicOutput::create(&a.out_dir.join("report.html"), a.write.force)?;
     let backend = super::backend::open(&a.opts.backend)?;
     let ds = Dataset::open(&a.inputs)?;
     let pseudonymize =
@@ -291,7 +285,7 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
         log(format!("segment {}: {} ({:.1} %)", s.id, s.name, 100.0 * s.share));
     }
     log(format!("wrote model.json, assignments.parquet, profile.json and report.html to {}", a.out_dir.display()));
-    if a.json {
+    if a.write.json {
         let mut s = summary(&report, "segment")?;
         s["out_dir"] = a.out_dir.display().to_string().into();
         s["assigned_rows"] = assigned.n_rows.into();

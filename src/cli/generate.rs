@@ -27,12 +27,8 @@ pub(crate) struct GenerateArgs {
     row_group_rows: usize,
     #[arg(long)]
     out: PathBuf,
-    /// Replace an existing output.
-    #[arg(long)]
-    force: bool,
-    /// Print a one-line JSON summary on stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 /// Columns per generated table: far beyond any subscriber table, small enough that the
@@ -47,8 +43,8 @@ pub(crate) fn run_generate(a: GenerateArgs) -> Result<()> {
     if a.dims > MAX_DIMS {
         return Err(Error::Usage(format!("--dims {} is more than the {MAX_DIMS} columns generate writes", a.dims)));
     }
-    crate::io::output::check_paths(&[], &[&a.out], a.json)?;
-    let out = AtomicOutput::create(&a.out, a.force)?;
+    crate::io::output::check_paths(&[], &[&a.out], a.write.json)?;
+    let out = AtomicOutput::create(&a.out, a.write.force)?;
     let spec =
         SynthSpec { rows: a.rows, dims: a.dims, clusters: a.clusters, seed: a.seed, row_group_rows: a.row_group_rows };
     let meta = super::provenance("generate", None, false);
@@ -62,7 +58,7 @@ pub(crate) fn run_generate(a: GenerateArgs) -> Result<()> {
         a.clusters,
         a.out.display()
     ));
-    if a.json {
+    if a.write.json {
         super::print_json(&serde_json::json!({
             "command": "generate", "n_rows": a.rows, "dims": a.dims, "clusters": a.clusters,
             "seed": a.seed, "seconds": secs, "out": a.out,

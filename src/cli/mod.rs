@@ -118,6 +118,17 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The flags every command that writes outputs shares.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WriteArgs {
+    /// Replace existing outputs (never an input, a device or a pipe).
+    #[arg(long)]
+    pub force: bool,
+    /// Print a one-line JSON summary on stdout (a failure prints one too, with "status": "error").
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Options of the input table shared by fit, segment and assign.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct TableArgs {
@@ -224,16 +235,16 @@ fn configure_threads(threads: Option<usize>) -> Result<()> {
 impl Command {
     fn json(&self) -> bool {
         match self {
-            Command::Fit(a) => a.json,
-            Command::Assign(a) => a.json,
-            Command::Segment(a) => a.json,
-            Command::Generate(a) => a.json,
-            Command::Profile(a) => a.json,
-            Command::Drift(a) => a.json,
+            Command::Fit(a) => a.write.json,
+            Command::Assign(a) => a.write.json,
+            Command::Segment(a) => a.write.json,
+            Command::Generate(a) => a.write.json,
+            Command::Profile(a) => a.write.json,
+            Command::Drift(a) => a.write.json,
             Command::Report(_) => false,
-            Command::Audit(a) => a.json,
-            Command::Neighbors(a) => a.json,
-            Command::Similar(a) => a.json,
+            Command::Audit(a) => a.write.json,
+            Command::Neighbors(a) => a.write.json,
+            Command::Similar(a) => a.write.json,
             Command::Info(a) => a.json,
             Command::Bench(a) => a.json,
         }

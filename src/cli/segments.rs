@@ -32,26 +32,24 @@ pub(crate) struct ProfileArgs {
     backend: BackendArgs,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 pub(crate) fn run_profile(a: ProfileArgs) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     inputs.push(&a.model);
-    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
+    crate::io::output::check_paths(&inputs, &[&a.out], a.write.json)?;
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
-    let out = AtomicOutput::create(&a.out, a.force)?;
+    let out = AtomicOutput::create(&a.out, a.write.force)?;
     let backend = super::backend::open(&a.backend)?;
     let p = pipeline::profile(&model, &ds, a.table.id_col.as_deref(), &a.outcomes, backend.as_ref())?;
     write_json(out, &p)?;
     for s in &p.segments {
         log(format!("segment {}: {} ({:.1} %)", s.id, s.name, 100.0 * s.share));
     }
-    if a.json {
+    if a.write.json {
         super::print_json(&serde_json::json!({
             "command": "profile", "n_rows": p.n_rows, "k": p.k, "out": a.out,
             "names": p.segments.iter().map(|s| (s.id, s.name.clone())).collect::<Vec<_>>(),
@@ -77,10 +75,8 @@ pub(crate) struct DriftArgs {
     /// Also write the full report (JSON) here.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 /// Returns the verdict's exit code (0 stable, 10 watch, 11 retrain).
@@ -91,10 +87,10 @@ pub(crate) fn run_drift(a: DriftArgs) -> Result<u8> {
     let mut inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     inputs.push(&a.model);
     let outputs: Vec<&std::path::Path> = a.out.as_deref().into_iter().collect();
-    crate::io::output::check_paths(&inputs, &outputs, a.json)?;
+    crate::io::output::check_paths(&inputs, &outputs, a.write.json)?;
     let model = Model::load(&a.model)?;
     let ds = Dataset::open(&a.inputs)?;
-    let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
+    let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.write.force)).transpose()?;
     let backend = super::backend::open(&a.backend)?;
     let r = pipeline::drift(&model, &ds, Thresholds { watch: a.watch, retrain: a.retrain }, backend.as_ref())?;
     if let Some(o) = out {
@@ -112,7 +108,7 @@ pub(crate) fn run_drift(a: DriftArgs) -> Result<u8> {
     for reason in &r.reasons {
         log(format!("  {reason}"));
     }
-    if a.json {
+    if a.write.json {
         super::print_json(&serde_json::json!({
             "command": "drift", "n_rows": r.n_rows, "min_rows": r.min_rows, "verdict": r.verdict,
             "model_fingerprint": r.model_fingerprint, "exit_code": r.verdict.exit_code(),
@@ -143,19 +139,17 @@ pub(crate) struct AuditArgs {
     model: Option<PathBuf>,
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
 }
 
 pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
     let mut inputs = vec![a.segments.as_path(), a.input.as_path()];
     inputs.extend(a.model.as_deref());
     let outputs: Vec<&std::path::Path> = a.out.as_deref().into_iter().collect();
-    crate::io::output::check_paths(&inputs, &outputs, a.json)?;
+    crate::io::output::check_paths(&inputs, &outputs, a.write.json)?;
     let model = a.model.as_deref().map(Model::load).transpose()?;
-    let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.force)).transpose()?;
+    let out = a.out.as_ref().map(|p| AtomicOutput::create(p, a.write.force)).transpose()?;
     let segments = Dataset::open(std::slice::from_ref(&a.segments))?;
     let input = Dataset::open(std::slice::from_ref(&a.input))?;
     let cfg = pipeline::AuditConfig { id_col: a.id_col.clone(), protected: a.protected.clone() };
@@ -163,7 +157,7 @@ pub(crate) fn run_audit(a: AuditArgs) -> Result<()> {
     if let Some(o) = out {
         write_json(o, &report)?;
     }
-    if a.json {
+    if a.write.json {
         super::print_json(&serde_json::json!({
             "command": "audit", "joined_rows": report.joined_rows, "unmatched_input_rows": report.unmatched_input_rows,
             "unmatched_segment_rows": report.unmatched_segment_rows,

@@ -49,10 +49,8 @@ pub(crate) struct NeighborsArgs {
     id_col: Option<String>,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
     /// `auto` and `cpu` search on the CPU; `gpu` runs the top-k shader.
     #[command(flatten)]
     backend: BackendArgs,
@@ -72,8 +70,8 @@ pub(crate) enum ScanArg {
 
 pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
     let inputs: Vec<&std::path::Path> = a.base.iter().chain(&a.queries).map(|p| p.as_path()).collect();
-    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
-    let out = AtomicOutput::create(&a.out, a.force)?;
+    crate::io::output::check_paths(&inputs, &[&a.out], a.write.json)?;
+    let out = AtomicOutput::create(&a.out, a.write.force)?;
     let queries = Dataset::open(&a.queries)?;
     let base = Dataset::open(&a.base)?;
     let cfg = NeighborsConfig {
@@ -101,7 +99,7 @@ pub(crate) fn run_neighbors(a: NeighborsArgs) -> Result<()> {
         r.search_seconds,
         a.out.display()
     ));
-    if a.json {
+    if a.write.json {
         let mut v = serde_json::to_value(&r).map_err(|e| Error::Runtime(e.to_string()))?;
         v["command"] = "neighbors".into();
         v["metric"] = serde_json::to_value(cfg.metric).unwrap_or_default();
@@ -148,10 +146,8 @@ pub(crate) struct SimilarArgs {
     id_col: Option<String>,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
     /// `auto` and `cpu` score on the CPU; `gpu` runs the top-k shader (mode max).
     #[command(flatten)]
     backend: BackendArgs,
@@ -161,8 +157,8 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = a.input.iter().map(|p| p.as_path()).collect();
     inputs.extend(a.seeds.as_deref());
     inputs.extend(a.seed_ids.as_deref());
-    crate::io::output::check_paths(&inputs, &[&a.out], a.json)?;
-    let out = AtomicOutput::create(&a.out, a.force)?;
+    crate::io::output::check_paths(&inputs, &[&a.out], a.write.json)?;
+    let out = AtomicOutput::create(&a.out, a.write.force)?;
     let input = Dataset::open(&a.input)?;
     let seed_table = a.seeds.as_ref().map(|p| Dataset::open(std::slice::from_ref(p))).transpose()?;
     let seeds = match (&seed_table, &a.seed_ids) {
@@ -197,7 +193,7 @@ pub(crate) fn run_similar(a: SimilarArgs) -> Result<()> {
         r.top,
         a.out.display()
     ));
-    if a.json {
+    if a.write.json {
         super::print_json(
             &serde_json::json!({"command": "similar", "seeds": r.seeds, "top": r.top, "seconds": r.seconds}),
         )?;
