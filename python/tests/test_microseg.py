@@ -61,6 +61,7 @@ def test_assign_equals_the_cli_output(table, tmp_path):
 
 def test_polars_pandas_numpy_and_readers_give_the_same_model(table):
     want = microseg.fit(table, k=5).to_json()
+    pytest.importorskip("pandas")
     assert microseg.fit(table.to_pandas(), k=5).to_json() == want
     assert microseg.fit(table.to_reader(max_chunksize=999), k=5).to_json() == want
     pl = pytest.importorskip("polars")
