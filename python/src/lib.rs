@@ -107,6 +107,7 @@ impl NativeModel {
     /// Assign every row; returns a pyarrow.RecordBatchReader over id, segment, distance,
     /// margin (and explanation).
     #[pyo3(signature = (data, id_col = None, explain = false, profile_json = None, backend_name = None, allow_software_gpu = false))]
+    #[allow(clippy::too_many_arguments)]
     fn assign<'py>(
         &self,
         py: Python<'py>,

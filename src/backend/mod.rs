@@ -149,12 +149,7 @@ pub fn open(choice: BackendChoice, allow_software: bool) -> Result<Box<dyn Backe
         BackendChoice::Gpu => Ok(Box::new(open_gpu(allow_software)?)),
         BackendChoice::Auto => match wgpu::WgpuBackend::open(allow_software)? {
             Some(b) => {
-                log::info!(
-                    "using GPU adapter {} ({}, {}); --backend cpu to stay on the CPU",
-                    b.ctx.adapter.name,
-                    b.ctx.adapter.backend,
-                    b.ctx.adapter.device_type
-                );
+                log_adapter(&b, "; --backend cpu to stay on the CPU");
                 Ok(Box::new(b))
             }
             None => {
@@ -169,16 +164,16 @@ pub fn open(choice: BackendChoice, allow_software: bool) -> Result<Box<dyn Backe
 pub fn open_gpu(allow_software: bool) -> Result<wgpu::WgpuBackend> {
     match wgpu::WgpuBackend::open(allow_software)? {
         Some(b) => {
-            log::info!(
-                "using GPU adapter {} ({}, {})",
-                b.ctx.adapter.name,
-                b.ctx.adapter.backend,
-                b.ctx.adapter.device_type
-            );
+            log_adapter(&b, "");
             Ok(b)
         }
         None => Err(crate::Error::Usage(no_gpu_message(allow_software))),
     }
+}
+
+fn log_adapter(b: &wgpu::WgpuBackend, note: &str) {
+    let a = &b.ctx.adapter;
+    log::info!("using GPU adapter {} ({}, {}){note}", a.name, a.backend, a.device_type);
 }
 
 fn no_gpu_message(allow_software: bool) -> String {

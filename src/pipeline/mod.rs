@@ -69,7 +69,7 @@ pub fn partial_stats_of(
     centroids: &Centroids,
     backend: &dyn Backend,
 ) -> Result<ClusterStats> {
-    if points.len() % centroids.dim != 0 {
+    if !points.len().is_multiple_of(centroids.dim) {
         return Err(Error::Data(format!("{} values do not make rows of {} features", points.len(), centroids.dim)));
     }
     let mut nearest = vec![Nearest::default(); points.len() / centroids.dim];
