@@ -282,7 +282,7 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
     super::segments::write_html(report_out, &html)?;
     write_json(model_out, &model)?;
     for s in &profile.segments {
-        log(format!("segment {}: {} ({:.1} %)", s.id, s.name, 100.0 * s.share));
+        log(format!("segment {}: {} ({})", s.id, s.name, crate::segments::report::pct(s.share)));
     }
     log(format!("wrote model.json, assignments.parquet, profile.json and report.html to {}", a.out_dir.display()));
     if a.write.json {

@@ -47,7 +47,7 @@ pub(crate) fn run_profile(a: ProfileArgs) -> Result<()> {
     let p = pipeline::profile(&model, &ds, a.table.id_col.as_deref(), &a.outcomes, backend.as_ref())?;
     write_json(out, &p)?;
     for s in &p.segments {
-        log(format!("segment {}: {} ({:.1} %)", s.id, s.name, 100.0 * s.share));
+        log(format!("segment {}: {} ({})", s.id, s.name, crate::segments::report::pct(s.share)));
     }
     if a.write.json {
         super::print_json(&serde_json::json!({
