@@ -452,8 +452,6 @@ pub struct ParquetOutput {
     /// Known at construction, or set by `set_schema` before the first batch.
     schema: Option<SchemaRef>,
     props: Option<WriterProperties>,
-    /// Key-value metadata known only after the data (a model fitted meanwhile).
-    late_metadata: Provenance,
     writer: Option<ArrowWriter<Box<dyn Write + Send>>>,
 }
 
@@ -475,13 +473,7 @@ impl ParquetOutput {
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .set_key_value_metadata((!kv.is_empty()).then_some(kv))
             .build();
-        Ok(ParquetOutput {
-            out: Some(out),
-            schema: Some(schema),
-            props: Some(props),
-            late_metadata: Vec::new(),
-            writer: None,
-        })
+        Ok(ParquetOutput { out: Some(out), schema: Some(schema), props: Some(props), writer: None })
     }
 
     /// A writer whose schema comes later (`set_schema`, before the first batch).
@@ -531,18 +523,9 @@ impl ParquetOutput {
         res.map_err(|e| self.error(e))
     }
 
-    /// More key-value metadata for the footer (written at commit).
-    pub fn append_metadata(&mut self, kv: Provenance) {
-        self.late_metadata.extend(kv);
-    }
-
     /// Finish the file (footer) and rename it into place.
     pub fn commit(mut self) -> Result<()> {
-        let late = std::mem::take(&mut self.late_metadata);
-        let writer = self.started()?;
-        for (k, v) in late {
-            writer.append_key_value_metadata(KeyValue::new(k, v));
-        }
+        self.started()?;
         let res = self.writer.take().unwrap().close();
         res.map_err(|e| self.error(e))?;
         self.out.take().unwrap().commit()

@@ -92,11 +92,6 @@ pub fn update(model: &Model, stats: &ClusterStats) -> Result<Centroids> {
     Ok(crate::kmeans::centroids_from(stats, &model.centroids(), model.metric))
 }
 
-/// Profile `source` against the model (see [`profile`]); re-exported name for clarity.
-pub fn profile_of(model: &Model, source: &Dataset, outcomes: &[String], backend: &dyn Backend) -> Result<Profile> {
-    profile(model, source, None, outcomes, backend)
-}
-
 impl Model {
     /// The segment id and distance of every row of a matrix in input units, one column
     /// per feature in the model's order (the `ndarray` edge of [`assign`]).
