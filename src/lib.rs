@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod features;
+pub mod gmm;
 pub mod io;
 pub mod kmeans;
 pub mod model;

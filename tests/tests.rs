@@ -6,6 +6,7 @@ mod api;
 mod backend;
 mod cli;
 mod hostile;
+mod gmm;
 mod kmeans;
 mod report;
 mod segments;

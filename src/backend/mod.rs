@@ -114,6 +114,21 @@ pub trait Backend: Send + Sync {
     /// The end of what `retain` announced.
     fn release(&self) {}
 
+    /// The Gaussian-mixture E-step: for every row of `points` its responsibilities
+    /// under the mixture `terms` describes (n × k, summing to 1; 0 where a component's
+    /// weighted density is below e^−60 of the row's best) and the log of its total
+    /// density. The CPU twin works in f64; a device may work in f32.
+    fn gmm_estep(
+        &self,
+        points: &[f32],
+        terms: &crate::gmm::GaussianTerms,
+        resp: &mut [f32],
+        log_norm: &mut [f64],
+    ) -> Result<()> {
+        cpu::gmm::estep(points, terms, resp, log_norm);
+        Ok(())
+    }
+
     /// Per-centroid count, weight, weighted sum and squared error from a labelling.
     /// The summation order is fixed by row index, so results repeat bit for bit.
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats>;

@@ -4,6 +4,7 @@
 //! is checked against, so a label never depends on how rows were blocked.
 
 pub mod fused;
+pub mod gmm;
 
 use rayon::prelude::*;
 

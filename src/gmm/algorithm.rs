@@ -1,0 +1,316 @@
+//! EM for Gaussian mixtures: start from hard labels, then alternate the E-step (a
+//! backend pass) and the M-step (f64 on the host) until the mean log-likelihood per row
+//! changes by less than `tol`, as scikit-learn's `GaussianMixture.fit`.
+
+use std::time::Instant;
+
+use super::hyperparams::{CovarianceType, GmmInit, GmmParams};
+use super::stats::{self, GaussianTerms, Mixture, MixtureStats, Resp};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::features::Matrix;
+use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams};
+
+/// Rows per E-step call (a multiple of `stats::STATS_ROWS`, so the statistics are
+/// summed in the same order whatever the backend): the responsibilities of one block
+/// (rows × k f32) are the only buffer EM adds to the matrix.
+pub const BLOCK_ROWS: usize = 16 * stats::STATS_ROWS;
+
+/// One EM iteration (or, with `init` set, one iteration of the k-means start).
+#[derive(Debug, Clone)]
+pub struct EmIter {
+    pub run: usize,
+    pub iteration: usize,
+    /// True while the k-means start runs (the log-likelihood is then NaN).
+    pub init: bool,
+    /// Mean log-likelihood per row (weighted) before this iteration's M-step.
+    pub log_likelihood: f64,
+    /// Its change since the previous iteration (+∞ at the first).
+    pub change: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GmmFit {
+    pub mixture: Mixture,
+    /// Most probable component of every row (ties to the lower index), its posterior,
+    /// the runner-up and its posterior (k = 1: the same component, 0).
+    pub labels: Vec<u32>,
+    pub probability: Vec<f32>,
+    pub second: Vec<u32>,
+    pub second_probability: Vec<f32>,
+    /// Mean log-likelihood per row under the final parameters (scikit-learn's `score`).
+    pub log_likelihood: f64,
+    /// The mean log-likelihood of the last E-step (scikit-learn's `lower_bound_`).
+    pub lower_bound: f64,
+    /// Σ w (the rows' count without weights).
+    pub total_weight: f64,
+    pub iterations: usize,
+    pub converged: bool,
+    pub best_run: usize,
+    /// Components emptied during the fit, with the iteration they emptied at.
+    pub emptied: Vec<(usize, usize)>,
+    pub init_seconds: f64,
+    pub em_seconds: f64,
+}
+
+impl GmmFit {
+    /// Bayesian information criterion (lower is better), scikit-learn's formula with
+    /// the rows' total weight as the sample size.
+    pub fn bic(&self) -> f64 {
+        -2.0 * self.log_likelihood * self.total_weight
+            + self.mixture.n_parameters() as f64 * self.total_weight.ln()
+    }
+
+    /// Akaike information criterion (lower is better).
+    pub fn aic(&self) -> f64 {
+        -2.0 * self.log_likelihood * self.total_weight + 2.0 * self.mixture.n_parameters() as f64
+    }
+}
+
+/// Fit a mixture on `x` (rows × dim) with optional sample weights.
+pub fn fit<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    weights: Option<&[f32]>,
+    params: &GmmParams,
+) -> Result<GmmFit> {
+    fit_cancellable(backend, x, weights, params, &mut |_| true)
+}
+
+/// As [`fit`]; stops with [`Error::Interrupted`] when `on_iter` returns false.
+pub fn fit_cancellable<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    weights: Option<&[f32]>,
+    params: &GmmParams,
+    on_iter: &mut dyn FnMut(&EmIter) -> bool,
+) -> Result<GmmFit> {
+    let usable = weights.map_or(x.n(), |w| w.iter().filter(|v| **v > 0.0).count());
+    params.check(usable, x.dim)?;
+    if let Some(w) = weights {
+        assert_eq!(w.len(), x.n(), "one weight per row");
+    }
+    let runs = if matches!(params.init, GmmInit::Given(_)) { 1 } else { params.n_init };
+    backend.retain(&x.data, x.dim)?;
+    let result = (|| {
+        let mut best: Option<GmmFit> = None;
+        let mut init_seconds = 0.0;
+        for run in 0..runs {
+            let t0 = Instant::now();
+            let (labels, shift) = initial_labels(backend, x, weights, params, run, on_iter)?;
+            init_seconds += t0.elapsed().as_secs_f64();
+            let f = run_once(backend, x, weights, params, &labels, &shift, run, on_iter)?;
+            // scikit-learn keeps the first run with the highest lower bound.
+            if best.as_ref().is_none_or(|b| f.lower_bound > b.lower_bound) {
+                best = Some(f);
+            }
+        }
+        let mut best = best.unwrap();
+        best.init_seconds = init_seconds;
+        Ok(best)
+    })();
+    backend.release();
+    result
+}
+
+/// Hard labels and the centroids they were taken from.
+fn initial_labels<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    w: Option<&[f32]>,
+    p: &GmmParams,
+    run: usize,
+    on_iter: &mut dyn FnMut(&EmIter) -> bool,
+) -> Result<(Vec<u32>, Vec<f64>)> {
+    match &p.init {
+        GmmInit::Given(c) => {
+            let mut nearest = vec![Default::default(); x.n()];
+            backend.assign_labels(&x.data, c, &mut nearest)?;
+            Ok((nearest.iter().map(|n| n.label).collect(), c.data.iter().map(|v| *v as f64).collect()))
+        }
+        GmmInit::KMeans => {
+            let kp = KMeansParams {
+                seed: p.seed.wrapping_add(run as u64),
+                init: InitMethod::KMeansPlusPlus,
+                algorithm: if backend.exact_labels() { Algorithm::auto(p.k) } else { Algorithm::Lloyd },
+                ..KMeansParams::new(p.k)
+            };
+            let f = kmeans::fit_cancellable(backend, x, w, &kp, &mut |i| {
+                on_iter(&EmIter {
+                    run,
+                    iteration: i.iteration,
+                    init: true,
+                    log_likelihood: f64::NAN,
+                    change: f64::NAN,
+                    seconds: i.seconds,
+                })
+            })?;
+            Ok((f.nearest.iter().map(|n| n.label).collect(), f.centroids.data.iter().map(|v| *v as f64).collect()))
+        }
+    }
+}
+
+fn is_full(c: CovarianceType) -> bool {
+    matches!(c, CovarianceType::Full | CovarianceType::Tied)
+}
+
+/// One E-step over all rows in blocks: the statistics about the terms' means (with the
+/// log-likelihood) when `stats` is set, and `each_block(first_row, resp)` per block.
+pub fn e_pass<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    w: Option<&[f32]>,
+    terms: &GaussianTerms,
+    full: bool,
+    mut each_block: Option<&mut dyn FnMut(usize, &[f32], &[f64])>,
+) -> Result<MixtureStats> {
+    let (n, d, k) = (x.n(), x.dim, terms.k);
+    let mut total = MixtureStats::zeros(k, d, full);
+    let mut resp = vec![0.0f32; BLOCK_ROWS.min(n) * k];
+    let mut log_norm = vec![0.0f64; BLOCK_ROWS.min(n)];
+    for lo in (0..n).step_by(BLOCK_ROWS) {
+        let hi = (lo + BLOCK_ROWS).min(n);
+        let rows = hi - lo;
+        let (r, ln) = (&mut resp[..rows * k], &mut log_norm[..rows]);
+        backend.gmm_estep(&x.data[lo * d..hi * d], terms, r, ln)?;
+        if let Some(bad) = ln.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "Gaussian mixture: row {} has no finite density under any component (a value too far out for \
+                 the f32 arithmetic of the {} backend); scale the features or use --backend cpu",
+                lo + bad,
+                backend.name()
+            )));
+        }
+        let ws = w.map(|w| &w[lo..hi]);
+        let part = stats::accumulate(&x.data[lo * d..hi * d], d, k, ws, &terms.means, Resp::Soft(r), Some(ln), full);
+        total.merge(&part);
+        if let Some(f) = each_block.as_mut() {
+            f(lo, r, ln);
+        }
+    }
+    Ok(total)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_once<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    w: Option<&[f32]>,
+    p: &GmmParams,
+    labels: &[u32],
+    shift: &[f64],
+    run: usize,
+    on_iter: &mut dyn FnMut(&EmIter) -> bool,
+) -> Result<GmmFit> {
+    let (d, k) = (x.dim, p.k);
+    let full = is_full(p.covariance);
+    let st = stats::accumulate(&x.data, d, k, w, shift, Resp::Hard(labels), None, full);
+    let (mut mix, first_empty) = stats::m_step(&st, shift, p.covariance, p.reg_covar, None);
+    let mut emptied: Vec<(usize, usize)> = first_empty.into_iter().map(|j| (j, 0)).collect();
+    let mut terms = mix.terms()?;
+    let t_em = Instant::now();
+    let mut lower = f64::NEG_INFINITY;
+    let mut converged = false;
+    let mut iterations = 0;
+    for it in 1..=p.max_iter {
+        let t0 = Instant::now();
+        let st = e_pass(backend, x, w, &terms, full, None)?;
+        let ll = st.log_likelihood / st.total_weight;
+        let (new_mix, empty) = stats::m_step(&st, &terms.means, p.covariance, p.reg_covar, Some(&mix));
+        for j in empty {
+            if !emptied.iter().any(|(e, _)| *e == j) {
+                log::warn!(
+                    "Gaussian mixture: component {j} lost all its rows at iteration {it}; it keeps its last mean \
+                     and covariance with weight 0 (no row is assigned to it)"
+                );
+                emptied.push((j, it));
+            }
+        }
+        mix = new_mix;
+        terms = mix.terms()?;
+        let change = ll - lower;
+        lower = ll;
+        iterations = it;
+        if !on_iter(&EmIter {
+            run,
+            iteration: it,
+            init: false,
+            log_likelihood: ll,
+            change,
+            seconds: t0.elapsed().as_secs_f64(),
+        }) {
+            return Err(Error::Interrupted);
+        }
+        if change.abs() < p.tol {
+            converged = true;
+            break;
+        }
+    }
+    if !converged {
+        log::warn!(
+            "Gaussian mixture run {} did not converge in {} iterations (last change of the mean log-likelihood above \
+             --tol {}); raise --max-iter or --tol",
+            run + 1,
+            p.max_iter,
+            p.tol
+        );
+    }
+    // The final E-step: labels and posteriors consistent with the final parameters.
+    let n = x.n();
+    let mut out_labels = vec![0u32; n];
+    let mut prob = vec![0.0f32; n];
+    let mut second = vec![0u32; n];
+    let mut second_prob = vec![0.0f32; n];
+    let st = e_pass(
+        backend,
+        x,
+        w,
+        &terms,
+        full,
+        Some(&mut |lo, r, _| {
+            for (i, row) in r.chunks_exact(k).enumerate() {
+                let [(a, pa), (b, pb)] = top_two(row);
+                out_labels[lo + i] = a as u32;
+                prob[lo + i] = pa;
+                second[lo + i] = b as u32;
+                second_prob[lo + i] = pb;
+            }
+        }),
+    )?;
+    Ok(GmmFit {
+        mixture: mix,
+        labels: out_labels,
+        probability: prob,
+        second,
+        second_probability: second_prob,
+        log_likelihood: st.log_likelihood / st.total_weight,
+        lower_bound: lower,
+        total_weight: st.total_weight,
+        iterations,
+        converged,
+        best_run: run,
+        emptied,
+        init_seconds: 0.0,
+        em_seconds: t_em.elapsed().as_secs_f64(),
+    })
+}
+
+/// The two most probable components of a row of responsibilities (ties to the lower
+/// index); with k = 1 the runner-up is the same component with probability 0.
+pub fn top_two(r: &[f32]) -> [(usize, f32); 2] {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    let mut next = (0usize, f32::NEG_INFINITY);
+    for (j, &v) in r.iter().enumerate() {
+        if v > best.1 {
+            next = best;
+            best = (j, v);
+        } else if v > next.1 {
+            next = (j, v);
+        }
+    }
+    if next.1 == f32::NEG_INFINITY {
+        next = (best.0, 0.0);
+    }
+    [best, next]
+}
