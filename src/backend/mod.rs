@@ -114,18 +114,22 @@ pub trait Backend: Send + Sync {
     /// The end of what `retain` announced.
     fn release(&self) {}
 
-    /// The Gaussian-mixture E-step: for every row of `points` its responsibilities
-    /// under the mixture `terms` describes (n × k, summing to 1; 0 where a component's
-    /// weighted density is below e^−60 of the row's best) and the log of its total
-    /// density. The CPU twin works in f64; a device may work in f32.
+    /// The Gaussian-mixture E-step for rows `rows` of `points` (row-major, `terms.dim`
+    /// wide): each row's responsibilities under the mixture `terms` describes (rows × k,
+    /// summing to 1; 0 where a component's weighted density is below e^−60 of the
+    /// row's best) and the log of its total density. The whole matrix is passed so a
+    /// device can keep it resident across blocks and iterations. The CPU twin works in
+    /// f64; a device may work in f32.
     fn gmm_estep(
         &self,
         points: &[f32],
+        rows: std::ops::Range<usize>,
         terms: &crate::gmm::GaussianTerms,
         resp: &mut [f32],
         log_norm: &mut [f64],
     ) -> Result<()> {
-        cpu::gmm::estep(points, terms, resp, log_norm);
+        let d = terms.dim;
+        cpu::gmm::estep(&points[rows.start * d..rows.end * d], terms, resp, log_norm);
         Ok(())
     }
 

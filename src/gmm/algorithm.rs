@@ -100,6 +100,8 @@ pub fn fit_cancellable<B: Backend + ?Sized>(
             let t0 = Instant::now();
             let (labels, shift) = initial_labels(backend, x, weights, params, run, on_iter)?;
             init_seconds += t0.elapsed().as_secs_f64();
+            // The k-means start retains and releases the matrix itself.
+            backend.retain(&x.data, x.dim)?;
             let f = run_once(backend, x, weights, params, &labels, &shift, run, on_iter)?;
             // scikit-learn keeps the first run with the highest lower bound.
             if best.as_ref().is_none_or(|b| f.lower_bound > b.lower_bound) {
@@ -173,7 +175,7 @@ pub fn e_pass<B: Backend + ?Sized>(
         let hi = (lo + BLOCK_ROWS).min(n);
         let rows = hi - lo;
         let (r, ln) = (&mut resp[..rows * k], &mut log_norm[..rows]);
-        backend.gmm_estep(&x.data[lo * d..hi * d], terms, r, ln)?;
+        backend.gmm_estep(&x.data, lo..hi, terms, r, ln)?;
         if let Some(bad) = ln.iter().position(|v| !v.is_finite()) {
             return Err(Error::Data(format!(
                 "Gaussian mixture: row {} has no finite density under any component (a value too far out for \

@@ -22,6 +22,7 @@ pub const ASSIGN_WGSL: &str = include_str!("../../../shaders/assign.wgsl");
 pub const REDUCE_PARTIALS_WGSL: &str = include_str!("../../../shaders/reduce_partials.wgsl");
 pub const REDUCE_COMBINE_WGSL: &str = include_str!("../../../shaders/reduce_combine.wgsl");
 pub const TOPK_WGSL: &str = include_str!("../../../shaders/topk.wgsl");
+pub const GMM_ESTEP_WGSL: &str = include_str!("../../../shaders/gmm_estep.wgsl");
 /// Every shader, for validation tests.
 pub const SHADERS: &[(&str, &str)] = &[
     ("assign.wgsl", ASSIGN_WGSL),
@@ -104,6 +105,17 @@ struct TopkParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
+struct EstepParams {
+    rows: u32,
+    offset: u32,
+    k: u32,
+    d: u32,
+    kind: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 struct CombineParams {
     k: u32,
     width: u32,
@@ -124,6 +136,7 @@ struct GpuNearest {
 const _: () = assert!(std::mem::size_of::<AssignParams>() == 16);
 const _: () = assert!(std::mem::size_of::<PartialParams>() == 32);
 const _: () = assert!(std::mem::size_of::<CombineParams>() == 16);
+const _: () = assert!(std::mem::size_of::<EstepParams>() == 32);
 const _: () = assert!(std::mem::size_of::<TopkParams>() == 32);
 const _: () = assert!(std::mem::size_of::<GpuNearest>() == 16);
 
@@ -214,6 +227,7 @@ pub struct GpuContext {
     assign: Pipe,
     partials: Pipe,
     combine: Pipe,
+    gmm_estep: Pipe,
     /// None when the adapter's workgroup memory is too small for the top-k tile.
     topk: Option<Pipe>,
 }
@@ -289,6 +303,20 @@ impl GpuContext {
             &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, true), storage(5, false)],
         );
         let combine = make(REDUCE_COMBINE_WGSL, "reduce_combine", &[uniform, storage(1, true), storage(2, false)]);
+        let gmm_estep = make(
+            GMM_ESTEP_WGSL,
+            "gmm_estep",
+            &[
+                uniform,
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, true),
+                storage(5, true),
+                storage(6, false),
+                storage(7, false),
+            ],
+        );
         let topk = (limits.max_compute_workgroup_storage_size >= TOPK_WORKGROUP_BYTES).then(|| {
             make(
                 TOPK_WGSL,
@@ -299,7 +327,17 @@ impl GpuContext {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(gpu_err("pipeline creation failed", e));
         }
-        Ok(Some(GpuContext { device, queue, adapter: report(&adapter), limits, assign, partials, combine, topk }))
+        Ok(Some(GpuContext {
+            device,
+            queue,
+            adapter: report(&adapter),
+            limits,
+            assign,
+            partials,
+            combine,
+            gmm_estep,
+            topk,
+        }))
     }
 
     fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -643,6 +681,100 @@ impl Backend for WgpuBackend {
             }
             if let Some((ps, pm, pbuf)) = pending {
                 self.collect(&pbuf, &mut out[ps..ps + pm])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn gmm_estep(
+        &self,
+        points: &[f32],
+        rows: std::ops::Range<usize>,
+        terms: &crate::gmm::GaussianTerms,
+        resp: &mut [f32],
+        log_norm: &mut [f64],
+    ) -> Result<()> {
+        use crate::gmm::TermsKind;
+        let (k, d) = (terms.k, terms.dim);
+        let ctx = &self.ctx;
+        let per_component = match terms.kind {
+            TermsKind::Diagonal => d + 3,
+            TermsKind::Triangular => d * (d + 1) / 2 + d + 3,
+        };
+        if ctx.adapter.software && k * per_component > SOFTWARE_LOOP_BUDGET {
+            return Err(Error::Runtime(format!(
+                "GPU mixture E-step: {k} components × {d} features ({}) is too large for a software GPU driver \
+                 (its shader loop limit); use --backend cpu",
+                if terms.kind == TermsKind::Diagonal { "diagonal" } else { "full covariances" }
+            )));
+        }
+        ctx.scoped("mixture E-step", || {
+            let (src, ch) = self.source(points, d);
+            let shift = src.shift();
+            // Means relative to the same shift as the points, as an f32 hi + lo pair.
+            let mut hi = Vec::with_capacity(k * d);
+            let mut lo = Vec::with_capacity(k * d);
+            for (i, m) in terms.means.iter().enumerate() {
+                let v = m - shift[i % d] as f64;
+                let h = v as f32;
+                hi.push(h);
+                lo.push((v - h as f64) as f32);
+            }
+            let prec: Vec<f32> = terms.prec.iter().map(|v| *v as f32).collect();
+            let lc: Vec<f32> = terms.log_const.iter().map(|v| if v.is_finite() { *v as f32 } else { -1e30 }).collect();
+            let st = wgpu::BufferUsages::STORAGE;
+            let hbuf = ctx.upload("means-hi", bytemuck::cast_slice(&hi), st);
+            let lbuf = ctx.upload("means-lo", bytemuck::cast_slice(&lo), st);
+            let pbuf = ctx.upload("precisions", bytemuck::cast_slice(&prec), st);
+            let cbuf = ctx.upload("log-const", bytemuck::cast_slice(&lc), st);
+            // Rows per dispatch: its responsibilities must fit one storage binding.
+            let by_binding = (ctx.limits.max_storage_buffer_binding_size / (4 * k as u64)) as usize;
+            let step = by_binding.min((MAX_GROUPS * 64) as usize).max(1);
+            for (i, &(s, m)) in ch.ranges.iter().enumerate() {
+                let (a, b) = (rows.start.max(s), rows.end.min(s + m));
+                if a >= b {
+                    continue;
+                }
+                let buf = self.chunk(&src, i, s, m, d);
+                for lo_row in (a..b).step_by(step) {
+                    let hi_row = (lo_row + step).min(b);
+                    let r = hi_row - lo_row;
+                    let params = EstepParams {
+                        rows: r as u32,
+                        offset: (lo_row - s) as u32,
+                        k: k as u32,
+                        d: d as u32,
+                        kind: (terms.kind == TermsKind::Triangular) as u32,
+                        _pad: [0; 3],
+                    };
+                    let ubuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+                    let out = st | wgpu::BufferUsages::COPY_SRC;
+                    let rbuf = ctx.buffer("resp", (r * k * 4) as u64, out);
+                    let nbuf = ctx.buffer("log-norm", (r * 4) as u64, out);
+                    let bg = ctx.bind(
+                        &ctx.gmm_estep,
+                        &[
+                            ubuf.as_entire_binding(),
+                            buf.as_entire_binding(),
+                            hbuf.as_entire_binding(),
+                            lbuf.as_entire_binding(),
+                            pbuf.as_entire_binding(),
+                            cbuf.as_entire_binding(),
+                            rbuf.as_entire_binding(),
+                            nbuf.as_entire_binding(),
+                        ],
+                    );
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    ctx.dispatch(&mut enc, &ctx.gmm_estep, &bg, (r as u32).div_ceil(64));
+                    self.run(enc)?;
+                    let o = lo_row - rows.start;
+                    let rv: Vec<f32> = self.read(&rbuf, (r * k * 4) as u64)?;
+                    resp[o * k..(o + r) * k].copy_from_slice(&rv);
+                    let nv: Vec<f32> = self.read(&nbuf, (r * 4) as u64)?;
+                    for (dst, v) in log_norm[o..o + r].iter_mut().zip(nv) {
+                        *dst = v as f64;
+                    }
+                }
             }
             Ok(())
         })
