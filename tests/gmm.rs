@@ -97,7 +97,8 @@ fn random_mixture(cov: CovarianceType, k: usize, d: usize, seed: u64) -> Mixture
         let mut m = vec![0.0; d * d];
         for i in 0..d {
             for j in 0..d {
-                m[i * d + j] = (0..d).map(|p| a[i * d + p] * a[j * d + p]).sum::<f64>() + if i == j { 0.3 } else { 0.0 };
+                m[i * d + j] =
+                    (0..d).map(|p| a[i * d + p] * a[j * d + p]).sum::<f64>() + if i == j { 0.3 } else { 0.0 };
             }
         }
         m
@@ -175,7 +176,11 @@ fn cpu_estep_matches_an_independent_f64_reference() {
                 let wlp = reference_log_densities(&m, &row);
                 let max = wlp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + wlp.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                assert!((ln[i] - lse).abs() <= 1e-9 * lse.abs().max(1.0), "{cov:?} k={k} d={d} row {i}: {} vs {lse}", ln[i]);
+                assert!(
+                    (ln[i] - lse).abs() <= 1e-9 * lse.abs().max(1.0),
+                    "{cov:?} k={k} d={d} row {i}: {} vs {lse}",
+                    ln[i]
+                );
                 for j in 0..k {
                     let r = (wlp[j] - lse).exp();
                     assert!((resp[i * k + j] as f64 - r).abs() <= 1e-6, "{cov:?} k={k} d={d} row {i} comp {j}");
@@ -218,7 +223,8 @@ fn gpu_estep_matches_the_cpu_twin() {
                 b.gmm_estep(&x, 0..n, &t, &mut r_gpu, &mut l_gpu).unwrap();
                 let worst = r_cpu.iter().zip(&r_gpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                 assert!(worst <= 1e-5, "{name} {cov:?} k={k} d={d}: responsibilities differ by {worst}");
-                let worst_ln = l_cpu.iter().zip(&l_gpu).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0.0, f64::max);
+                let worst_ln =
+                    l_cpu.iter().zip(&l_gpu).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0.0, f64::max);
                 assert!(worst_ln <= 1e-5, "{name} {cov:?} k={k} d={d}: log densities differ by {worst_ln}");
             }
         }
@@ -241,7 +247,12 @@ fn integer_weights_equal_repeated_rows() {
         let p = GmmParams { covariance: cov, init: GmmInit::Given(init.clone()), ..GmmParams::new(3) };
         let a = gmm::fit(&CpuBackend::default(), &x, Some(&w), &p).unwrap();
         let b = gmm::fit(&CpuBackend::default(), &rep, None, &p).unwrap();
-        assert!(rel(a.log_likelihood, b.log_likelihood) < 1e-9, "{cov:?}: {} vs {}", a.log_likelihood, b.log_likelihood);
+        assert!(
+            rel(a.log_likelihood, b.log_likelihood) < 1e-9,
+            "{cov:?}: {} vs {}",
+            a.log_likelihood,
+            b.log_likelihood
+        );
         assert_eq!(a.iterations, b.iterations);
     }
 }
@@ -275,4 +286,111 @@ fn an_emptied_component_is_frozen_with_weight_zero() {
     assert_eq!(a.mixture.weights[2], 0.0);
     assert!(a.labels.iter().all(|l| *l != 2));
     assert_eq!(a.mixture, b.mixture);
+}
+
+/// The CLI end to end: `fit --method gmm` from the fixture's start equals scikit-learn,
+/// `assign` writes the posterior columns (consistent with the model), and the later
+/// commands take the model.
+#[test]
+fn cli_fits_assigns_and_profiles_a_mixture() {
+    use crate::util::{json, ok, run};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = repo().join("tests/data/gmm_blobs.parquet");
+    let fixture = repo().join("tests/data/sklearn_gmm/blobs");
+    let exp: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("full.json")).unwrap()).unwrap();
+    let (data_s, init_s) = (data.to_str().unwrap(), fixture.join("init.csv"));
+    ok(&run(
+        &[
+            "--quiet",
+            "fit",
+            data_s,
+            "--k",
+            "4",
+            "--method",
+            "gmm",
+            "--covariance",
+            "full",
+            "--scale",
+            "none",
+            "--init",
+            init_s.to_str().unwrap(),
+            "--model",
+            "m.json",
+        ],
+        d,
+    ));
+    let m = json(&d.join("m.json"));
+    assert_eq!(m["method"], "gmm");
+    let ll = m["gmm"]["log_likelihood"].as_f64().unwrap();
+    assert!(rel(ll, exp["score"].as_f64().unwrap()) <= 1e-6, "{ll}");
+    assert_eq!(m["manifest"]["iterations"], exp["n_iter"]);
+    assert!(rel(m["gmm"]["bic"].as_f64().unwrap(), exp["bic"].as_f64().unwrap()) <= 1e-6);
+    ok(&run(&["--quiet", "assign", "--model", "m.json", data_s, "--out", "a.parquet", "--soft-top", "3"], d));
+    let b = {
+        let f = std::fs::File::open(d.join("a.parquet")).unwrap();
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+        let batches: Vec<_> = r.map(|b| b.unwrap()).collect();
+        arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    };
+    let col = |n: &str| b.column_by_name(n).unwrap_or_else(|| panic!("no column {n}")).clone();
+    let seg = col("segment");
+    let seg = seg.as_any().downcast_ref::<arrow::array::Int32Array>().unwrap();
+    let p = col("probability");
+    let p = p.as_any().downcast_ref::<arrow::array::Float32Array>().unwrap();
+    let p2 = col("second_probability");
+    let p2 = p2.as_any().downcast_ref::<arrow::array::Float32Array>().unwrap();
+    let ll_col = col("log_likelihood");
+    let ll_col = ll_col.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+    let labels = exp["labels"].as_array().unwrap();
+    for i in 0..b.num_rows() {
+        assert!(p.value(i) >= p2.value(i) && p.value(i) <= 1.0 && p.value(i) >= 1.0 / 4.0 - 1e-6);
+        assert_eq!(seg.value(i) as u64, labels[i].as_u64().unwrap(), "row {i}");
+    }
+    let mean_ll: f64 = ll_col.values().iter().sum::<f64>() / b.num_rows() as f64;
+    assert!(rel(mean_ll, ll) <= 1e-9, "assign's log-likelihoods average {mean_ll}, the model says {ll}");
+    let tops = col("top_segments");
+    let tops = tops.as_any().downcast_ref::<arrow::array::ListArray>().unwrap();
+    assert_eq!(tops.value(0).len(), 3);
+    ok(&run(&["--quiet", "profile", "--model", "m.json", data_s, "--out", "p.json"], d));
+    ok(&run(&["--quiet", "report", "--model", "m.json", "--profile", "p.json", "--out", "r.html"], d));
+    ok(&run(
+        &["--quiet", "fit", data_s, "--k", "4", "--method", "gmm", "--previous", "m.json", "--model", "m2.json"],
+        d,
+    ));
+    assert!(json(&d.join("m2.json"))["lineage"].is_object());
+}
+
+#[test]
+fn cli_refuses_contradictory_mixture_options() {
+    use crate::util::{assert_fails, run};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = repo().join("tests/data/gmm_blobs.parquet");
+    let data_s = data.to_str().unwrap();
+    let cases: [(&[&str], i32, &str); 6] = [
+        (&["--covariance", "full"], 2, "add --method gmm"),
+        (&["--method", "gmm", "--metric", "cosine"], 2, "euclidean"),
+        (&["--method", "gmm", "--algorithm", "hamerly"], 2, "--algorithm"),
+        (&["--method", "gmm", "--reg-covar=-1"], 2, "--reg-covar"),
+        (&["--method", "gmm", "--init", "random"], 2, "starts from k-means"),
+        (&["--method", "gmm", "--k", "5000"], 3, "more than the 2400 usable rows"),
+    ];
+    for (extra, code, needle) in cases {
+        let mut args = vec!["fit", data_s, "--model", "m.json"];
+        if !extra.contains(&"--k") {
+            args.extend(["--k", "4"]);
+        }
+        args.extend(extra);
+        assert_fails(&run(&args, d), code, &[needle], d, &[]);
+    }
+    // --soft-top on a k-means model.
+    crate::util::ok(&run(&["--quiet", "fit", data_s, "--k", "3", "--model", "km.json"], d));
+    assert_fails(
+        &run(&["assign", "--model", "km.json", data_s, "--out", "a.parquet", "--soft-top", "2"], d),
+        2,
+        &["--soft-top needs a Gaussian-mixture model"],
+        d,
+        &["km.json"],
+    );
 }

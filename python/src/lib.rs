@@ -134,6 +134,7 @@ impl NativeModel {
             id_col,
             explain: explain.then(|| pipeline::segment_names(&model, profile.as_ref())),
             pseudonymize: None,
+            soft_top: None,
         };
         let (schema, batches) = py
             .detach(move || {

@@ -28,6 +28,10 @@ pub(crate) struct AssignArgs {
     /// their segment, in words.
     #[arg(long)]
     explain: bool,
+    /// Gaussian-mixture models: also write the N most probable segments and their
+    /// posteriors as list columns `top_segments` and `top_probabilities`.
+    #[arg(long)]
+    soft_top: Option<usize>,
     /// Segment names for explanations (a profile from `microseg profile`); default:
     /// the model's names, else "segment N".
     #[arg(long)]
@@ -68,6 +72,7 @@ pub(crate) fn run_assign(a: AssignArgs) -> Result<()> {
     let cfg = pipeline::AssignConfig {
         id_col: a.table.id_col.clone(),
         explain: a.explain.then(|| pipeline::segment_names(&model, profile.as_ref())),
+        soft_top: a.soft_top,
         pseudonymize,
     };
     let meta = super::provenance("assign", Some(&model), cfg.pseudonymize.is_some());

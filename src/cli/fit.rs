@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{AlgorithmArg, MetricArg, MissingArg, ScaleArg, TableArgs, log};
+use super::{AlgorithmArg, CovarianceArg, MethodArg, MetricArg, MissingArg, ScaleArg, TableArgs, log};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::features::{MissingPolicy, Scale};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, ParquetOutput, write_json};
 use crate::kmeans::{self, Metric};
-use crate::model::Model;
+use crate::model::{Method, Model};
 use crate::pipeline::{self, AlgorithmChoice, FitConfig, FitReport, InitSpec};
 
 /// Options of a fit, shared by `fit` and `segment`.
@@ -43,21 +43,36 @@ pub(crate) struct FitOpts {
     table: TableArgs,
     #[command(flatten)]
     backend: super::backend::BackendArgs,
-    /// k-means++, k-means||, random, or a file of initial centroids (Parquet, or CSV
-    /// without header: k lines of d numbers, in the model's feature space).
-    #[arg(long, default_value = "k-means++")]
-    init: String,
+    /// k-means: k-means++ (default), k-means||, random, or a file of initial centroids
+    /// (Parquet, CSV without header: k lines of d numbers in the model's feature space,
+    /// or a model JSON). gmm: k-means (default: the project's own k-means) or such a
+    /// file; responsibilities start as the hard assignment to those centroids.
+    #[arg(long)]
+    init: Option<String>,
     /// Rows sampled for initialisation (0: 64·k, at least 10,000).
     #[arg(long, default_value_t = 0)]
     init_sample: usize,
     /// Restarts from different seeds; the lowest inertia wins.
     #[arg(long, default_value_t = 1)]
     n_init: usize,
-    #[arg(long, default_value_t = 300)]
-    max_iter: usize,
-    /// Relative tolerance on the centroid shift (times the mean feature variance).
-    #[arg(long, default_value_t = 1e-4)]
-    tol: f64,
+    /// Iterations at most [default: 300 for kmeans, 100 for gmm].
+    #[arg(long)]
+    max_iter: Option<usize>,
+    /// kmeans: relative tolerance on the centroid shift (times the mean feature
+    /// variance) [default: 1e-4]. gmm: on the change of the mean log-likelihood per row
+    /// [default: 1e-3].
+    #[arg(long)]
+    tol: Option<f64>,
+    /// kmeans, or gmm: a Gaussian mixture fitted by EM (soft membership: assignments
+    /// carry each row's posterior probability).
+    #[arg(long, value_enum, default_value = "kmeans")]
+    method: MethodArg,
+    /// gmm: the shape of each component's covariance.
+    #[arg(long, value_enum, default_value = "diag")]
+    covariance: CovarianceArg,
+    /// gmm: added to the diagonal of every covariance (keeps them positive definite).
+    #[arg(long, default_value_t = 1e-6)]
+    reg_covar: f64,
     #[arg(long, default_value_t = kmeans::DEFAULT_SEED)]
     seed: u64,
     /// A previous model of the same features: matching segments keep its ids and names,
@@ -119,7 +134,20 @@ pub(crate) struct SegmentArgs {
 impl FitOpts {
     /// The flags as the library's configuration (nothing added).
     fn config(&self, previous: Option<Model>) -> FitConfig {
+        let method = match self.method {
+            MethodArg::Kmeans => Method::KMeans,
+            MethodArg::Gmm => Method::Gmm,
+        };
+        let defaults = FitConfig::for_method(method, self.k);
         FitConfig {
+            method,
+            covariance: match self.covariance {
+                CovarianceArg::Full => crate::gmm::CovarianceType::Full,
+                CovarianceArg::Diag => crate::gmm::CovarianceType::Diag,
+                CovarianceArg::Spherical => crate::gmm::CovarianceType::Spherical,
+                CovarianceArg::Tied => crate::gmm::CovarianceType::Tied,
+            },
+            reg_covar: self.reg_covar,
             k: self.k,
             features: self.features.clone(),
             exclude: self.exclude.clone(),
@@ -135,11 +163,11 @@ impl FitOpts {
             },
             weight_col: self.weight_col.clone(),
             id_col: self.table.id_col.clone(),
-            init: InitSpec::parse(&self.init),
+            init: self.init.as_deref().map_or(InitSpec::KMeansPlusPlus, InitSpec::parse),
             init_sample: self.init_sample,
             n_init: self.n_init,
-            max_iter: self.max_iter,
-            tol: self.tol,
+            max_iter: self.max_iter.unwrap_or(defaults.max_iter),
+            tol: self.tol.unwrap_or(defaults.tol),
             seed: self.seed,
             previous,
             allow_sensitive: self.allow_sensitive,
@@ -161,6 +189,9 @@ impl FitOpts {
     fn checked_config(&self) -> Result<FitConfig> {
         let cfg = self.config(None);
         cfg.check()?;
+        if self.method != MethodArg::Gmm && (self.covariance != CovarianceArg::Diag || self.reg_covar != 1e-6) {
+            return Err(Error::Usage("--covariance and --reg-covar set a Gaussian mixture; add --method gmm".into()));
+        }
         let previous = self.previous.as_deref().map(Model::load).transpose()?;
         Ok(FitConfig { previous, ..cfg })
     }
@@ -204,8 +235,10 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
 fn fit_inputs<'a>(inputs: &'a [PathBuf], o: &'a FitOpts) -> Vec<&'a Path> {
     let mut v: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
     v.extend(o.previous.as_deref());
-    if !matches!(o.init.as_str(), "k-means++" | "kmeans++" | "k-means||" | "kmeans||" | "random") {
-        v.push(Path::new(&o.init));
+    if let Some(init) = &o.init
+        && let InitSpec::File(_) = InitSpec::parse(init)
+    {
+        v.push(Path::new(init));
     }
     v
 }
@@ -265,6 +298,7 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
         // Named from the profile by `segment`; the names here only ask for the column.
         explain: a.explain.then(Vec::new),
         pseudonymize,
+        soft_top: None,
     };
     let meta = super::provenance("segment", None, assign_cfg.pseudonymize.is_some());
     let mut sink = ParquetOutput::pending(assign_out, 1 << 20, meta)?;

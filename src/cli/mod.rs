@@ -156,6 +156,26 @@ pub(crate) enum MissingArg {
     Mean,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum MethodArg {
+    /// k-means: every row belongs to its nearest centroid.
+    Kmeans,
+    /// A Gaussian mixture fitted by EM: soft membership, a posterior per row.
+    Gmm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum CovarianceArg {
+    /// A full covariance matrix per component.
+    Full,
+    /// A variance per feature per component.
+    Diag,
+    /// One variance per component.
+    Spherical,
+    /// One full covariance matrix shared by all components.
+    Tied,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum AlgorithmArg {
     /// Hamerly below k = 128, pruned from 128 on.

@@ -58,8 +58,7 @@ impl GmmFit {
     /// Bayesian information criterion (lower is better), scikit-learn's formula with
     /// the rows' total weight as the sample size.
     pub fn bic(&self) -> f64 {
-        -2.0 * self.log_likelihood * self.total_weight
-            + self.mixture.n_parameters() as f64 * self.total_weight.ln()
+        -2.0 * self.log_likelihood * self.total_weight + self.mixture.n_parameters() as f64 * self.total_weight.ln()
     }
 
     /// Akaike information criterion (lower is better).

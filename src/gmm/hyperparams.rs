@@ -39,9 +39,7 @@ impl CovarianceType {
             "spherical" => CovarianceType::Spherical,
             "tied" => CovarianceType::Tied,
             other => {
-                return Err(Error::Usage(format!(
-                    "--covariance {other}: expected one of full, diag, spherical, tied"
-                )));
+                return Err(Error::Usage(format!("--covariance {other}: expected one of full, diag, spherical, tied")));
             }
         })
     }

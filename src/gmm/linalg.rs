@@ -68,9 +68,8 @@ mod tests {
         // a · (U·Uᵀ) = I
         for i in 0..3 {
             for j in 0..3 {
-                let v: f64 = (0..3)
-                    .map(|p| a[i * 3 + p] * (0..3).map(|q| u[p * 3 + q] * u[j * 3 + q]).sum::<f64>())
-                    .sum();
+                let v: f64 =
+                    (0..3).map(|p| a[i * 3 + p] * (0..3).map(|q| u[p * 3 + q] * u[j * 3 + q]).sum::<f64>()).sum();
                 assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12, "{i},{j}: {v}");
             }
         }

@@ -18,12 +18,74 @@ use crate::error::{Error, Result};
 use crate::features::{FeatureColumn, FeatureTransform, MissingPolicy, Scale, dim_of};
 pub use crate::kmeans::Metric;
 
-/// The model family (stored as "kmeans").
+/// The model family (stored as "kmeans" or "gmm").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     #[default]
     KMeans,
+    /// A Gaussian mixture: rows belong to the most probable component, with a posterior.
+    Gmm,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::KMeans => "kmeans",
+            Method::Gmm => "gmm",
+        }
+    }
+}
+
+/// What a Gaussian-mixture model adds: the mixture in model space (the segments'
+/// centroids are its means, rounded to f32), its covariances in input units, and the
+/// fit's likelihood and information criteria.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GmmSection {
+    pub covariance: crate::gmm::CovarianceType,
+    pub reg_covar: f64,
+    /// Mixing weights by segment index (0 for an emptied component).
+    pub weights: Vec<f64>,
+    /// Means in model space, f64, by segment index.
+    pub means: Vec<Vec<f64>>,
+    /// Covariances in model space, laid out by type: full k × d × d, diag k × d,
+    /// spherical k, tied d × d (row-major).
+    pub covariances: Vec<f64>,
+    /// Per segment, each feature's standard deviation in the input's units (scaling
+    /// undone; for log1p features, in ln(1 + x) units).
+    pub std_original: Vec<Vec<f64>>,
+    /// Mean log-likelihood per training row under the final parameters.
+    pub log_likelihood: f64,
+    /// Mean log-likelihood of the last E-step (scikit-learn's `lower_bound_`).
+    pub lower_bound: f64,
+    pub bic: f64,
+    pub aic: f64,
+    pub n_parameters: usize,
+    /// Components that lost all their rows (kept with weight 0), with the iteration.
+    #[serde(default)]
+    pub emptied: Vec<EmptiedComponent>,
+    /// Posterior under which a member counts as weakly assigned: the 10th percentile of
+    /// the training rows' posteriors.
+    pub low_probability: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmptiedComponent {
+    pub segment: u32,
+    pub iteration: usize,
+}
+
+impl GmmSection {
+    pub fn mixture(&self) -> crate::gmm::Mixture {
+        crate::gmm::Mixture {
+            covariance: self.covariance,
+            k: self.weights.len(),
+            dim: self.means.first().map_or(0, |m| m.len()),
+            weights: self.weights.clone(),
+            means: self.means.iter().flatten().copied().collect(),
+            covariances: self.covariances.clone(),
+        }
+    }
 }
 
 pub const FORMAT: &str = "microseg-model";
@@ -53,6 +115,9 @@ pub struct Model {
     /// How the segments relate to the previous model's (`fit --previous`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// The mixture of a `gmm` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gmm: Option<GmmSection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +324,37 @@ impl Model {
             if !(s.share.is_finite() && (0.0..=1.0).contains(&s.share)) {
                 return Err(format!("\"segments\"[{i}] (id {}): \"share\" must be between 0 and 1", s.id));
             }
+        }
+        match (self.method, &self.gmm) {
+            (Method::Gmm, None) => return Err("\"method\" is gmm but the \"gmm\" section is missing".into()),
+            (Method::KMeans, Some(_)) => return Err("\"method\" is kmeans but a \"gmm\" section is present".into()),
+            (Method::Gmm, Some(g)) => {
+                let k = self.k;
+                let cov_len = match g.covariance {
+                    crate::gmm::CovarianceType::Full => k * dim * dim,
+                    crate::gmm::CovarianceType::Diag => k * dim,
+                    crate::gmm::CovarianceType::Spherical => k,
+                    crate::gmm::CovarianceType::Tied => dim * dim,
+                };
+                if g.weights.len() != k || g.means.len() != k || g.means.iter().any(|m| m.len() != dim) {
+                    return Err(format!("\"gmm\": \"weights\" and \"means\" must hold {k} entries of {dim} features"));
+                }
+                if g.covariances.len() != cov_len {
+                    return Err(format!(
+                        "\"gmm\".\"covariances\" has {} values; {} covariances of {k} × {dim} need {cov_len}",
+                        g.covariances.len(),
+                        g.covariance.name()
+                    ));
+                }
+                if g.weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || g.weights.iter().sum::<f64>() <= 0.0 {
+                    return Err("\"gmm\".\"weights\" must be finite, >= 0 and not all 0".into());
+                }
+                if g.means.iter().flatten().chain(&g.covariances).any(|v| !v.is_finite()) {
+                    return Err("\"gmm\": \"means\" and \"covariances\" must be finite".into());
+                }
+                g.mixture().terms().map_err(|e| format!("\"gmm\".\"covariances\": {e}"))?;
+            }
+            (Method::KMeans, None) => {}
         }
         if let Some(b) = &self.baseline {
             if b.features.len() != dim {

@@ -51,7 +51,11 @@ pub struct AssignedBatch<'a> {
     pub raw: &'a [f32],
     /// Feature values in model space, row-major.
     pub model_space: &'a [f32],
+    /// For a mixture: the most probable component as `label`, squared distances to the
+    /// means of it (`dist`) and of the runner-up (`second`).
     pub nearest: &'a [Nearest],
+    /// A mixture's posteriors of every row (rows × k) and log densities; None for k-means.
+    pub posteriors: Option<(&'a [f32], &'a [f64])>,
 }
 
 /// Stream the input through the model's transforms and the backend's assign pass,
@@ -75,6 +79,8 @@ pub fn stream_assigned(
     names.extend(id_col.map(str::to_string));
     names.extend(extra.iter().cloned());
     let centroids = model.centroids();
+    let terms = model.gmm.as_ref().map(|g| g.mixture().terms()).transpose()?;
+    let (mut resp, mut log_norm): (Vec<f32>, Vec<f64>) = (Vec::new(), Vec::new());
     let fill: Option<Vec<f32>> = if model.missing == MissingPolicy::Mean {
         Some(model.features.iter().map(|f| f.impute.unwrap_or(0.0)).collect())
     } else {
@@ -157,7 +163,19 @@ pub fn stream_assigned(
         }
         nearest.clear();
         nearest.resize(kept, Nearest::default());
-        backend.assign(&block, &centroids, &mut nearest)?;
+        if let Some(t) = &terms {
+            resp.resize(kept * t.k, 0.0);
+            log_norm.resize(kept, 0.0);
+            backend.gmm_estep(&block, 0..kept, t, &mut resp, &mut log_norm)?;
+            for (i, (r, x)) in resp.chunks_exact(t.k).zip(block.chunks_exact(dim)).enumerate() {
+                let [(a, _), (b, _)] = crate::gmm::algorithm::top_two(r);
+                let sq = |j: usize| crate::backend::cpu::exact_sq_dist(x, centroids.row(j)) as f32;
+                nearest[i] =
+                    Nearest { label: a as u32, dist: sq(a), second: if t.k > 1 { sq(b) } else { f32::INFINITY } };
+            }
+        } else {
+            backend.assign(&block, &centroids, &mut nearest)?;
+        }
         if let Some(bad) = nearest.iter().position(|n| !n.dist.is_finite()) {
             return Err(Error::Runtime(format!(
                 "{}: row {} of a batch has no finite distance to any centroid; nothing was written",
@@ -165,7 +183,15 @@ pub fn stream_assigned(
                 bad
             )));
         }
-        each(AssignedBatch { ids, extra: extra_arrays, raw: &raw, model_space: &block, nearest: &nearest })?;
+        let posteriors = terms.as_ref().map(|_| (&resp[..], &log_norm[..]));
+        each(AssignedBatch {
+            ids,
+            extra: extra_arrays,
+            raw: &raw,
+            model_space: &block,
+            nearest: &nearest,
+            posteriors,
+        })?;
         rows += kept as u64;
     }
     if model.missing == MissingPolicy::Error
@@ -227,6 +253,9 @@ pub struct AssignConfig {
     pub explain: Option<Vec<String>>,
     /// Replace ids by keyed pseudonyms.
     pub pseudonymize: Option<crate::segments::privacy::Pseudonymizer>,
+    /// A mixture model: also write the N most probable segments and their posteriors as
+    /// list columns `top_segments` and `top_probabilities`.
+    pub soft_top: Option<usize>,
 }
 
 /// What an assignment did.
@@ -267,6 +296,28 @@ pub fn assign(
         Field::new("distance", DataType::Float32, false),
         Field::new("margin", DataType::Float32, true),
     ];
+    let gmm = model.gmm.is_some();
+    if let Some(n) = cfg.soft_top {
+        if !gmm {
+            return Err(Error::Usage(
+                "--soft-top needs a Gaussian-mixture model (fit --method gmm); k-means membership is hard".into(),
+            ));
+        }
+        if n == 0 || n > model.k {
+            return Err(Error::Usage(format!("--soft-top must be between 1 and the model's k ({})", model.k)));
+        }
+    }
+    if gmm {
+        fields.push(Field::new("probability", DataType::Float32, false));
+        fields.push(Field::new("second_segment", DataType::Int32, true));
+        fields.push(Field::new("second_probability", DataType::Float32, true));
+        fields.push(Field::new("log_likelihood", DataType::Float64, false));
+    }
+    if cfg.soft_top.is_some() {
+        let item = |t: DataType| DataType::List(Arc::new(Field::new("item", t, false)));
+        fields.push(Field::new("top_segments", item(DataType::Int32), false));
+        fields.push(Field::new("top_probabilities", item(DataType::Float32), false));
+    }
     if cfg.explain.is_some() {
         fields.push(Field::new("explanation", DataType::Utf8, false));
     }
@@ -297,6 +348,35 @@ pub fn assign(
                 b.nearest.iter().map(|n| n.second.is_finite().then(|| n.second.sqrt() - n.dist.sqrt())),
             )),
         ];
+        if let Some((resp, log_norm)) = b.posteriors {
+            let k = model.k;
+            let tops: Vec<[(usize, f32); 2]> = resp.chunks_exact(k).map(crate::gmm::algorithm::top_two).collect();
+            columns.push(Arc::new(Float32Array::from_iter_values(tops.iter().map(|t| t[0].1))));
+            columns.push(Arc::new(Int32Array::from_iter(tops.iter().map(|t| (k > 1).then(|| seg_ids[t[1].0])))));
+            columns.push(Arc::new(Float32Array::from_iter(tops.iter().map(|t| (k > 1).then_some(t[1].1)))));
+            columns.push(Arc::new(arrow::array::Float64Array::from_iter_values(log_norm.iter().copied())));
+            if let Some(n) = cfg.soft_top {
+                use arrow::array::{Float32Builder, Int32Builder, ListBuilder};
+                let f = |t: DataType| Arc::new(Field::new("item", t, false));
+                let mut segs = ListBuilder::new(Int32Builder::new()).with_field(f(DataType::Int32));
+                let mut probs = ListBuilder::new(Float32Builder::new()).with_field(f(DataType::Float32));
+                let mut order: Vec<usize> = Vec::with_capacity(k);
+                for r in resp.chunks_exact(k) {
+                    order.clear();
+                    order.extend(0..k);
+                    // Most probable first; ties to the lower index (a stable sort).
+                    order.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
+                    for &j in &order[..n] {
+                        segs.values().append_value(seg_ids[j]);
+                        probs.values().append_value(r[j]);
+                    }
+                    segs.append(true);
+                    probs.append(true);
+                }
+                columns.push(Arc::new(segs.finish()));
+                columns.push(Arc::new(probs.finish()));
+            }
+        }
         if let Some(names) = &cfg.explain {
             let dim = model.dim();
             let texts: Vec<String> = b

@@ -39,7 +39,9 @@ impl InitSpec {
     /// `k-means++`, `k-means||`, `random`, or else a file path (as the CLI's `--init`).
     pub fn parse(s: &str) -> Self {
         match s {
-            "k-means++" | "kmeans++" => InitSpec::KMeansPlusPlus,
+            // "k-means": the default start of either method (k-means++ seeding for
+            // k-means; a k-means fit for a mixture).
+            "k-means++" | "kmeans++" | "k-means" | "kmeans" => InitSpec::KMeansPlusPlus,
             "k-means||" | "kmeans||" => InitSpec::KMeansParallel,
             "random" => InitSpec::Random,
             file => InitSpec::File(PathBuf::from(file)),
@@ -96,6 +98,12 @@ pub struct FitConfig {
     /// number of scalar features).
     pub embedding_weight: Option<f64>,
     pub algorithm: AlgorithmChoice,
+    /// k-means, or a Gaussian mixture (EM from a k-means start or `init` centroids).
+    pub method: Method,
+    /// Covariance shape of a mixture (default diag).
+    pub covariance: crate::gmm::CovarianceType,
+    /// Added to the diagonal of a mixture's covariances (default 1e-6).
+    pub reg_covar: f64,
 }
 
 impl Default for FitConfig {
@@ -120,13 +128,50 @@ impl Default for FitConfig {
             metric: Metric::Euclidean,
             embedding_weight: None,
             algorithm: AlgorithmChoice::Auto,
+            method: Method::KMeans,
+            covariance: crate::gmm::CovarianceType::Diag,
+            reg_covar: 1e-6,
         }
     }
 }
 
 impl FitConfig {
+    /// The defaults of a method: a mixture iterates at most 100 times and stops when the
+    /// mean log-likelihood changes by less than 1e-3, as scikit-learn's GaussianMixture.
+    pub fn for_method(method: Method, k: usize) -> Self {
+        match method {
+            Method::KMeans => FitConfig { k, ..Default::default() },
+            Method::Gmm => FitConfig { k, method, max_iter: 100, tol: 1e-3, ..Default::default() },
+        }
+    }
+
     /// The checks that need no data, in the words of the options.
     pub fn check(&self) -> Result<()> {
+        if self.method == Method::Gmm {
+            if self.metric != Metric::Euclidean {
+                return Err(Error::Usage(
+                    "--metric cosine is spherical k-means; a Gaussian mixture (--method gmm) is euclidean".into(),
+                ));
+            }
+            if self.algorithm != AlgorithmChoice::Auto {
+                return Err(Error::Usage(
+                    "--algorithm chooses a k-means iteration; --method gmm runs EM (leave --algorithm out)".into(),
+                ));
+            }
+            if matches!(self.init, InitSpec::KMeansParallel | InitSpec::Random) {
+                return Err(Error::Usage(
+                    "--method gmm starts from k-means (--init k-means, the default) or from a centroids file".into(),
+                ));
+            }
+            crate::gmm::GmmParams {
+                reg_covar: self.reg_covar,
+                max_iter: self.max_iter,
+                tol: self.tol,
+                n_init: self.n_init,
+                ..crate::gmm::GmmParams::new(self.k)
+            }
+            .check_settings()?;
+        }
         KMeansParams::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
         if self.embedding_weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
             return Err(Error::Usage("--embedding-weight must be a positive number".into()));
@@ -170,6 +215,16 @@ pub struct FitReport {
 /// Read centroids from a file: CSV without header (one centroid per line) or Parquet
 /// (all numeric columns), `dim` values each.
 pub fn read_centroids(path: &Path, dim: usize) -> Result<Centroids> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        let m = Model::load(path)?;
+        if m.dim() != dim {
+            return Err(Error::input(
+                path,
+                format!("this model has {} features but the fit has {dim}; give a model of the same features", m.dim()),
+            ));
+        }
+        return Ok(m.centroids());
+    }
     let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("txt"));
     if is_csv {
         let text = std::fs::read_to_string(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
@@ -318,42 +373,65 @@ pub fn fit_with_progress(
         metric: cfg.metric,
     };
     let n = table.matrix.n();
-    log::info!(
-        "fitting k={} on {n} × {dim} ({} backend, {}, init {}, {} threads)",
-        cfg.k,
-        backend.name(),
-        algorithm.name(),
-        params.init.name(),
-        rayon::current_num_threads()
-    );
+    if cfg.method == Method::Gmm {
+        log::info!(
+            "fitting a Gaussian mixture of k={} on {n} × {dim} ({} backend, EM from {}, {} threads)",
+            cfg.k,
+            backend.name(),
+            if matches!(params.init, InitMethod::Given(_)) { "the given centroids" } else { "k-means" },
+            rayon::current_num_threads()
+        );
+    } else {
+        log::info!(
+            "fitting k={} on {n} × {dim} ({} backend, {}, init {}, {} threads)",
+            cfg.k,
+            backend.name(),
+            algorithm.name(),
+            params.init.name(),
+            rayon::current_num_threads()
+        );
+    }
     let mut iter_secs: Vec<(usize, f64)> = Vec::new();
     let t_fit = Instant::now();
-    let fit = kmeans::fit_cancellable(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info| {
+    let mut gmm_section = None;
+    let mut on_iter = |info: &kmeans::IterInfo| {
         iter_secs.push((info.run, info.seconds));
-        log::debug!(
-            "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
-            info.run + 1,
-            info.iteration,
-            info.changed,
-            100.0 * info.full_evaluations as f64 / n as f64,
-            info.shift,
-            info.seconds
-        );
         progress(info)
-    })?;
+    };
+    let fit = if cfg.method == Method::Gmm {
+        let (fit, section) =
+            fit_mixture(cfg, &params, &table.matrix, table.weights.as_deref(), &transforms, backend, &mut on_iter)?;
+        gmm_section = Some(section);
+        fit
+    } else {
+        kmeans::fit_cancellable(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info| {
+            log::debug!(
+                "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
+                info.run + 1,
+                info.iteration,
+                info.changed,
+                100.0 * info.full_evaluations as f64 / n as f64,
+                info.shift,
+                info.seconds
+            );
+            on_iter(info)
+        })?
+    };
     let fit_seconds = t_fit.elapsed().as_secs_f64();
     let per_iter = {
         let s: Vec<f64> = iter_secs.iter().filter(|(r, _)| *r == fit.best_run).map(|(_, s)| *s).collect();
         s.iter().sum::<f64>() / s.len().max(1) as f64
     };
-    log::info!(
-        "{} after {} iterations: inertia {:.6e}, {:.3}s per iteration, {} empty-cluster relocations",
-        if fit.converged { "converged" } else { "stopped at --max-iter" },
-        fit.iterations,
-        fit.inertia,
-        per_iter,
-        fit.relocations
-    );
+    if cfg.method == Method::KMeans {
+        log::info!(
+            "{} after {} iterations: inertia {:.6e}, {:.3}s per iteration, {} empty-cluster relocations",
+            if fit.converged { "converged" } else { "stopped at --max-iter" },
+            fit.iterations,
+            fit.inertia,
+            per_iter,
+            fit.relocations
+        );
+    }
     let empty_segments = fit.stats.count.iter().filter(|c| **c == 0).count();
     if empty_segments > 0 {
         log::warn!(
@@ -384,7 +462,8 @@ pub fn fit_with_progress(
         lineage,
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
-        method: Method::KMeans,
+        method: cfg.method,
+        gmm: gmm_section,
         metric: cfg.metric,
         k: cfg.k,
         id_column: id_col,
@@ -403,11 +482,15 @@ pub fn fit_with_progress(
             rows_used: n as u64,
             rows_dropped: table.rows_dropped,
             seed: cfg.seed,
-            init: params.init.name().into(),
+            init: if cfg.method == Method::Gmm && !matches!(params.init, InitMethod::Given(_)) {
+                "k-means".into()
+            } else {
+                params.init.name().into()
+            },
             init_sample_rows: params.init_sample_rows(n),
             n_init: cfg.n_init,
             best_run: fit.best_run,
-            algorithm: algorithm.name().into(),
+            algorithm: if cfg.method == Method::Gmm { "em".into() } else { algorithm.name().into() },
             max_iter: cfg.max_iter,
             tol: cfg.tol,
             tol_scaled: fit.tol_scaled,
@@ -437,7 +520,7 @@ pub fn fit_with_progress(
         empty_segments,
         model_fingerprint: model.fingerprint(),
         backend: backend.name(),
-        algorithm: algorithm.name(),
+        algorithm: if cfg.method == Method::Gmm { "em" } else { algorithm.name() },
         threads: rayon::current_num_threads(),
     };
     Ok((model, report))
@@ -477,4 +560,123 @@ fn resolve_algorithm(cfg: &FitConfig, backend: &dyn Backend) -> Result<Algorithm
         )));
     }
     Ok(algorithm)
+}
+
+/// EM for a Gaussian mixture, reported as the k-means fit it replaces (centroids are
+/// the means, rows go to their most probable component), with the mixture section.
+fn fit_mixture(
+    cfg: &FitConfig,
+    params: &KMeansParams,
+    x: &features::Matrix,
+    w: Option<&[f32]>,
+    transforms: &[features::FeatureTransform],
+    backend: &dyn Backend,
+    progress: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
+) -> Result<(kmeans::KMeansFit, crate::model::GmmSection)> {
+    use crate::backend::Nearest;
+    use crate::backend::cpu::exact_sq_dist;
+    let gp = crate::gmm::GmmParams {
+        k: cfg.k,
+        covariance: cfg.covariance,
+        reg_covar: cfg.reg_covar,
+        max_iter: cfg.max_iter,
+        tol: cfg.tol,
+        n_init: cfg.n_init,
+        seed: cfg.seed,
+        init: match &params.init {
+            InitMethod::Given(c) => crate::gmm::GmmInit::Given(c.clone()),
+            _ => crate::gmm::GmmInit::KMeans,
+        },
+    };
+    log::info!(
+        "Gaussian mixture: {} covariances, reg_covar {:e}, tol {:e} on the mean log-likelihood",
+        cfg.covariance.name(),
+        cfg.reg_covar,
+        cfg.tol
+    );
+    let f = crate::gmm::fit_cancellable(backend, x, w, &gp, &mut |it| {
+        if it.init {
+            log::debug!("run {} k-means start, iteration {}: {:.3}s", it.run + 1, it.iteration, it.seconds);
+        } else {
+            log::debug!(
+                "run {} EM iteration {}: mean log-likelihood {:.8}, change {:.3e}, {:.3}s",
+                it.run + 1,
+                it.iteration,
+                it.log_likelihood,
+                it.change,
+                it.seconds
+            );
+        }
+        progress(&kmeans::IterInfo {
+            run: it.run,
+            iteration: it.iteration,
+            changed: 0,
+            shift: it.change,
+            full_evaluations: x.n() as u64,
+            seconds: it.seconds,
+        })
+    })?;
+    let (k, d) = (cfg.k, x.dim);
+    let mix = &f.mixture;
+    let centroids = Centroids::new(mix.means.iter().map(|v| *v as f32).collect(), d);
+    let nearest: Vec<Nearest> = (0..x.n())
+        .map(|i| {
+            let row = &x.data[i * d..(i + 1) * d];
+            let (a, b) = (f.labels[i] as usize, f.second[i] as usize);
+            Nearest {
+                label: a as u32,
+                dist: exact_sq_dist(row, centroids.row(a)) as f32,
+                second: if k > 1 { exact_sq_dist(row, centroids.row(b)) as f32 } else { f32::INFINITY },
+            }
+        })
+        .collect();
+    let stats = backend.reduce(&x.data, w, &nearest, k)?;
+    let inertia = stats.inertia();
+    log::info!(
+        "EM {} after {} iterations: mean log-likelihood {:.6}, BIC {:.6e}, AIC {:.6e}",
+        if f.converged { "converged" } else { "stopped at --max-iter" },
+        f.iterations,
+        f.log_likelihood,
+        f.bic(),
+        f.aic()
+    );
+    let mut probs: Vec<f32> = f.probability.iter().step_by(x.n().div_ceil(100_000).max(1)).copied().collect();
+    probs.sort_by(|a, b| a.total_cmp(b));
+    let low_probability = if probs.is_empty() { 0.0 } else { crate::model::baseline::quantile_sorted(&probs, 0.1) };
+    let section = crate::model::GmmSection {
+        covariance: mix.covariance,
+        reg_covar: cfg.reg_covar,
+        weights: mix.weights.clone(),
+        means: mix.means.chunks_exact(d).map(|m| m.to_vec()).collect(),
+        covariances: mix.covariances.clone(),
+        std_original: (0..k)
+            .map(|j| (0..d).map(|t| mix.variance(j, t).sqrt() * transforms[t].scale).collect())
+            .collect(),
+        log_likelihood: f.log_likelihood,
+        lower_bound: f.lower_bound,
+        bic: f.bic(),
+        aic: f.aic(),
+        n_parameters: mix.n_parameters(),
+        emptied: f
+            .emptied
+            .iter()
+            .map(|&(j, it)| crate::model::EmptiedComponent { segment: j as u32, iteration: it })
+            .collect(),
+        low_probability,
+    };
+    let fit = kmeans::KMeansFit {
+        centroids,
+        nearest,
+        stats,
+        inertia,
+        iterations: f.iterations,
+        converged: f.converged,
+        relocations: 0,
+        best_run: f.best_run,
+        tol_scaled: cfg.tol,
+        iteration_seconds: f.em_seconds,
+        init_seconds: f.init_seconds,
+        full_evaluations: (x.n() * (f.iterations + 1)) as u64,
+    };
+    Ok((fit, section))
 }
