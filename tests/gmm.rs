@@ -322,6 +322,10 @@ fn cli_fits_assigns_and_profiles_a_mixture() {
     ));
     let m = json(&d.join("m.json"));
     assert_eq!(m["method"], "gmm");
+    let schema = json(&repo().join("schemas/model.schema.json"));
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(&m).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "the mixture model breaks schemas/model.schema.json: {errors:?}");
     let ll = m["gmm"]["log_likelihood"].as_f64().unwrap();
     assert!(rel(ll, exp["score"].as_f64().unwrap()) <= 1e-6, "{ll}");
     assert_eq!(m["manifest"]["iterations"], exp["n_iter"]);

@@ -29,6 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce_partials.wgsl", REDUCE_PARTIALS_WGSL),
     ("reduce_combine.wgsl", REDUCE_COMBINE_WGSL),
     ("topk.wgsl", TOPK_WGSL),
+    ("gmm_estep.wgsl", GMM_ESTEP_WGSL),
 ];
 /// Workgroup memory topk.wgsl needs (bytes).
 const TOPK_WORKGROUP_BYTES: u32 = (1024 + 1024 + 4096) * 4;
