@@ -347,9 +347,10 @@ fn cli_fits_assigns_and_profiles_a_mixture() {
     let ll_col = col("log_likelihood");
     let ll_col = ll_col.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
     let labels = exp["labels"].as_array().unwrap();
-    for i in 0..b.num_rows() {
+    assert_eq!(labels.len(), b.num_rows());
+    for (i, want) in labels.iter().enumerate() {
         assert!(p.value(i) >= p2.value(i) && p.value(i) <= 1.0 && p.value(i) >= 1.0 / 4.0 - 1e-6);
-        assert_eq!(seg.value(i) as u64, labels[i].as_u64().unwrap(), "row {i}");
+        assert_eq!(seg.value(i) as u64, want.as_u64().unwrap(), "row {i}");
     }
     let mean_ll: f64 = ll_col.values().iter().sum::<f64>() / b.num_rows() as f64;
     assert!(rel(mean_ll, ll) <= 1e-9, "assign's log-likelihoods average {mean_ll}, the model says {ll}");

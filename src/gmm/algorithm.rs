@@ -156,6 +156,9 @@ fn is_full(c: CovarianceType) -> bool {
     matches!(c, CovarianceType::Full | CovarianceType::Tied)
 }
 
+/// Sees each block of an E-step: its first row, responsibilities and log densities.
+pub type BlockFn<'a> = dyn FnMut(usize, &[f32], &[f64]) + 'a;
+
 /// One E-step over all rows in blocks: the statistics about the terms' means (with the
 /// log-likelihood) when `stats` is set, and `each_block(first_row, resp)` per block.
 pub fn e_pass<B: Backend + ?Sized>(
@@ -164,7 +167,7 @@ pub fn e_pass<B: Backend + ?Sized>(
     w: Option<&[f32]>,
     terms: &GaussianTerms,
     full: bool,
-    mut each_block: Option<&mut dyn FnMut(usize, &[f32], &[f64])>,
+    mut each_block: Option<&mut BlockFn<'_>>,
 ) -> Result<MixtureStats> {
     let (n, d, k) = (x.n(), x.dim, terms.k);
     let mut total = MixtureStats::zeros(k, d, full);

@@ -305,6 +305,7 @@ pub enum Resp<'a> {
 
 /// Statistics of a block of rows about `shift`, in fixed chunks merged in order;
 /// `log_norm` (one per row, optional) adds the block's log-likelihood.
+#[allow(clippy::too_many_arguments)]
 pub fn accumulate(
     points: &[f32],
     dim: usize,
