@@ -399,3 +399,33 @@ fn cli_refuses_contradictory_mixture_options() {
         &["km.json"],
     );
 }
+
+/// The screened CPU E-step (f32 SIMD screen with a proven bound, f64 for the rest)
+/// equals the plain f64 E-step bit for bit: shapes, covariance types, data far from the
+/// origin, tiny and huge scales, duplicate rows, rows far from every component.
+#[test]
+fn screened_estep_equals_the_plain_f64_estep_bit_for_bit() {
+    for (s, cov) in TYPES.into_iter().enumerate() {
+        for (k, d, offset, scale) in
+            [(1, 1, 0.0, 1.0), (4, 3, 1e4, 1.0), (9, 8, -3e5, 1e-2), (16, 13, 0.0, 1e3), (24, 37, 50.0, 1e-3)]
+        {
+            let mut m = random_mixture(cov, k, d, 300 + s as u64 * 10 + k as u64);
+            let f2 = scale * scale;
+            m.means.iter_mut().for_each(|v| *v = *v * scale + offset);
+            m.covariances.iter_mut().for_each(|v| *v *= f2);
+            let t = m.terms().unwrap();
+            let mut x = mixture_rows(&m, 203, s as u64 + 29);
+            // Far outliers, duplicates, and a row at a mean.
+            x.extend((0..d).map(|f| (offset + scale * 40.0 * (f as f64 + 1.0)) as f32));
+            x.extend_from_slice(&x[..d].to_vec());
+            x.extend(m.mean(0).iter().map(|v| *v as f32));
+            let n = x.len() / d;
+            let (mut r1, mut r2) = (vec![0.0f32; n * k], vec![0.0f32; n * k]);
+            let (mut l1, mut l2) = (vec![0.0f64; n], vec![0.0f64; n]);
+            CpuBackend::default().gmm_estep(&x, 0..n, &t, &mut r1, &mut l1).unwrap();
+            microseg::backend::cpu::gmm::estep_unscreened(&x, &t, &mut r2, &mut l2);
+            assert_eq!(l1, l2, "{cov:?} k={k} d={d} offset {offset} scale {scale}: log densities");
+            assert_eq!(r1, r2, "{cov:?} k={k} d={d} offset {offset} scale {scale}: responsibilities");
+        }
+    }
+}

@@ -150,40 +150,44 @@ pub struct GaussianTerms {
 }
 
 impl GaussianTerms {
-    /// Weighted log densities of one row (f64) under every component, into `out`.
-    pub fn log_densities(&self, x: &[f64], diff: &mut [f64], y: &mut [f64], out: &mut [f64]) {
+    /// Weighted log density of one row (f64) under component `j`; `diff` and `y` are
+    /// d-long scratch.
+    #[inline]
+    pub fn log_density(&self, j: usize, x: &[f64], diff: &mut [f64], y: &mut [f64]) -> f64 {
         let d = self.dim;
+        let mu = &self.means[j * d..(j + 1) * d];
         match self.kind {
             TermsKind::Diagonal => {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let mu = &self.means[j * d..(j + 1) * d];
-                    let p = &self.prec[j * d..(j + 1) * d];
-                    let mut q = 0.0;
-                    for t in 0..d {
-                        let z = (x[t] - mu[t]) * p[t];
-                        q += z * z;
-                    }
-                    *o = self.log_const[j] - 0.5 * q;
+                let p = &self.prec[j * d..(j + 1) * d];
+                let mut q = 0.0;
+                for t in 0..d {
+                    let z = (x[t] - mu[t]) * p[t];
+                    q += z * z;
                 }
+                self.log_const[j] - 0.5 * q
             }
             TermsKind::Triangular => {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let mu = &self.means[j * d..(j + 1) * d];
-                    let u = &self.prec[j * d * d..(j + 1) * d * d];
-                    for t in 0..d {
-                        diff[t] = x[t] - mu[t];
-                        y[t] = 0.0;
-                    }
-                    for a in 0..d {
-                        let da = diff[a];
-                        let row = &u[a * d..(a + 1) * d];
-                        for b in a..d {
-                            y[b] += da * row[b];
-                        }
-                    }
-                    *o = self.log_const[j] - 0.5 * y.iter().map(|v| v * v).sum::<f64>();
+                let u = &self.prec[j * d * d..(j + 1) * d * d];
+                for t in 0..d {
+                    diff[t] = x[t] - mu[t];
+                    y[t] = 0.0;
                 }
+                for a in 0..d {
+                    let da = diff[a];
+                    let row = &u[a * d..(a + 1) * d];
+                    for b in a..d {
+                        y[b] += da * row[b];
+                    }
+                }
+                self.log_const[j] - 0.5 * y.iter().map(|v| v * v).sum::<f64>()
             }
+        }
+    }
+
+    /// Weighted log densities of one row (f64) under every component, into `out`.
+    pub fn log_densities(&self, x: &[f64], diff: &mut [f64], y: &mut [f64], out: &mut [f64]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = self.log_density(j, x, diff, y);
         }
     }
 }
@@ -267,26 +271,30 @@ impl MixtureStats {
             let wr = w * r;
             self.mass[j] += wr;
             let c = &shift[j * d..(j + 1) * d];
-            for t in 0..d {
-                dev[t] = x[t] as f64 - c[t];
+            for ((o, &v), &m) in dev[..d].iter_mut().zip(&x[..d]).zip(c) {
+                *o = v as f64 - m;
+            }
+            if !self.full {
+                // One fused pass: Σ w·r·(x − c) and Σ w·r·(x − c)².
+                let f = &mut self.first[j * d..(j + 1) * d];
+                let s = &mut self.second[j * d..(j + 1) * d];
+                for ((a, b), &v) in f.iter_mut().zip(s.iter_mut()).zip(&dev[..d]) {
+                    let u = wr * v;
+                    *a += u;
+                    *b += u * v;
+                }
+                continue;
             }
             let f = &mut self.first[j * d..(j + 1) * d];
-            for t in 0..d {
-                f[t] += wr * dev[t];
+            for (a, &v) in f.iter_mut().zip(&dev[..d]) {
+                *a += wr * v;
             }
-            if self.full {
-                let s = &mut self.second[j * d * d..(j + 1) * d * d];
-                for a in 0..d {
-                    let wa = wr * dev[a];
-                    let row = &mut s[a * d..(a + 1) * d];
-                    for b in a..d {
-                        row[b] += wa * dev[b];
-                    }
-                }
-            } else {
-                let s = &mut self.second[j * d..(j + 1) * d];
-                for t in 0..d {
-                    s[t] += wr * dev[t] * dev[t];
+            let s = &mut self.second[j * d * d..(j + 1) * d * d];
+            for a in 0..d {
+                let wa = wr * dev[a];
+                let row = &mut s[a * d..(a + 1) * d];
+                for b in a..d {
+                    row[b] += wa * dev[b];
                 }
             }
         }
