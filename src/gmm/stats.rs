@@ -344,9 +344,11 @@ pub fn accumulate(
                 }
                 match &resp {
                     Resp::Soft(r) => {
-                        let row = &r[i * k..(i + 1) * k];
-                        let it = row.iter().enumerate().filter(|(_, v)| **v > 0.0).map(|(j, v)| (j, *v as f64));
-                        s.add_row(x, w, shift, it, &mut dev);
+                        for (j, &v) in r[i * k..(i + 1) * k].iter().enumerate() {
+                            if v > 0.0 {
+                                s.add_row(x, w, shift, std::iter::once((j, v as f64)), &mut dev);
+                            }
+                        }
                     }
                     Resp::Hard(l) => s.add_row(x, w, shift, std::iter::once((l[i] as usize, 1.0)), &mut dev),
                 }

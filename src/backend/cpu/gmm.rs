@@ -127,19 +127,33 @@ impl Screen {
             // hi = v + b for the skip test, max(v − b) for the row's floor.
             let (lcj, sl) = (self.lc[j], self.slack[j]);
             let mut hj = [0.0f32; LANES];
-            for l in 0..LANES {
-                let q = acc[l].max(0.0);
-                let dq = match self.kind {
-                    TermsKind::Diagonal => self.cq * q,
-                    TermsKind::Triangular => {
-                        let e = self.kfrob[j] * (nn[l].max(0.0) * (1.0 + 4.0 * eps)).sqrt();
-                        2.0 * (q * (1.0 + self.cq)).sqrt() * e + e * e + self.cq * q
+            // Comparisons written out (not f32::max, whose NaN rule keeps them scalar).
+            let clamp = |v: f32| if v > 0.0 { v } else { 0.0 };
+            match self.kind {
+                TermsKind::Diagonal => {
+                    let c = 0.55 * self.cq + 2.0 * eps;
+                    for l in 0..LANES {
+                        let q = clamp(acc[l]);
+                        let b = c * q + sl;
+                        let v = lcj - 0.5 * q;
+                        hj[l] = v + b;
+                        let low = v - b;
+                        floor[l] = if low > floor[l] { low } else { floor[l] };
                     }
-                };
-                let b = 0.55 * dq + 2.0 * eps * q + sl;
-                let v = lcj - 0.5 * q;
-                hj[l] = v + b;
-                floor[l] = floor[l].max(v - b);
+                }
+                TermsKind::Triangular => {
+                    let kf = self.kfrob[j];
+                    for l in 0..LANES {
+                        let q = clamp(acc[l]);
+                        let e = kf * (clamp(nn[l]) * (1.0 + 4.0 * eps)).sqrt();
+                        let dq = 2.0 * (q * (1.0 + self.cq)).sqrt() * e + e * e + self.cq * q;
+                        let b = 0.55 * dq + 2.0 * eps * q + sl;
+                        let v = lcj - 0.5 * q;
+                        hj[l] = v + b;
+                        let low = v - b;
+                        floor[l] = if low > floor[l] { low } else { floor[l] };
+                    }
+                }
             }
             hi_out[j] = hj;
         }
@@ -208,11 +222,15 @@ pub fn estep(points: &[f32], t: &GaussianTerms, resp: &mut [f32], log_norm: &mut
                         *a = v as f64;
                     }
                     // Skipped: provably more than 60 e-folds under the row's best.
-                    let cut = floor[l] as f64 + NEGLIGIBLE_LOG;
+                    // In f32, rounded down so no component that can count is cut.
+                    let cut = {
+                        let c = (floor[l] as f64 + NEGLIGIBLE_LOG) as f32;
+                        if c as f64 > floor[l] as f64 + NEGLIGIBLE_LOG { c.next_down() } else { c }
+                    };
                     live.clear();
                     let mut max = f64::NEG_INFINITY;
                     for j in 0..k {
-                        if hi[j][l] as f64 >= cut {
+                        if hi[j][l] >= cut {
                             let v = t.log_density(j, &x, &mut dv, &mut y);
                             max = max.max(v);
                             live.push((j, v));
