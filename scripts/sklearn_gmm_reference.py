@@ -21,6 +21,9 @@ inverse covariances). The matrix is the listed columns converted to float32
 (what microseg reads with ``--scale none``), widened to float64. Options:
 ``reg_covar=1e-6, tol=1e-3, max_iter=100, n_init=1``, one thread.
 
+``metrics.json`` holds scikit-learn's silhouette, Calinski-Harabasz and
+Davies-Bouldin scores of a labelled sample (for ``choose-k``).
+
 The ``blobs`` case is a generated mixture of anisotropic, differently sized
 Gaussian clusters written to tests/data/gmm_blobs.parquet by this script.
 
@@ -131,10 +134,31 @@ def run_case(spec: dict) -> None:
         print(f"{spec['case']}/{kind}: n_iter {gm.n_iter_}, score {score:.10g}, converged {gm.converged_}")
 
 
+def write_metrics() -> None:
+    """scikit-learn's cluster-validity scores of a labelled sample, for choose-k's tests:
+    the first 600 rows of the blobs (float32 widened), labelled by their nearest of 5
+    centres drawn from them; writes tests/data/sklearn_gmm/metrics.json."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+    t = pq.read_table(ROOT / BLOBS)
+    X = np.column_stack([t.column(c).to_numpy() for c in t.column_names]).astype(np.float64)[:600]
+    C = X[[3, 100, 200, 300, 400]]
+    labels = ((X[:, None, :] - C[None]) ** 2).sum(2).argmin(1)
+    res = {
+        "rows": 600, "labels": [int(v) for v in labels],
+        "silhouette": float(silhouette_score(X, labels)),
+        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+        "davies_bouldin": float(davies_bouldin_score(X, labels)),
+        "sklearn_version": sklearn.__version__,
+    }
+    (OUT_DIR / "metrics.json").write_text(json.dumps(res) + "\n")
+    print("metrics:", {k: v for k, v in res.items() if k != "labels"})
+
+
 def main() -> None:
     make_blobs()
     for spec in CASES:
         run_case(spec)
+    write_metrics()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ fn report_renders_in_headless_chromium_without_console_errors() {
         assert!(!html.contains(needle), "the report references {needle}");
     }
     assert!(html.contains("Segments and why") && html.contains("<svg"));
+    render_in_chromium(p, &p.join("out/report.html"), 20_000);
+}
+
+/// Open `page` in headless Chromium: no console message, a screenshot of at least
+/// `min_png` bytes (skipped with a notice where no browser is installed, unless
+/// MICROSEG_REQUIRE_BROWSER_TESTS is set).
+pub fn render_in_chromium(p: &Path, page: &Path, min_png: usize) {
     let Some(browser) = chromium() else {
         if std::env::var_os("MICROSEG_REQUIRE_BROWSER_TESTS").is_some() {
             panic!("no chromium found but MICROSEG_REQUIRE_BROWSER_TESTS is set");
@@ -68,7 +75,7 @@ fn report_renders_in_headless_chromium_without_console_errors() {
         ])
         .arg(format!("--user-data-dir={}", p.join("profile").display()))
         .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", p.join("out/report.html").display()))
+        .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -76,5 +83,5 @@ fn report_renders_in_headless_chromium_without_console_errors() {
     let console: Vec<&str> = err.lines().filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
     let png = std::fs::read(&shot).unwrap();
-    assert!(png.len() > 20_000 && png.starts_with(b"\x89PNG"), "no screenshot ({} bytes)", png.len());
+    assert!(png.len() > min_png && png.starts_with(b"\x89PNG"), "no screenshot ({} bytes)", png.len());
 }

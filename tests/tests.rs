@@ -4,10 +4,11 @@ mod util;
 
 mod api;
 mod backend;
+mod choose_k;
 mod cli;
 mod gmm;
 mod hostile;
 mod kmeans;
-mod report;
+pub mod report;
 mod segments;
 mod sklearn;

@@ -141,12 +141,7 @@ impl FitOpts {
         let defaults = FitConfig::for_method(method, self.k);
         FitConfig {
             method,
-            covariance: match self.covariance {
-                CovarianceArg::Full => crate::gmm::CovarianceType::Full,
-                CovarianceArg::Diag => crate::gmm::CovarianceType::Diag,
-                CovarianceArg::Spherical => crate::gmm::CovarianceType::Spherical,
-                CovarianceArg::Tied => crate::gmm::CovarianceType::Tied,
-            },
+            covariance: covariance(self.covariance),
             reg_covar: self.reg_covar,
             k: self.k,
             features: self.features.clone(),
@@ -217,7 +212,16 @@ fn summary(report: &FitReport, command: &str) -> Result<serde_json::Value> {
     Ok(s)
 }
 
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
+pub(crate) fn covariance(c: CovarianceArg) -> crate::gmm::CovarianceType {
+    match c {
+        CovarianceArg::Full => crate::gmm::CovarianceType::Full,
+        CovarianceArg::Diag => crate::gmm::CovarianceType::Diag,
+        CovarianceArg::Spherical => crate::gmm::CovarianceType::Spherical,
+        CovarianceArg::Tied => crate::gmm::CovarianceType::Tied,
+    }
+}
+
+pub(crate) fn progress_bar(len: u64) -> indicatif::ProgressBar {
     if super::quiet() {
         return indicatif::ProgressBar::hidden();
     }

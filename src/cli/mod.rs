@@ -5,6 +5,7 @@
 mod assign;
 mod backend;
 mod bench;
+mod choose_k;
 mod fit;
 mod generate;
 mod segments;
@@ -100,6 +101,10 @@ enum Command {
     Segment(fit::SegmentArgs),
     /// Write a synthetic subscriber table with ground-truth segments.
     Generate(generate::GenerateArgs),
+    /// How many segments? Fit every k of a range on a sample and score each (elbow,
+    /// BIC/AIC, silhouette, Calinski–Harabasz, Davies–Bouldin); recommend one.
+    #[command(name = "choose-k")]
+    ChooseK(choose_k::ChooseKArgs),
     /// Per-segment profiles (means, quantiles, distinctions, names, outcomes) as JSON.
     Profile(segments::ProfileArgs),
     /// Drift of new data against the model: PSI, distances, a verdict and exit code.
@@ -267,6 +272,7 @@ impl Command {
             Command::Similar(a) => a.write.json,
             Command::Info(a) => a.json,
             Command::Bench(a) => a.json,
+            Command::ChooseK(a) => a.write.json,
         }
     }
 }
@@ -279,6 +285,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     configure_threads(cli.threads)?;
     match cli.command {
         Command::Fit(a) => fit::run_fit(a),
+        Command::ChooseK(a) => choose_k::run_choose_k(a),
         Command::Assign(a) => assign::run_assign(a),
         Command::Segment(a) => fit::run_segment(a),
         Command::Generate(a) => generate::run_generate(a),

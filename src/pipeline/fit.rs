@@ -289,16 +289,21 @@ pub fn fit_array(
     fit(&ds, cfg, backend)
 }
 
-/// Read, transform and fit; `progress` sees every iteration and stops the fit
-/// ([`Error::Interrupted`]) by returning false.
-pub fn fit_with_progress(
-    source: &Dataset,
-    cfg: &FitConfig,
-    backend: &dyn Backend,
-    progress: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
-) -> Result<(Model, FitReport)> {
-    cfg.check()?;
-    let t_read = Instant::now();
+/// The training rows of `source` ready for a fit: selected, checked, read, and put in
+/// model space by the transforms fitted on them (and on the unit sphere for cosine).
+pub struct Prepared {
+    pub id_col: Option<String>,
+    pub cols: Vec<features::FeatureColumn>,
+    pub transforms: Vec<features::FeatureTransform>,
+    pub table: features::TrainingTable,
+    pub init: InitMethod,
+    /// SHA-256 of the rows as read, before the transforms.
+    pub input_fingerprint: String,
+}
+
+/// Select, read and transform the training rows as `fit` does (shared with
+/// `choose-k`, so both see the same matrix).
+pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
     let ds = source;
     let id_col = resolve_id(ds, cfg.id_col.as_deref(), &["subscriber_id"])?;
     if let Some(w) = &cfg.weight_col {
@@ -359,6 +364,22 @@ pub fn fit_with_progress(
             log::info!("left out {dropped} rows with a zero vector (--metric cosine, --missing drop)");
         }
     }
+    Ok(Prepared { id_col, cols, transforms, table, init, input_fingerprint })
+}
+
+/// Read, transform and fit; `progress` sees every iteration and stops the fit
+/// ([`Error::Interrupted`]) by returning false.
+pub fn fit_with_progress(
+    source: &Dataset,
+    cfg: &FitConfig,
+    backend: &dyn Backend,
+    progress: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
+) -> Result<(Model, FitReport)> {
+    cfg.check()?;
+    let t_read = Instant::now();
+    let ds = source;
+    let Prepared { id_col, cols, transforms, table, init, input_fingerprint } = prepare(ds, cfg)?;
+    let dim = features::dim_of(&cols);
     let read_seconds = t_read.elapsed().as_secs_f64();
     let algorithm = resolve_algorithm(cfg, backend)?;
     let params = KMeansParams {

@@ -6,13 +6,15 @@
 
 mod assign;
 mod audit;
-mod fit;
+pub mod choose_k;
+pub mod fit;
 mod similarity;
 
 pub use assign::{
     AssignConfig, AssignReport, AssignedBatch, BatchSink, assign, id_column, profile, segment_names, stream_assigned,
 };
 pub use audit::{AuditConfig, audit, fingerprint_of};
+pub use choose_k::{ChooseKConfig, ChooseKReport, choose_k};
 pub use fit::{AlgorithmChoice, FitConfig, FitReport, InitSpec, fit, fit_array, fit_with_progress, read_centroids};
 pub use similarity::{
     NeighborsConfig, NeighborsReport, SeedMode, Seeds, SimilarConfig, SimilarReport, neighbors, similar,
