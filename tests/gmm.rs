@@ -429,3 +429,73 @@ fn screened_estep_equals_the_plain_f64_estep_bit_for_bit() {
         }
     }
 }
+
+/// Drift on a mixture model reads weak membership from posteriors: the training data
+/// itself is stable, and rows moved to between two components are flagged.
+#[test]
+fn drift_on_a_mixture_reads_weak_membership_from_posteriors() {
+    use crate::util::{json, ok, run};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = repo().join("tests/data/gmm_blobs.parquet");
+    let data_s = data.to_str().unwrap();
+    ok(&run(
+        &["--quiet", "fit", data_s, "--k", "4", "--method", "gmm", "--covariance", "full", "--model", "m.json"],
+        d,
+    ));
+    let m = json(&d.join("m.json"));
+    let share = m["gmm"]["low_probability_share"].as_f64().unwrap();
+    assert!(share <= 0.1 + 1e-9, "{share}");
+    let o = run(&["--quiet", "drift", "--model", "m.json", data_s, "--json"], d);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["verdict"], "stable", "{r}");
+    assert!((r["low_margin_share"].as_f64().unwrap() - share).abs() < 1e-3, "{r}");
+    // Rows on the lines between component means, kept where `assign` finds their
+    // membership ambiguous (posterior under 0.9): a population between segments.
+    let means = m["gmm"]["means"].as_array().unwrap();
+    let mean = |j: usize| -> Vec<f64> { means[j].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let tf = m["features"].as_array().unwrap();
+    let write = |path: &std::path::Path, rows: &[Vec<f32>]| {
+        let arrays: Vec<(String, arrow::array::ArrayRef)> = (0..4)
+            .map(|t| {
+                let v: Vec<f32> = rows.iter().map(|r| r[t]).collect();
+                (format!("f{t}"), std::sync::Arc::new(arrow::array::Float32Array::from(v)) as arrow::array::ArrayRef)
+            })
+            .collect();
+        crate::util::write_parquet(path, arrays.iter().map(|(n, a)| (n.as_str(), a.clone())).collect());
+    };
+    let mut line = Vec::new();
+    for a in 0..4 {
+        for b in a + 1..4 {
+            let (ma, mb) = (mean(a), mean(b));
+            for i in 0..20_000 {
+                let w = i as f64 / 20_000.0;
+                line.push(
+                    (0..4)
+                        .map(|t| {
+                            let z = ma[t] * (1.0 - w) + mb[t] * w;
+                            (z * tf[t]["scale"].as_f64().unwrap() + tf[t]["center"].as_f64().unwrap()) as f32
+                        })
+                        .collect::<Vec<f32>>(),
+                );
+            }
+        }
+    }
+    write(&d.join("line.parquet"), &line);
+    ok(&run(&["--quiet", "assign", "--model", "m.json", "line.parquet", "--out", "line_a.parquet"], d));
+    let f = std::fs::File::open(d.join("line_a.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut probs = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let p = b.column_by_name("probability").unwrap().clone();
+        probs.extend(p.as_any().downcast_ref::<arrow::array::Float32Array>().unwrap().values().iter().copied());
+    }
+    let between: Vec<Vec<f32>> = line.iter().zip(&probs).filter(|(_, p)| **p < 0.9).map(|(r, _)| r.clone()).collect();
+    assert!(between.len() >= 300, "only {} ambiguous rows on the lines between means", between.len());
+    write(&d.join("between.parquet"), &between);
+    let o = run(&["--quiet", "drift", "--model", "m.json", "between.parquet", "--json"], d);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["low_margin_share"].as_f64().unwrap() > 2.0 * share, "{r}");
+    assert!(r["reasons"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("weakly assigned")), "{r}");
+}

@@ -67,6 +67,9 @@ pub struct GmmSection {
     /// Posterior under which a member counts as weakly assigned: the 10th percentile of
     /// the training rows' posteriors.
     pub low_probability: f64,
+    /// Share of training rows below it (what `drift` compares the new share with).
+    #[serde(default)]
+    pub low_probability_share: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -664,6 +664,8 @@ fn fit_mixture(
     let mut probs: Vec<f32> = f.probability.iter().step_by(x.n().div_ceil(100_000).max(1)).copied().collect();
     probs.sort_by(|a, b| a.total_cmp(b));
     let low_probability = if probs.is_empty() { 0.0 } else { crate::model::baseline::quantile_sorted(&probs, 0.1) };
+    let low_probability_share =
+        probs.iter().filter(|p| (**p as f64) < low_probability).count() as f64 / probs.len().max(1) as f64;
     let section = crate::model::GmmSection {
         covariance: mix.covariance,
         reg_covar: cfg.reg_covar,
@@ -684,6 +686,7 @@ fn fit_mixture(
             .map(|&(j, it)| crate::model::EmptiedComponent { segment: j as u32, iteration: it })
             .collect(),
         low_probability,
+        low_probability_share,
     };
     let fit = kmeans::KMeansFit {
         centroids,

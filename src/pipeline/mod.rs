@@ -43,7 +43,7 @@ pub fn drift(model: &Model, source: &Dataset, thresholds: Thresholds, backend: &
     }
     let mut b = DriftBuilder::new(model)?;
     stream_assigned(model, source, None, &[], backend, |batch| {
-        b.add(batch.model_space, batch.nearest);
+        b.add(batch.model_space, batch.nearest, batch.posteriors.map(|p| p.0));
         Ok(())
     })?;
     Ok(b.finish(model, thresholds))

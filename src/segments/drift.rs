@@ -76,6 +76,8 @@ pub struct DriftReport {
     pub mean_distance: f64,
     #[serde(deserialize_with = "super::nullable_f64")]
     pub training_mean_distance: f64,
+    /// Share of weakly assigned members: margin under the training's 10th percentile
+    /// (k-means), or posterior under it (mixtures).
     #[serde(deserialize_with = "super::nullable_f64")]
     pub low_margin_share: f64,
     #[serde(deserialize_with = "super::nullable_f64")]
@@ -109,6 +111,9 @@ pub struct DriftBuilder {
     dist_sum: f64,
     low: u64,
     with_margin: u64,
+    /// Mixtures: a member is weakly assigned below this posterior (with the training
+    /// share below it), instead of below the baseline's low margin.
+    weak_posterior: Option<(f64, f64)>,
 }
 
 impl DriftBuilder {
@@ -119,19 +124,42 @@ impl DriftBuilder {
             )
         })?;
         let bins = baseline.features.iter().map(|h| vec![0; h.shares.len()]).collect();
-        Ok(DriftBuilder { baseline, seg_counts: vec![0; model.k], bins, n: 0, dist_sum: 0.0, low: 0, with_margin: 0 })
+        let weak_posterior = model.gmm.as_ref().map(|g| (g.low_probability, g.low_probability_share));
+        Ok(DriftBuilder {
+            baseline,
+            seg_counts: vec![0; model.k],
+            bins,
+            n: 0,
+            dist_sum: 0.0,
+            low: 0,
+            with_margin: 0,
+            weak_posterior,
+        })
     }
 
-    pub fn add(&mut self, model_space: &[f32], nearest: &[Nearest]) {
+    /// One batch: rows in model space, their assignment, and for a mixture their
+    /// posteriors (rows × k).
+    pub fn add(&mut self, model_space: &[f32], nearest: &[Nearest], posteriors: Option<&[f32]>) {
         let d = self.bins.len();
-        for (row, nr) in model_space.chunks_exact(d).zip(nearest) {
+        let k = self.seg_counts.len();
+        for (i, (row, nr)) in model_space.chunks_exact(d).zip(nearest).enumerate() {
             self.n += 1;
             self.seg_counts[nr.label as usize] += 1;
             self.dist_sum += (nr.dist.max(0.0) as f64).sqrt();
-            if let Some(m) = margin(nr) {
-                self.with_margin += 1;
-                if (m as f64) < self.baseline.low_margin {
-                    self.low += 1;
+            match (self.weak_posterior, posteriors) {
+                (Some((low, _)), Some(p)) => {
+                    self.with_margin += 1;
+                    if (p[i * k + nr.label as usize] as f64) < low {
+                        self.low += 1;
+                    }
+                }
+                _ => {
+                    if let Some(m) = margin(nr) {
+                        self.with_margin += 1;
+                        if (m as f64) < self.baseline.low_margin {
+                            self.low += 1;
+                        }
+                    }
                 }
             }
             for (j, v) in row.iter().enumerate() {
@@ -176,12 +204,15 @@ impl DriftBuilder {
             worst = worst.max(level(f.psi));
             reasons.push(format!("feature '{}' moved: PSI {:.3}", f.feature, f.psi));
         }
-        if self.baseline.low_margin_share > 0.0 && low_margin_share >= 2.0 * self.baseline.low_margin_share {
+        let training_weak = self.weak_posterior.map_or(self.baseline.low_margin_share, |w| w.1);
+        // Twice the training share, and at least 5 % (a mixture may assign every training
+        // row with certainty, so its share can be 0).
+        if self.with_margin > 0 && low_margin_share >= (2.0 * training_weak).max(0.05) {
             worst = worst.max(1);
             reasons.push(format!(
                 "{:.1} % of members are weakly assigned (training: {:.1} %)",
                 100.0 * low_margin_share,
-                100.0 * self.baseline.low_margin_share
+                100.0 * training_weak
             ));
         }
         let mut verdict = [Verdict::Stable, Verdict::Watch, Verdict::Retrain][worst];
@@ -214,7 +245,7 @@ impl DriftBuilder {
             mean_distance,
             training_mean_distance: self.baseline.mean_distance,
             low_margin_share,
-            training_low_margin_share: self.baseline.low_margin_share,
+            training_low_margin_share: training_weak,
             thresholds: t,
             verdict,
             reasons,
