@@ -417,7 +417,7 @@ fn screened_estep_equals_the_plain_f64_estep_bit_for_bit() {
             let mut x = mixture_rows(&m, 203, s as u64 + 29);
             // Far outliers, duplicates, and a row at a mean.
             x.extend((0..d).map(|f| (offset + scale * 40.0 * (f as f64 + 1.0)) as f32));
-            x.extend_from_slice(&x[..d].to_vec());
+            x.extend_from_within(..d);
             x.extend(m.mean(0).iter().map(|v| *v as f32));
             let n = x.len() / d;
             let (mut r1, mut r2) = (vec![0.0f32; n * k], vec![0.0f32; n * k]);

@@ -188,8 +188,8 @@ def fit(
     init: Any = "k-means++",
     init_sample: int = 0,
     n_init: int = 1,
-    max_iter: int = 300,
-    tol: float = 1e-4,
+    max_iter: Optional[int] = None,
+    tol: Optional[float] = None,
     seed: int = 0,
     previous: Optional[Model] = None,
     allow_sensitive: bool = False,
@@ -198,9 +198,12 @@ def fit(
     algorithm: str = "auto",
     backend: Optional[str] = None,
     allow_software_gpu: bool = False,
+    method: str = "kmeans",
+    covariance: str = "diag",
+    reg_covar: float = 1e-6,
 ) -> Model:
-    """Fit k-means segments on a table; one keyword per flag of ``microseg fit``, same
-    defaults.
+    """Fit k-means segments (or a Gaussian mixture) on a table; one keyword per flag of
+    ``microseg fit``, same defaults.
 
     data: a pyarrow Table/RecordBatchReader, polars/pandas DataFrame, dict of columns or
         2-D numpy array.
@@ -213,8 +216,12 @@ def fit(
     weight_col: sample weights column. id_col: the id column carried into outputs.
     init: "k-means++", "k-means||", "random", a path to a centroids file, or an array of
         k × d initial centroids in model space.
-    init_sample, n_init, max_iter, tol, seed: as the CLI (tol is relative to the mean
-        feature variance, as scikit-learn).
+    init_sample, n_init, max_iter, tol, seed: as the CLI (k-means: tol is relative to
+        the mean feature variance, max_iter 300; gmm: tol is on the change of the mean
+        log-likelihood, default 1e-3, max_iter 100, as scikit-learn).
+    method: "kmeans", or "gmm" for a Gaussian mixture fitted by EM (start: the
+        project's k-means, or ``init`` centroids); covariance: "full", "diag",
+        "spherical" or "tied"; reg_covar: added to every covariance's diagonal.
     previous: a previous Model of the same features; segment ids and names are kept.
     metric: "euclidean" or "cosine" (spherical k-means).
     algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit).
@@ -252,6 +259,9 @@ def fit(
         algorithm=algorithm,
         backend_name=backend,
         allow_software_gpu=allow_software_gpu,
+        method=method,
+        covariance=covariance,
+        reg_covar=reg_covar,
     )
     return Model(native, json.loads(report))
 

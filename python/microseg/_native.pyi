@@ -53,8 +53,8 @@ def fit(
     init_centroids: Optional[list[float]] = None,
     init_sample: int = 0,
     n_init: int = 1,
-    max_iter: int = 300,
-    tol: float = 1e-4,
+    max_iter: Optional[int] = None,
+    tol: Optional[float] = None,
     seed: int = 0,
     previous: Optional[NativeModel] = None,
     allow_sensitive: bool = False,
@@ -63,6 +63,9 @@ def fit(
     algorithm: str = "auto",
     backend_name: Optional[str] = None,
     allow_software_gpu: bool = False,
+    method: str = "kmeans",
+    covariance: str = "diag",
+    reg_covar: float = 1e-6,
 ) -> tuple[NativeModel, str]: ...
 def neighbors(
     base: Any,

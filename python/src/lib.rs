@@ -13,8 +13,9 @@ use arrow::pyarrow::{FromPyArrow, IntoPyArrow};
 use arrow::record_batch::{RecordBatch, RecordBatchIterator};
 use microseg::backend::{Backend, BackendChoice};
 use microseg::features::{MissingPolicy, Scale};
+use microseg::gmm::CovarianceType;
 use microseg::io::Dataset;
-use microseg::model::{Metric, Model};
+use microseg::model::{Method, Metric, Model};
 use microseg::pipeline::{self, AlgorithmChoice, AssignConfig, FitConfig, InitSpec};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -208,9 +209,10 @@ fn loads(text: &str) -> PyResult<NativeModel> {
 #[pyo3(signature = (
     data, k = 8, features = None, exclude = Vec::new(), log1p = Vec::new(), scale = "standard",
     missing = "error", weight_col = None, id_col = None, init = "k-means++", init_centroids = None,
-    init_sample = 0, n_init = 1, max_iter = 300, tol = 1e-4, seed = 0, previous = None,
+    init_sample = 0, n_init = 1, max_iter = None, tol = None, seed = 0, previous = None,
     allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
-    backend_name = None, allow_software_gpu = false
+    backend_name = None, allow_software_gpu = false, method = "kmeans", covariance = "diag",
+    reg_covar = 1e-6
 ))]
 #[allow(clippy::too_many_arguments)]
 fn fit(
@@ -228,8 +230,8 @@ fn fit(
     init_centroids: Option<Vec<f32>>,
     init_sample: usize,
     n_init: usize,
-    max_iter: usize,
-    tol: f64,
+    max_iter: Option<usize>,
+    tol: Option<f64>,
     seed: u64,
     previous: Option<PyRef<'_, NativeModel>>,
     allow_sensitive: bool,
@@ -238,8 +240,25 @@ fn fit(
     algorithm: &str,
     backend_name: Option<String>,
     allow_software_gpu: bool,
+    method: &str,
+    covariance: &str,
+    reg_covar: f64,
 ) -> PyResult<(NativeModel, String)> {
+    let method = parse("method", method, &[("kmeans", Method::KMeans), ("gmm", Method::Gmm)])?;
+    let defaults = FitConfig::for_method(method, k);
     let cfg = FitConfig {
+        method,
+        covariance: parse(
+            "covariance",
+            covariance,
+            &[
+                ("full", CovarianceType::Full),
+                ("diag", CovarianceType::Diag),
+                ("spherical", CovarianceType::Spherical),
+                ("tied", CovarianceType::Tied),
+            ],
+        )?,
+        reg_covar,
         k,
         features,
         exclude,
@@ -258,8 +277,8 @@ fn fit(
         },
         init_sample,
         n_init,
-        max_iter,
-        tol,
+        max_iter: max_iter.unwrap_or(defaults.max_iter),
+        tol: tol.unwrap_or(defaults.tol),
         seed,
         previous: previous.map(|p| (*p.model).clone()),
         allow_sensitive,

@@ -46,6 +46,27 @@ def test_fit_from_a_table_is_the_cli_model_byte_for_byte(table, tmp_path):
     assert model.fingerprint.startswith("sha256:")
 
 
+def test_gaussian_mixture_is_the_cli_model_and_assignments(tmp_path):
+    blobs = REPO / "tests" / "data" / "gmm_blobs.parquet"
+    opts = ["--k", "4", "--method", "gmm", "--covariance", "full", "--seed", "2"]
+    r = cli("fit", blobs, *opts, "--model", "cli.json", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    t = pq.read_table(blobs)
+    model = microseg.fit(t, k=4, method="gmm", covariance="full", seed=2)
+    model.save(tmp_path / "py.json")
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    assert model.to_dict()["method"] == "gmm"
+    r = cli("assign", "--model", "cli.json", blobs, "--out", "a.parquet", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ours = model.assign(t)
+    theirs = pq.read_table(tmp_path / "a.parquet")
+    assert "probability" in ours.schema.names and "log_likelihood" in ours.schema.names
+    for name in ours.schema.names:
+        assert ours.column(name).equals(theirs.column(name)), name
+    with pytest.raises(microseg.InvalidInputError, match="covariance"):
+        microseg.fit(t, k=4, method="gmm", covariance="round")
+
+
 def test_assign_equals_the_cli_output(table, tmp_path):
     assert cli("fit", RETAIL, "--k", "6", "--model", "m.json", "--quiet", cwd=tmp_path).returncode == 0
     r = cli("assign", "--model", "m.json", RETAIL, "--out", "a.parquet", "--explain", "--quiet", cwd=tmp_path)

@@ -464,12 +464,15 @@ pub fn recommend(scores: &[KScore], method: Method) -> (Vec<Choice>, Recommendat
     (choices, Recommendation { k, runner_up, rule, criteria_agree: agree, note })
 }
 
+/// One chart: title, how to read it, (k, value) points.
+type Panel = (&'static str, &'static str, Vec<(usize, f64)>);
+
 /// A self-contained HTML page (inline SVG, no script) with one chart per criterion
 /// against k, the recommended k marked, and the rules in words.
 pub fn chart_html(r: &ChooseKReport) -> String {
     use crate::segments::report::num;
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut panels: Vec<(&str, &str, Vec<(usize, f64)>)> = vec![
+    let mut panels: Vec<Panel> = vec![
         ("Inertia", "lower is tighter; look for the elbow", r.scores.iter().map(|s| (s.k, s.inertia)).collect()),
         ("Silhouette", "higher is better (−1 to 1)", r.scores.iter().map(|s| (s.k, s.silhouette)).collect()),
         ("Calinski–Harabasz", "higher is better", r.scores.iter().map(|s| (s.k, s.calinski_harabasz)).collect()),

@@ -85,7 +85,7 @@ impl Screen {
         *floor = [f32::NEG_INFINITY; LANES];
         let eps = f32::EPSILON;
         let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-        for j in 0..k {
+        for (j, out) in hi_out.iter_mut().enumerate().take(k) {
             let (hi, lo) = (&self.mu_hi[j * d..(j + 1) * d], &self.mu_lo[j * d..(j + 1) * d]);
             let mut acc = [0.0f32; LANES];
             let mut nn = [0.0f32; LANES];
@@ -155,7 +155,7 @@ impl Screen {
                     }
                 }
             }
-            hi_out[j] = hj;
+            *out = hj;
         }
     }
 }
@@ -229,8 +229,8 @@ pub fn estep(points: &[f32], t: &GaussianTerms, resp: &mut [f32], log_norm: &mut
                     };
                     live.clear();
                     let mut max = f64::NEG_INFINITY;
-                    for j in 0..k {
-                        if hi[j][l] >= cut {
+                    for (j, h) in hi.iter().enumerate() {
+                        if h[l] >= cut {
                             let v = t.log_density(j, &x, &mut dv, &mut y);
                             max = max.max(v);
                             live.push((j, v));
