@@ -383,8 +383,16 @@ pub fn assign(
                 .nearest
                 .iter()
                 .zip(b.model_space.chunks_exact(dim))
-                .map(|(n, x)| {
-                    let runner = runner_up(&centroids, x, n.label as usize);
+                .enumerate()
+                .map(|(i, (n, x))| {
+                    // The runner-up: the second most probable component of a mixture,
+                    // the second-nearest centroid otherwise.
+                    let runner = match b.posteriors {
+                        Some((resp, _)) if model.k > 1 => {
+                            Some(crate::gmm::algorithm::top_two(&resp[i * model.k..(i + 1) * model.k])[1].0)
+                        }
+                        _ => runner_up(&centroids, x, n.label as usize),
+                    };
                     crate::segments::explain::explain(model, names, x, n.label as usize, runner, 2)
                 })
                 .collect();

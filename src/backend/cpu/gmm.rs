@@ -131,13 +131,13 @@ impl Screen {
             let clamp = |v: f32| if v > 0.0 { v } else { 0.0 };
             match self.kind {
                 TermsKind::Diagonal => {
+                    // q is a sum of squares (never negative): v ± b = lc ± slack − (½ ∓ c)·q.
                     let c = 0.55 * self.cq + 2.0 * eps;
+                    let (up, down) = (lcj + sl, lcj - sl);
                     for l in 0..LANES {
-                        let q = clamp(acc[l]);
-                        let b = c * q + sl;
-                        let v = lcj - 0.5 * q;
-                        hj[l] = v + b;
-                        let low = v - b;
+                        let q = acc[l];
+                        hj[l] = madd(q, c - 0.5, up);
+                        let low = madd(q, -0.5 - c, down);
                         floor[l] = if low > floor[l] { low } else { floor[l] };
                     }
                 }
