@@ -160,6 +160,51 @@ impl Screen {
     }
 }
 
+/// The diagonal screen in AVX2 intrinsics: two registers of 8 rows per component, the
+/// same operations in the same order as `Screen::block::<true>` (hence the same bits),
+/// written out because the compiler splits the 16 lanes unevenly and loses a third of
+/// the throughput (measured with perf on 10⁶ × 16, k = 64).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn diagonal_avx2(s: &Screen, xs: &[[f32; LANES]], hi_out: &mut [[f32; LANES]], floor: &mut [f32; LANES]) {
+    use std::arch::x86_64::*;
+    const { assert!(LANES == 16) };
+    let (k, d) = (s.k, s.d);
+    let eps = f32::EPSILON;
+    let c = 0.55 * s.cq + 2.0 * eps;
+    let (cu, cd) = (_mm256_set1_ps(c - 0.5), _mm256_set1_ps(-0.5 - c));
+    let mut f0 = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut f1 = f0;
+    for (j, out) in hi_out.iter_mut().enumerate().take(k) {
+        let (mh, ml, p) = (&s.mu_hi[j * d..(j + 1) * d], &s.mu_lo[j * d..(j + 1) * d], &s.prec[j * d..(j + 1) * d]);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for f in 0..d {
+            let (h, l, pr) = (_mm256_set1_ps(mh[f]), _mm256_set1_ps(ml[f]), _mm256_set1_ps(p[f]));
+            // SAFETY: xs[f] holds 16 f32; unaligned loads of 8 at 0 and 8.
+            let x0 = unsafe { _mm256_loadu_ps(xs[f].as_ptr()) };
+            let x1 = unsafe { _mm256_loadu_ps(xs[f].as_ptr().add(8)) };
+            let z0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(x0, h), l), pr);
+            let z1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(x1, h), l), pr);
+            a0 = _mm256_fmadd_ps(z0, z0, a0);
+            a1 = _mm256_fmadd_ps(z1, z1, a1);
+        }
+        let (lcj, sl) = (s.lc[j], s.slack[j]);
+        let (up, down) = (_mm256_set1_ps(lcj + sl), _mm256_set1_ps(lcj - sl));
+        // SAFETY: `out` holds 16 f32.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(a0, cu, up));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), _mm256_fmadd_ps(a1, cu, up));
+        }
+        f0 = _mm256_max_ps(f0, _mm256_fmadd_ps(a0, cd, down));
+        f1 = _mm256_max_ps(f1, _mm256_fmadd_ps(a1, cd, down));
+    }
+    // SAFETY: `floor` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(floor.as_mut_ptr(), f0);
+        _mm256_storeu_ps(floor.as_mut_ptr().add(8), f1);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(
@@ -183,7 +228,13 @@ fn screen_block(
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is true only when the CPU reports AVX2 and FMA.
-        unsafe { block_avx2(s, xs, diff, hi, floor) };
+        unsafe {
+            if s.kind == TermsKind::Diagonal {
+                diagonal_avx2(s, xs, hi, floor);
+            } else {
+                block_avx2(s, xs, diff, hi, floor);
+            }
+        }
         return;
     }
     let _ = simd;
@@ -205,6 +256,7 @@ pub fn estep(points: &[f32], t: &GaussianTerms, resp: &mut [f32], log_norm: &mut
             let mut x = vec![0.0f64; d];
             let (mut dv, mut y) = (vec![0.0f64; d], vec![0.0f64; d]);
             let mut live: Vec<(usize, f64)> = Vec::with_capacity(k);
+            let mut cands: Vec<Vec<usize>> = (0..LANES).map(|_| Vec::with_capacity(k)).collect();
             let rows = p.len() / d;
             for b0 in (0..rows).step_by(LANES) {
                 let m = LANES.min(rows - b0);
@@ -216,25 +268,39 @@ pub fn estep(points: &[f32], t: &GaussianTerms, resp: &mut [f32], log_norm: &mut
                     }
                 }
                 screen_block(&screen, simd, &xs, &mut diff, &mut hi, &mut floor);
+                // Skipped: provably more than 60 e-folds under the row's best. The cut is
+                // in f32, rounded down so no component that can count is cut; the
+                // candidates of each lane are gathered in one pass over the components.
+                let mut cut = [0.0f32; LANES];
+                for (c, &f) in cut.iter_mut().zip(&floor) {
+                    let v = (f as f64 + NEGLIGIBLE_LOG) as f32;
+                    *c = if v as f64 > f as f64 + NEGLIGIBLE_LOG { v.next_down() } else { v };
+                }
+                for c in cands.iter_mut() {
+                    c.clear();
+                }
+                for (j, h) in hi.iter().enumerate() {
+                    let mut mask = 0u32;
+                    for l in 0..LANES {
+                        mask |= ((h[l] >= cut[l]) as u32) << l;
+                    }
+                    while mask != 0 {
+                        let l = mask.trailing_zeros() as usize;
+                        cands[l].push(j);
+                        mask &= mask - 1;
+                    }
+                }
                 for l in 0..m {
                     let i = b0 + l;
                     for (a, &v) in x.iter_mut().zip(&p[i * d..(i + 1) * d]) {
                         *a = v as f64;
                     }
-                    // Skipped: provably more than 60 e-folds under the row's best.
-                    // In f32, rounded down so no component that can count is cut.
-                    let cut = {
-                        let c = (floor[l] as f64 + NEGLIGIBLE_LOG) as f32;
-                        if c as f64 > floor[l] as f64 + NEGLIGIBLE_LOG { c.next_down() } else { c }
-                    };
                     live.clear();
                     let mut max = f64::NEG_INFINITY;
-                    for (j, h) in hi.iter().enumerate() {
-                        if h[l] >= cut {
-                            let v = t.log_density(j, &x, &mut dv, &mut y);
-                            max = max.max(v);
-                            live.push((j, v));
-                        }
+                    for &j in &cands[l] {
+                        let v = t.log_density(j, &x, &mut dv, &mut y);
+                        max = max.max(v);
+                        live.push((j, v));
                     }
                     // As `normalise`, over the components that can count.
                     let mut s = 0.0;
