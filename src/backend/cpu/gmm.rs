@@ -290,14 +290,14 @@ pub fn estep(points: &[f32], t: &GaussianTerms, resp: &mut [f32], log_norm: &mut
                         mask &= mask - 1;
                     }
                 }
-                for l in 0..m {
+                for (l, lane) in cands.iter().enumerate().take(m) {
                     let i = b0 + l;
                     for (a, &v) in x.iter_mut().zip(&p[i * d..(i + 1) * d]) {
                         *a = v as f64;
                     }
                     live.clear();
                     let mut max = f64::NEG_INFINITY;
-                    for &j in &cands[l] {
+                    for &j in lane {
                         let v = t.log_density(j, &x, &mut dv, &mut y);
                         max = max.max(v);
                         live.push((j, v));
