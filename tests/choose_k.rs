@@ -99,12 +99,22 @@ fn gaussian_blobs(n: usize, d: usize, k: usize, gap: f64, seed: u64) -> Matrix {
     Matrix::new(data, d)
 }
 
-/// Well-separated Gaussian blobs of several counts, sizes and dimensions: most
+/// Gaussian blobs of several counts, sizes, dimensions and overlaps: most
 /// criteria, hence the recommendation, find the true k.
 #[test]
-fn recovers_the_number_of_well_separated_blobs() {
-    for (true_k, d, seed) in [(3, 2, 1), (5, 4, 2), (8, 6, 3), (4, 10, 4), (6, 3, 5)] {
-        let x = gaussian_blobs(4000, d, true_k, 10.0, seed);
+fn recovers_the_number_of_separated_and_overlapping_blobs() {
+    // (k, d, seed, gap between centres in standard deviations): the last two overlap
+    // (tails of neighbouring blobs meet at 2.5 sd).
+    for (true_k, d, seed, gap) in [
+        (3, 2, 1, 10.0),
+        (5, 4, 2, 10.0),
+        (8, 6, 3, 10.0),
+        (4, 10, 4, 10.0),
+        (6, 3, 5, 10.0),
+        (4, 3, 6, 5.0),
+        (5, 2, 7, 5.0),
+    ] {
+        let x = gaussian_blobs(4000, d, true_k, gap, seed);
         let cfg = ChooseKConfig {
             fit: FitConfig { n_init: 3, ..FitConfig::for_method(Method::KMeans, 2) },
             ks: (2..=12).collect(),

@@ -499,3 +499,53 @@ fn drift_on_a_mixture_reads_weak_membership_from_posteriors() {
     assert!(r["low_margin_share"].as_f64().unwrap() > 2.0 * share, "{r}");
     assert!(r["reasons"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("weakly assigned")), "{r}");
 }
+
+#[test]
+fn kmeans_only_operations_refuse_a_mixture_and_singular_fits_write_nothing() {
+    use crate::util::{assert_fails, ok, run};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = repo().join("tests/data/gmm_blobs.parquet");
+    let data_s = data.to_str().unwrap();
+    ok(&run(&["--quiet", "fit", data_s, "--k", "3", "--method", "gmm", "--model", "m.json"], d));
+    let model = microseg::model::Model::load(&d.join("m.json")).unwrap();
+    let ds = microseg::io::Dataset::open(&[data.clone()]).unwrap();
+    let e = microseg::pipeline::partial_stats(&model, &ds, &CpuBackend::default()).unwrap_err();
+    assert!(e.to_string().contains("applies to k-means models"), "{e}");
+    let stats = microseg::backend::ClusterStats::zeros(3, 4);
+    assert!(microseg::pipeline::update(&model, &stats).is_err());
+    // A constant feature and no regularisation: exit 3, no model file.
+    let rows = 300;
+    let f0: Vec<f32> = (0..rows).map(|i| (i % 17) as f32).collect();
+    let f1: Vec<f32> = vec![2.5; rows];
+    crate::util::write_parquet(
+        &d.join("flat.parquet"),
+        vec![
+            ("a", std::sync::Arc::new(arrow::array::Float32Array::from(f0)) as arrow::array::ArrayRef),
+            ("b", std::sync::Arc::new(arrow::array::Float32Array::from(f1)) as arrow::array::ArrayRef),
+        ],
+    );
+    assert_fails(
+        &run(
+            &[
+                "fit",
+                "flat.parquet",
+                "--k",
+                "2",
+                "--method",
+                "gmm",
+                "--scale",
+                "none",
+                "--reg-covar",
+                "0",
+                "--model",
+                "g.json",
+            ],
+            d,
+        ),
+        3,
+        &["not positive definite", "--reg-covar"],
+        d,
+        &["flat.parquet", "m.json"],
+    );
+}

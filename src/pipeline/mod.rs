@@ -55,6 +55,7 @@ pub fn drift(model: &Model, source: &Dataset, thresholds: Thresholds, backend: &
 /// the merged statistics into the next centroids. This is what a distributed driver
 /// calls on each partition.
 pub fn partial_stats(model: &Model, source: &Dataset, backend: &dyn Backend) -> Result<ClusterStats> {
+    kmeans_only(model, "a Lloyd step's statistics")?;
     let mut total = ClusterStats::zeros(model.k, model.dim());
     stream_assigned(model, source, None, &[], backend, |batch| {
         let stats = backend.reduce(batch.model_space, None, batch.nearest, model.k)?;
@@ -79,9 +80,22 @@ pub fn partial_stats_of(
     backend.reduce(points, weights, &nearest, centroids.k)
 }
 
+/// Refuse a mixture model where only k-means semantics make sense.
+fn kmeans_only(model: &Model, what: &str) -> Result<()> {
+    if model.method != crate::model::Method::KMeans {
+        return Err(Error::Usage(format!(
+            "{what} applies to k-means models; this is a {} model (its EM statistics are \
+             crate::gmm::MixtureStats, merged the same way)",
+            model.method.name()
+        )));
+    }
+    Ok(())
+}
+
 /// The centroids after a Lloyd update from merged statistics (a segment without members
 /// keeps its centroid; cosine models renormalise).
 pub fn update(model: &Model, stats: &ClusterStats) -> Result<Centroids> {
+    kmeans_only(model, "a Lloyd update")?;
     if (stats.k, stats.dim) != (model.k, model.dim()) {
         return Err(Error::Data(format!(
             "statistics of {} segments × {} features do not fit a model of {} × {}",
