@@ -114,6 +114,12 @@ pub trait Backend: Send + Sync {
     /// The end of what `retain` announced.
     fn release(&self) {}
 
+    /// Rows a Gaussian-mixture E-step call should cover: few enough that their
+    /// responsibilities stay in the CPU's cache, or, for a device, many enough to fill it.
+    fn gmm_block_rows(&self) -> usize {
+        16_384
+    }
+
     /// The Gaussian-mixture E-step for rows `rows` of `points` (row-major, `terms.dim`
     /// wide): each row's responsibilities under the mixture `terms` describes (rows × k,
     /// summing to 1; 0 where a component's weighted density is below e^−60 of the

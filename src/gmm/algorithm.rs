@@ -11,10 +11,15 @@ use crate::error::{Error, Result};
 use crate::features::Matrix;
 use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams};
 
-/// Rows per E-step call (a multiple of `stats::STATS_ROWS`, so the statistics are
-/// summed in the same order whatever the backend): the responsibilities of one block
-/// (rows × k f32) are the only buffer EM adds to the matrix.
-pub const BLOCK_ROWS: usize = 16 * stats::STATS_ROWS;
+/// Rows per E-step call: the backend's preference rounded up to a multiple of the
+/// statistics' chunk (so the statistics are summed in the same order whatever the
+/// block). The responsibilities of one block (rows × k f32) are the only buffer EM adds
+/// to the matrix; on the CPU a block stays in cache between the E-step that writes it
+/// and the statistics that read it.
+pub fn block_rows(backend: &(impl Backend + ?Sized), k: usize, dim: usize, full: bool) -> usize {
+    let chunk = stats::stats_rows(k, dim, full);
+    backend.gmm_block_rows().div_ceil(chunk).max(1) * chunk
+}
 
 /// One EM iteration (or, with `init` set, one iteration of the k-means start).
 #[derive(Debug, Clone)]
@@ -171,10 +176,11 @@ pub fn e_pass<B: Backend + ?Sized>(
 ) -> Result<MixtureStats> {
     let (n, d, k) = (x.n(), x.dim, terms.k);
     let mut total = MixtureStats::zeros(k, d, full);
-    let mut resp = vec![0.0f32; BLOCK_ROWS.min(n) * k];
-    let mut log_norm = vec![0.0f64; BLOCK_ROWS.min(n)];
-    for lo in (0..n).step_by(BLOCK_ROWS) {
-        let hi = (lo + BLOCK_ROWS).min(n);
+    let block = block_rows(backend, k, d, full);
+    let mut resp = vec![0.0f32; block.min(n) * k];
+    let mut log_norm = vec![0.0f64; block.min(n)];
+    for lo in (0..n).step_by(block) {
+        let hi = (lo + block).min(n);
         let rows = hi - lo;
         let (r, ln) = (&mut resp[..rows * k], &mut log_norm[..rows]);
         backend.gmm_estep(&x.data, lo..hi, terms, r, ln)?;
@@ -187,8 +193,8 @@ pub fn e_pass<B: Backend + ?Sized>(
             )));
         }
         let ws = w.map(|w| &w[lo..hi]);
-        let part = stats::accumulate(&x.data[lo * d..hi * d], d, k, ws, &terms.means, Resp::Soft(r), Some(ln), full);
-        total.merge(&part);
+        let xs = &x.data[lo * d..hi * d];
+        stats::accumulate_into(&mut total, xs, d, k, ws, &terms.means, Resp::Soft(r), Some(ln));
         if let Some(f) = each_block.as_mut() {
             f(lo, r, ln);
         }

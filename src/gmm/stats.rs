@@ -301,9 +301,13 @@ impl MixtureStats {
     }
 }
 
-/// Rows per partial statistic: fixed, so the summation order (and the result, bit for
-/// bit) does not depend on the number of threads.
-pub const STATS_ROWS: usize = 8192;
+/// Rows per partial statistic: set by the statistics' shape alone (about 16 bytes of
+/// statistics per row, 1,024 to 16,384 rows), so the summation order, hence the result
+/// bit for bit, depends neither on the number of threads nor on the block size.
+pub fn stats_rows(k: usize, dim: usize, full: bool) -> usize {
+    let bytes = k * if full { dim * dim } else { 2 * dim } * 8;
+    (bytes / 16).next_power_of_two().clamp(1024, 16_384)
+}
 
 /// Responsibilities of a block of rows: soft (n × k, f32) or hard labels.
 pub enum Resp<'a> {
@@ -311,10 +315,13 @@ pub enum Resp<'a> {
     Hard(&'a [u32]),
 }
 
-/// Statistics of a block of rows about `shift`, in fixed chunks merged in order;
-/// `log_norm` (one per row, optional) adds the block's log-likelihood.
+/// Add the statistics of a block of rows about `shift` to `total`: chunks of
+/// [`stats_rows`] rows (counted from the block's first row, which must be a multiple
+/// of it) computed in parallel and merged one by one in row order; `log_norm` (one per
+/// row, optional) adds the block's log-likelihood.
 #[allow(clippy::too_many_arguments)]
-pub fn accumulate(
+pub fn accumulate_into(
+    total: &mut MixtureStats,
     points: &[f32],
     dim: usize,
     k: usize,
@@ -322,14 +329,15 @@ pub fn accumulate(
     shift: &[f64],
     resp: Resp<'_>,
     log_norm: Option<&[f64]>,
-    full: bool,
-) -> MixtureStats {
+) {
+    let full = total.full;
+    let rows = stats_rows(k, dim, full);
     let n = points.len() / dim;
-    let chunks = n.div_ceil(STATS_ROWS);
+    let chunks = n.div_ceil(rows);
     let partials: Vec<MixtureStats> = (0..chunks)
         .into_par_iter()
         .map(|c| {
-            let (lo, hi) = (c * STATS_ROWS, ((c + 1) * STATS_ROWS).min(n));
+            let (lo, hi) = (c * rows, ((c + 1) * rows).min(n));
             let mut s = MixtureStats::zeros(k, dim, full);
             let mut dev = vec![0.0f64; dim];
             for i in lo..hi {
@@ -363,10 +371,25 @@ pub fn accumulate(
             s
         })
         .collect();
-    let mut total = MixtureStats::zeros(k, dim, full);
     for p in &partials {
         total.merge(p);
     }
+}
+
+/// The statistics of all of `points` (see [`accumulate_into`]).
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate(
+    points: &[f32],
+    dim: usize,
+    k: usize,
+    weights: Option<&[f32]>,
+    shift: &[f64],
+    resp: Resp<'_>,
+    log_norm: Option<&[f64]>,
+    full: bool,
+) -> MixtureStats {
+    let mut total = MixtureStats::zeros(k, dim, full);
+    accumulate_into(&mut total, points, dim, k, weights, shift, resp, log_norm);
     total
 }
 

@@ -687,6 +687,10 @@ impl Backend for WgpuBackend {
         })
     }
 
+    fn gmm_block_rows(&self) -> usize {
+        131_072
+    }
+
     fn gmm_estep(
         &self,
         points: &[f32],
