@@ -509,7 +509,7 @@ fn kmeans_only_operations_refuse_a_mixture_and_singular_fits_write_nothing() {
     let data_s = data.to_str().unwrap();
     ok(&run(&["--quiet", "fit", data_s, "--k", "3", "--method", "gmm", "--model", "m.json"], d));
     let model = microseg::model::Model::load(&d.join("m.json")).unwrap();
-    let ds = microseg::io::Dataset::open(&[data.clone()]).unwrap();
+    let ds = microseg::io::Dataset::open(std::slice::from_ref(&data)).unwrap();
     let e = microseg::pipeline::partial_stats(&model, &ds, &CpuBackend::default()).unwrap_err();
     assert!(e.to_string().contains("applies to k-means models"), "{e}");
     let stats = microseg::backend::ClusterStats::zeros(3, 4);
