@@ -359,6 +359,11 @@ fn cli_fits_assigns_and_profiles_a_mixture() {
     assert_eq!(tops.value(0).len(), 3);
     ok(&run(&["--quiet", "profile", "--model", "m.json", data_s, "--out", "p.json"], d));
     ok(&run(&["--quiet", "report", "--model", "m.json", "--profile", "p.json", "--out", "r.html"], d));
+    let html = std::fs::read_to_string(d.join("r.html")).unwrap();
+    assert!(
+        html.contains("Gaussian mixture (full covariances)") && html.contains("BIC"),
+        "the report names the mixture"
+    );
     ok(&run(
         &["--quiet", "fit", data_s, "--k", "4", "--method", "gmm", "--previous", "m.json", "--model", "m2.json"],
         d,

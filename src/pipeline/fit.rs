@@ -416,7 +416,11 @@ pub fn fit_with_progress(
     let t_fit = Instant::now();
     let mut gmm_section = None;
     let mut on_iter = |info: &kmeans::IterInfo| {
-        iter_secs.push((info.run, info.seconds));
+        // A mixture's k-means start reports its iterations with no evaluations: they
+        // are not EM iterations.
+        if info.full_evaluations > 0 {
+            iter_secs.push((info.run, info.seconds));
+        }
         progress(info)
     };
     let fit = if cfg.method == Method::Gmm {
@@ -633,7 +637,7 @@ fn fit_mixture(
             iteration: it.iteration,
             changed: 0,
             shift: it.change,
-            full_evaluations: x.n() as u64,
+            full_evaluations: if it.init { 0 } else { x.n() as u64 },
             seconds: it.seconds,
         })
     })?;

@@ -171,6 +171,40 @@ pub fn render(
         model.manifest.objective,
         esc(&model.manifest.input_fingerprint)
     );
+    if let Some(g) = &model.gmm {
+        let weights: Vec<String> = model
+            .segments
+            .iter()
+            .zip(&g.weights)
+            .map(|(s, w)| {
+                format!("{} {}", esc(&label(s.name.as_deref().unwrap_or(&format!("segment {}", s.id)))), pct(*w))
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<p>Gaussian mixture ({} covariances): soft membership, each row in its most probable component. \
+             Mean log-likelihood {:.4} per row, BIC {:.6e}, AIC {:.6e}; weakly assigned: posterior under {:.3}. \
+             Component weights: {}.{}</p>",
+            g.covariance.name(),
+            g.log_likelihood,
+            g.bic,
+            g.aic,
+            g.low_probability,
+            weights.join(", "),
+            if g.emptied.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " <span class=\"flag\">Emptied during the fit (weight 0): {}.</span>",
+                    g.emptied
+                        .iter()
+                        .map(|e| format!("segment {} at iteration {}", e.segment, e.iteration))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
     // Sizes.
     let bar_h = 22;
     let w = 900;
