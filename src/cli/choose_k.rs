@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::{CovarianceArg, MethodArg, MissingArg, ScaleArg, TableArgs, log};
 use crate::error::Result;
-use crate::features::{MissingPolicy, Scale};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, write_json};
 use crate::model::Method;
@@ -95,15 +94,8 @@ pub(crate) fn run_choose_k(a: ChooseKArgs) -> Result<()> {
         features: a.features.clone(),
         exclude: a.exclude.clone(),
         log1p: a.log1p.clone(),
-        scale: match a.scale {
-            ScaleArg::Standard => Scale::Standard,
-            ScaleArg::None => Scale::None,
-        },
-        missing: match a.missing {
-            MissingArg::Error => MissingPolicy::Error,
-            MissingArg::Drop => MissingPolicy::Drop,
-            MissingArg::Mean => MissingPolicy::Mean,
-        },
+        scale: a.scale.into(),
+        missing: a.missing.into(),
         weight_col: a.weight_col.clone(),
         id_col: a.table.id_col.clone(),
         max_iter: a.max_iter.unwrap_or(d.max_iter),

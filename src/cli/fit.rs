@@ -8,7 +8,6 @@ use clap::Args;
 use super::{AlgorithmArg, CovarianceArg, MethodArg, MetricArg, MissingArg, ScaleArg, TableArgs, log};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::features::{MissingPolicy, Scale};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, ParquetOutput, write_json};
 use crate::kmeans::{self, Metric};
@@ -147,15 +146,8 @@ impl FitOpts {
             features: self.features.clone(),
             exclude: self.exclude.clone(),
             log1p: self.log1p.clone(),
-            scale: match self.scale {
-                ScaleArg::Standard => Scale::Standard,
-                ScaleArg::None => Scale::None,
-            },
-            missing: match self.missing {
-                MissingArg::Error => MissingPolicy::Error,
-                MissingArg::Drop => MissingPolicy::Drop,
-                MissingArg::Mean => MissingPolicy::Mean,
-            },
+            scale: self.scale.into(),
+            missing: self.missing.into(),
             weight_col: self.weight_col.clone(),
             id_col: self.table.id_col.clone(),
             init: self.init.as_deref().map_or(InitSpec::KMeansPlusPlus, InitSpec::parse),

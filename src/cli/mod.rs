@@ -161,6 +161,25 @@ pub(crate) enum MissingArg {
     Mean,
 }
 
+impl From<ScaleArg> for crate::features::Scale {
+    fn from(a: ScaleArg) -> Self {
+        match a {
+            ScaleArg::Standard => crate::features::Scale::Standard,
+            ScaleArg::None => crate::features::Scale::None,
+        }
+    }
+}
+
+impl From<MissingArg> for crate::features::MissingPolicy {
+    fn from(a: MissingArg) -> Self {
+        match a {
+            MissingArg::Error => crate::features::MissingPolicy::Error,
+            MissingArg::Drop => crate::features::MissingPolicy::Drop,
+            MissingArg::Mean => crate::features::MissingPolicy::Mean,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 pub(crate) enum MethodArg {
     /// k-means: every row belongs to its nearest centroid.

@@ -107,26 +107,7 @@ impl GmmParams {
     /// Validate against the data: `n` rows (with positive weight) of `dim` features.
     pub fn check(&self, n: usize, dim: usize) -> Result<()> {
         self.check_settings()?;
-        if self.k > n {
-            return Err(Error::Data(format!(
-                "--k {} is more than the {n} usable rows of the input; lower --k or give more rows",
-                self.k
-            )));
-        }
-        if let GmmInit::Given(c) = &self.init {
-            if c.dim != dim {
-                return Err(Error::Data(format!(
-                    "the initial centroids have {} columns but the model has {dim} features",
-                    c.dim
-                )));
-            }
-            if c.k != self.k {
-                return Err(Error::Data(format!("the initial centroids file has {} rows but --k is {}", c.k, self.k)));
-            }
-            if c.data.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Data("the initial centroids hold a NaN or infinite value".into()));
-            }
-        }
-        Ok(())
+        let given = if let GmmInit::Given(c) = &self.init { Some(c) } else { None };
+        crate::kmeans::hyperparams::check_start(self.k, n, dim, given)
     }
 }

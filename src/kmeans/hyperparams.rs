@@ -127,26 +127,32 @@ impl KMeansParams {
     /// Validate against the data: `n` rows (with positive weight) of `dim` features.
     pub fn check(&self, n: usize, dim: usize) -> Result<()> {
         Self::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
-        if self.k > n {
+        let given = if let InitMethod::Given(c) = &self.init { Some(c) } else { None };
+        check_start(self.k, n, dim, given)
+    }
+}
+
+/// The checks of a start against the data, shared by k-means and mixtures: k at most the
+/// `n` usable rows, and given centroids of the right shape, all finite.
+pub fn check_start(k: usize, n: usize, dim: usize, given: Option<&Centroids>) -> Result<()> {
+    if k > n {
+        return Err(Error::Data(format!(
+            "--k {k} is more than the {n} usable rows of the input; lower --k or give more rows"
+        )));
+    }
+    if let Some(c) = given {
+        if c.dim != dim {
             return Err(Error::Data(format!(
-                "--k {} is more than the {n} usable rows of the input; lower --k or give more rows",
-                self.k
+                "the initial centroids have {} columns but the model has {dim} features",
+                c.dim
             )));
         }
-        if let InitMethod::Given(c) = &self.init {
-            if c.dim != dim {
-                return Err(Error::Data(format!(
-                    "the initial centroids have {} columns but the model has {dim} features",
-                    c.dim
-                )));
-            }
-            if c.k != self.k {
-                return Err(Error::Data(format!("the initial centroids file has {} rows but --k is {}", c.k, self.k)));
-            }
-            if c.data.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Data("the initial centroids hold a NaN or infinite value".into()));
-            }
+        if c.k != k {
+            return Err(Error::Data(format!("the initial centroids file has {} rows but --k is {k}", c.k)));
         }
-        Ok(())
+        if c.data.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Data("the initial centroids hold a NaN or infinite value".into()));
+        }
     }
+    Ok(())
 }
