@@ -114,6 +114,12 @@ pub trait Backend: Send + Sync {
     /// The end of what `retain` announced.
     fn release(&self) {}
 
+    /// The CPU backend itself, for the CPU-side variants (pruned, Hamerly) that share
+    /// its per-fit state; `None` for a device.
+    fn as_cpu(&self) -> Option<&cpu::CpuBackend> {
+        None
+    }
+
     /// Rows a Gaussian-mixture E-step call should cover: few enough that their
     /// responsibilities stay in the CPU's cache, or, for a device, many enough to fill it.
     fn gmm_block_rows(&self) -> usize {

@@ -198,10 +198,14 @@ fn run_once<B: Backend + ?Sized>(
         let use_bounds = last_searched <= BOUNDS_WORTH || it % 4 == 0;
         let (changed, evaluated) = match (p.algorithm, &prev_c) {
             (Algorithm::Hamerly, Some(old)) if bounds.is_some() && use_bounds => {
-                hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap())
+                let kernel = backend.as_cpu().map_or(Kernel::Auto, |b| b.kernel);
+                hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap(), kernel)
             }
             (Algorithm::Pruned, Some(_)) => {
-                let (changed, share) = super::pruned::step(x, &c, &mut nearest, Kernel::Auto);
+                let cpu = backend.as_cpu();
+                let codes = cpu.and_then(|b| b.codes_for(&x.data, x.dim, k));
+                let kernel = cpu.map_or(Kernel::Auto, |b| b.kernel);
+                let (changed, share) = super::pruned::step(x, &c, &mut nearest, kernel, codes.as_ref());
                 (changed, (share * n as f64) as u64)
             }
             _ => {
@@ -372,7 +376,14 @@ pub fn centroids_from(stats: &ClusterStats, old: &Centroids, metric: Metric) -> 
 
 /// One Hamerly assignment: move the bounds by the centroid shifts, prune the points
 /// they settle, recompute the rest with the same kernel Lloyd uses.
-fn hamerly_step(x: &Matrix, old: &Centroids, c: &Centroids, nearest: &mut [Nearest], b: &mut Bounds) -> (u64, u64) {
+fn hamerly_step(
+    x: &Matrix,
+    old: &Centroids,
+    c: &Centroids,
+    nearest: &mut [Nearest],
+    b: &mut Bounds,
+    kernel: Kernel,
+) -> (u64, u64) {
     let k = c.k;
     let dim = x.dim;
     let delta: Vec<f64> = (0..k).map(|j| round_up(exact_sq_dist(c.row(j), old.row(j)).sqrt()) as f64).collect();
@@ -395,7 +406,7 @@ fn hamerly_step(x: &Matrix, old: &Centroids, c: &Centroids, nearest: &mut [Neare
             round_down(0.5 * m.sqrt()) as f64
         })
         .collect();
-    let pc = PreparedCentroids::with_kernel(c, Kernel::Auto);
+    let pc = PreparedCentroids::with_kernel(c, kernel);
     let counts: Vec<(u64, u64)> = x
         .data
         .par_chunks(REDUCE_ROWS * dim)

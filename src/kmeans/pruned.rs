@@ -9,7 +9,9 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::{Kernel, Precision, PreparedCentroids, assign_block_with, exact_sq_dist};
+use crate::backend::cpu::{
+    Kernel, Precision, PreparedCentroids, SharedCodes, assign_block_with, exact_sq_dist, gather_codes,
+};
 use crate::backend::{Centroids, Nearest};
 use crate::features::Matrix;
 
@@ -30,9 +32,19 @@ struct Plan {
 }
 
 /// Assign every row given its previous label; returns (labels changed, centroid
-/// evaluations as a fraction of n·k).
-pub(crate) fn step(x: &Matrix, c: &Centroids, nearest: &mut [Nearest], kernel: Kernel) -> (u64, f64) {
+/// evaluations as a fraction of n·k). `codes`: the rows' 8-bit codes when the kernel
+/// is quantised (else each work item codes its rows).
+pub(crate) fn step(
+    x: &Matrix,
+    c: &Centroids,
+    nearest: &mut [Nearest],
+    kernel: Kernel,
+    codes: Option<&SharedCodes>,
+) -> (u64, f64) {
     let (n, k, dim) = (x.n(), c.k, x.dim);
+    // One kernel for every band, chosen for the whole k (a band's few centroids would
+    // otherwise pick another, and the rows' codes are for this one).
+    let kernel = kernel.resolve(k, dim);
     // Centroid–centroid distances (exact).
     let cc: Vec<f64> =
         (0..k * k).into_par_iter().map(|ij| exact_sq_dist(c.row(ij / k), c.row(ij % k)).sqrt()).collect();
@@ -119,16 +131,18 @@ pub(crate) fn step(x: &Matrix, c: &Centroids, nearest: &mut [Nearest], kernel: K
             }
             let mut out = vec![Nearest::default(); rows.len()];
             let mut scratch = Vec::new();
+            let mut code_buf = None;
+            let view = gather_codes(codes, rows, &mut code_buf);
             match plan {
                 Some(a) => {
                     let p = &plans[*a];
                     let pc = PreparedCentroids::with_kernel(&p.cents, kernel);
-                    assign_block_with(&buf, &pc, &mut out, &mut scratch, Precision::LabelsOnly, |_, _, _, _| {});
+                    assign_block_with(&buf, &pc, &mut out, &mut scratch, Precision::LabelsOnly, view);
                     for o in out.iter_mut() {
                         o.label = p.cand[o.label as usize];
                     }
                 }
-                None => assign_block_with(&buf, &full, &mut out, &mut scratch, Precision::LabelsOnly, |_, _, _, _| {}),
+                None => assign_block_with(&buf, &full, &mut out, &mut scratch, Precision::LabelsOnly, view),
             }
             out
         })

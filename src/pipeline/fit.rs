@@ -515,7 +515,10 @@ pub fn fit_with_progress(
             init_sample_rows: params.init_sample_rows(n),
             n_init: cfg.n_init,
             best_run: fit.best_run,
-            algorithm: if cfg.method == Method::Gmm { "em".into() } else { algorithm.name().into() },
+            // Hamerly and pruned are exact accelerations of Lloyd's iterations, with the
+            // same result bit for bit: the model names the algorithm, the fit's report the
+            // variant, so the same data and options make the same model file.
+            algorithm: if cfg.method == Method::Gmm { "em".into() } else { "lloyd".into() },
             max_iter: cfg.max_iter,
             tol: cfg.tol,
             tol_scaled: fit.tol_scaled,

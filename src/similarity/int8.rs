@@ -61,8 +61,8 @@ impl Isa {
         }
     }
 
-    /// Largest query code.
-    fn query_levels(self) -> f32 {
+    /// Largest code of the signed (broadcast) operand.
+    pub(crate) fn query_levels(self) -> f32 {
         match self {
             Isa::Avx512Vnni => 127.0,
             Isa::Avx2 => 63.0,
@@ -72,17 +72,17 @@ impl Isa {
 
 /// One row's code and the terms of its error bound (all rounded up).
 #[derive(Clone, Copy, Default)]
-struct RowCode {
+pub(crate) struct RowCode {
     /// s·σ: the code's scale in the scaled space.
-    scale: f32,
+    pub scale: f32,
     /// Σ c.
-    sum: i32,
+    pub sum: i32,
     /// ‖vσ‖.
-    norm: f32,
+    pub norm: f32,
     /// ‖s·c·σ‖ (the dequantised row).
-    dq: f32,
+    pub dq: f32,
     /// ‖vσ − s·c·σ‖.
-    err: f32,
+    pub err: f32,
 }
 
 /// Round a non-negative bound up by a relative margin covering the f32 sums behind it.
@@ -95,7 +95,7 @@ fn up(x: f64, dim: usize) -> f32 {
 /// Code one row into `out` (its first `v.len()` bytes; the caller pads with 0).
 /// Vectorised by hand: the plain loop calls libm's `rintf`/`fmaf` per element on a
 /// baseline x86-64 build, and its f32 sums do not vectorise.
-fn code_row(isa: Isa, v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> RowCode {
+pub(crate) fn code_row(isa: Isa, v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> RowCode {
     // SAFETY: a `Scan` exists only for an `isa` the CPU supports.
     unsafe {
         match isa {

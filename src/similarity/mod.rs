@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::cpu::{ErrorTerms, fused};
 
 #[cfg(target_arch = "x86_64")]
-mod int8;
+pub(crate) mod int8;
 
 /// Which scan scores the pairs before the exact f64 re-scoring (the result is the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 
 pub mod fused;
 pub mod gmm;
+#[cfg(target_arch = "x86_64")]
+pub mod quant;
 
 use rayon::prelude::*;
 
@@ -21,34 +23,160 @@ pub fn rows_per_block(k: usize) -> usize {
     (32_768 / k.max(1)).clamp(16, 256)
 }
 
-/// Which distance kernel the CPU backend runs.
+/// Which distance kernel the CPU backend runs. Every kernel gives the same labels,
+/// distances and models bit for bit (each decides in f64 whatever its fast arithmetic
+/// cannot); they differ only in speed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// The fused AVX2 kernel where the CPU has AVX2 + FMA, else SGEMM; the environment
-    /// variable `MICROSEG_CPU_KERNEL=gemm` forces SGEMM (for benchmarks).
+    /// The fastest this CPU has for the shape (`Kernel::resolve`); the environment
+    /// variable `MICROSEG_CPU_KERNEL` (one of `Kernel::NAMES`) forces one (benchmarks).
     #[default]
     Auto,
     /// Blocked SGEMM (matrixmultiply) then a scan: portable.
     Gemm,
+    /// The fused f32 kernel with AVX2 + FMA (`fused`).
+    F32Avx2,
+    /// 8-bit codes with a proven bound, AVX2 (`quant`).
+    Int8Avx2,
+    /// 8-bit codes with a proven bound, AVX-512 VNNI (`quant`).
+    Int8Vnni,
 }
 
 impl Kernel {
-    fn fused(self) -> bool {
+    /// The names `--kernel` and `MICROSEG_CPU_KERNEL` take.
+    pub const NAMES: [&'static str; 5] = ["auto", "gemm", "f32-avx2", "int8-avx2", "int8-vnni"];
+
+    pub fn name(self) -> &'static str {
         match self {
-            Kernel::Auto => fused::available() && !std::env::var("MICROSEG_CPU_KERNEL").is_ok_and(|v| v == "gemm"),
-            Kernel::Gemm => false,
+            Kernel::Auto => "auto",
+            Kernel::Gemm => "gemm",
+            Kernel::F32Avx2 => "f32-avx2",
+            Kernel::Int8Avx2 => "int8-avx2",
+            Kernel::Int8Vnni => "int8-vnni",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Kernel> {
+        [Kernel::Auto, Kernel::Gemm, Kernel::F32Avx2, Kernel::Int8Avx2, Kernel::Int8Vnni]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    /// Whether the running CPU can run this kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Kernel::Auto | Kernel::Gemm => true,
+            Kernel::F32Avx2 => fused::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Int8Avx2 => crate::similarity::int8::Isa::Avx2.supported(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Int8Vnni => crate::similarity::int8::Isa::Avx512Vnni.supported(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Int8Avx2 | Kernel::Int8Vnni => false,
+        }
+    }
+
+    /// The concrete kernels this CPU runs (for tests and benchmarks).
+    pub fn available() -> Vec<Kernel> {
+        [Kernel::Gemm, Kernel::F32Avx2, Kernel::Int8Avx2, Kernel::Int8Vnni]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
+    }
+
+    /// The kernel a pass over k centroids of `dim` features runs. `Auto` takes
+    /// `MICROSEG_CPU_KERNEL` when it names a kernel this CPU has, else the fastest for
+    /// the shape (measured, docs/benchmarks.md): 8-bit codes from 32 centroids and 8
+    /// features on, the fused f32 kernel below. A named kernel the CPU lacks, or codes
+    /// on rows wider than `quant::MAX_DIM`, fall back to the same choice.
+    pub fn resolve(self, k: usize, dim: usize) -> Kernel {
+        let fits = |kr: Kernel| kr.supported() && (!kr.is_quantised() || dim <= MAX_QUANT_DIM);
+        match self {
+            Kernel::Auto => {
+                if let Some(kr) = std::env::var("MICROSEG_CPU_KERNEL").ok().and_then(|v| Kernel::parse(&v))
+                    && kr != Kernel::Auto
+                    && fits(kr)
+                {
+                    return kr;
+                }
+                if k >= 32 && dim >= 8 {
+                    for kr in [Kernel::Int8Vnni, Kernel::Int8Avx2] {
+                        if fits(kr) {
+                            return kr;
+                        }
+                    }
+                }
+                if fits(Kernel::F32Avx2) { Kernel::F32Avx2 } else { Kernel::Gemm }
+            }
+            kr if fits(kr) => kr,
+            _ => Kernel::Auto.resolve(k, dim),
+        }
+    }
+
+    fn is_quantised(self) -> bool {
+        matches!(self, Kernel::Int8Avx2 | Kernel::Int8Vnni)
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[cfg(target_arch = "x86_64")]
+const MAX_QUANT_DIM: usize = quant::MAX_DIM;
+#[cfg(not(target_arch = "x86_64"))]
+const MAX_QUANT_DIM: usize = 0;
+
+#[derive(Debug, Default)]
 pub struct CpuBackend {
     pub kernel: Kernel,
+    /// The matrix `retain` announced, and its 8-bit codes once a quantised pass needs them.
+    retained: std::sync::Mutex<Retained>,
+}
+
+#[derive(Default)]
+struct Retained {
+    /// (address, length, dim) of the retained matrix.
+    key: Option<(usize, usize, usize)>,
+    #[cfg(target_arch = "x86_64")]
+    codes: Option<std::sync::Arc<quant::RowCodes>>,
+}
+
+impl std::fmt::Debug for Retained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retained").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl Clone for CpuBackend {
+    fn clone(&self) -> Self {
+        CpuBackend::new(self.kernel)
+    }
 }
 
 impl CpuBackend {
     pub fn new(kernel: Kernel) -> Self {
-        CpuBackend { kernel }
+        CpuBackend { kernel, retained: Default::default() }
+    }
+
+    /// The 8-bit codes of `points` for `isa` when `points` is the matrix `retain`
+    /// announced: coded at the first call, then kept until `release` (rows are coded
+    /// once per fit, not once per iteration). `None` for any other slice.
+    #[cfg(target_arch = "x86_64")]
+    pub fn row_codes(
+        &self,
+        points: &[f32],
+        dim: usize,
+        isa: crate::similarity::int8::Isa,
+    ) -> Option<std::sync::Arc<quant::RowCodes>> {
+        let mut g = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        if g.key != Some((points.as_ptr() as usize, points.len(), dim)) {
+            return None;
+        }
+        if let Some(c) = &g.codes
+            && c.isa == isa
+        {
+            return Some(c.clone());
+        }
+        let c = std::sync::Arc::new(quant::RowCodes::code_all(isa, points, dim));
+        g.codes = Some(c.clone());
+        Some(c)
     }
 
     fn assign_with(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest], precision: Precision) {
@@ -56,9 +184,21 @@ impl CpuBackend {
         let dim = centroids.dim;
         let rows = rows_per_block(centroids.k);
         debug_assert_eq!(points.len(), out.len() * dim);
-        points.par_chunks(rows * dim).zip(out.par_chunks_mut(rows)).for_each_init(Vec::new, |scratch, (p, o)| {
-            assign_block_with(p, &prepared, o, scratch, precision, |_, _, _, _| {})
-        });
+        #[cfg(target_arch = "x86_64")]
+        let codes = prepared.quant.as_ref().and_then(|qc| self.row_codes(points, dim, qc.isa));
+        points.par_chunks(rows * dim).zip(out.par_chunks_mut(rows)).enumerate().for_each_init(
+            Vec::new,
+            |scratch, (ci, (p, o))| {
+                #[cfg(target_arch = "x86_64")]
+                let view = codes.as_ref().map(|c| c.view().slice(ci * rows, o.len()));
+                #[cfg(not(target_arch = "x86_64"))]
+                let view = {
+                    let _ = ci;
+                    None
+                };
+                assign_block_with(p, &prepared, o, scratch, precision, view)
+            },
+        );
     }
 }
 
@@ -80,6 +220,20 @@ impl Backend for CpuBackend {
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats> {
         let dim = points.len() / nearest.len().max(1);
         Ok(reduce_cpu(points, dim.max(1), weights, nearest, k))
+    }
+
+    fn retain(&self, points: &[f32], dim: usize) -> Result<()> {
+        let mut g = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        *g = Retained { key: Some((points.as_ptr() as usize, points.len(), dim)), ..Default::default() };
+        Ok(())
+    }
+
+    fn release(&self) {
+        *self.retained.lock().unwrap_or_else(|e| e.into_inner()) = Retained::default();
+    }
+
+    fn as_cpu(&self) -> Option<&CpuBackend> {
+        Some(self)
     }
 }
 
@@ -106,23 +260,60 @@ pub struct PreparedCentroids<'a> {
     pub c: &'a Centroids,
     pub norms: Vec<f32>,
     pub err: ErrorTerms,
-    /// Present when the fused AVX2 kernel runs on this CPU.
+    /// Present when the fused AVX2 kernel runs.
     pub packed: Option<fused::PackedCentroids>,
+    /// Present when the quantised kernel runs.
+    #[cfg(target_arch = "x86_64")]
+    pub quant: Option<quant::QuantCentroids>,
+    /// The kernel that runs.
+    pub kernel: Kernel,
 }
 
 impl<'a> PreparedCentroids<'a> {
     pub fn with_kernel(c: &'a Centroids, kernel: Kernel) -> Self {
+        let kernel = kernel.resolve(c.k, c.dim);
         let norms: Vec<f32> = (0..c.k).map(|j| sq_norm(c.row(j))).collect();
         let err = ErrorTerms::new(&norms, c.dim);
-        let packed = kernel.fused().then(|| fused::PackedCentroids::new(&c.data, &norms, &err, c.dim));
-        PreparedCentroids { c, norms, err, packed }
+        let packed = (kernel == Kernel::F32Avx2).then(|| fused::PackedCentroids::new(&c.data, &norms, &err, c.dim));
+        #[cfg(target_arch = "x86_64")]
+        let quant = {
+            use crate::similarity::int8::Isa;
+            let isa = match kernel {
+                Kernel::Int8Vnni => Some(Isa::Avx512Vnni),
+                Kernel::Int8Avx2 => Some(Isa::Avx2),
+                _ => None,
+            };
+            isa.map(|isa| quant::QuantCentroids::new(isa, &c.data, &norms, c.dim))
+        };
+        PreparedCentroids {
+            c,
+            norms,
+            err,
+            packed,
+            #[cfg(target_arch = "x86_64")]
+            quant,
+            kernel,
+        }
     }
 }
 
 /// Squared Euclidean distance by differences, accumulated in f64: the exact
-/// tie-breaker every assignment path (Lloyd, Hamerly, GPU checks) agrees on.
+/// tie-breaker every assignment path (Lloyd, Hamerly, GPU checks) agrees on. Lane l of
+/// four partial sums takes the features i ≡ l (mod 4) in order, the tail goes to lane 0,
+/// and the lanes are added as (0 + 1) + (2 + 3): every evaluation order below follows
+/// that, with separate multiplies and adds (no FMA), so the bits never depend on the CPU.
 #[inline]
 pub fn exact_sq_dist(x: &[f32], c: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if x.len() >= 8 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { exact_sq_dist_avx2(x, c) };
+    }
+    exact_sq_dist_portable(x, c)
+}
+
+#[inline]
+fn exact_sq_dist_portable(x: &[f32], c: &[f32]) -> f64 {
     let mut acc = [0.0f64; 4];
     let n4 = x.len() / 4 * 4;
     for (xc, cc) in x[..n4].chunks_exact(4).zip(c[..n4].chunks_exact(4)) {
@@ -138,11 +329,99 @@ pub fn exact_sq_dist(x: &[f32], c: &[f32]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
+/// `exact_sq_dist` with the four lanes in one AVX2 register (the same operations).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exact_sq_dist_avx2(x: &[f32], c: &[f32]) -> f64 {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(x.len(), c.len());
+    let n4 = x.len() / 4 * 4;
+    let mut acc = _mm256_setzero_pd();
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 ≤ n4 ≤ len of both.
+        let (a, b) = unsafe {
+            (_mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))), _mm256_cvtps_pd(_mm_loadu_ps(c.as_ptr().add(i))))
+        };
+        let d = _mm256_sub_pd(a, b);
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(d, d));
+        i += 4;
+    }
+    let mut l = [0.0f64; 4];
+    // SAFETY: four f64 lanes into four f64s.
+    unsafe { _mm256_storeu_pd(l.as_mut_ptr(), acc) };
+    for (a, b) in x[n4..].iter().zip(&c[n4..]) {
+        let d = *a as f64 - *b as f64;
+        l[0] += d * d;
+    }
+    (l[0] + l[1]) + (l[2] + l[3])
+}
+
 /// Assign a block of rows (any count) sequentially: values v = ‖c‖² − 2x·c for a
 /// few rows at a time, then the exact top-2 of each row.
 pub fn assign_block(points: &[f32], pc: &PreparedCentroids, out: &mut [Nearest], scratch: &mut Vec<f32>) {
-    assign_block_with(points, pc, out, scratch, Precision::Exact, |_, _, _, _| {});
+    assign_block_with(points, pc, out, scratch, Precision::Exact, None);
 }
+
+/// The 8-bit codes of the rows an assignment is given, where they were coded ahead
+/// (`CpuBackend::row_codes`); `None` codes them a tile at a time.
+#[cfg(target_arch = "x86_64")]
+pub type RowCodesView<'a> = quant::RowView<'a>;
+#[cfg(not(target_arch = "x86_64"))]
+pub type RowCodesView<'a> = std::marker::PhantomData<&'a ()>;
+
+/// Rows coded ahead for a quantised kernel (an empty type off x86-64).
+#[cfg(target_arch = "x86_64")]
+pub type SharedCodes = std::sync::Arc<quant::RowCodes>;
+#[cfg(not(target_arch = "x86_64"))]
+pub type SharedCodes = ();
+
+impl CpuBackend {
+    /// The codes of the retained matrix `points` for the kernel a pass over k
+    /// centroids runs, when that kernel is quantised and this backend retains `points`.
+    pub fn codes_for(&self, points: &[f32], dim: usize, k: usize) -> Option<SharedCodes> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::similarity::int8::Isa;
+            match self.kernel.resolve(k, dim) {
+                Kernel::Int8Vnni => self.row_codes(points, dim, Isa::Avx512Vnni),
+                Kernel::Int8Avx2 => self.row_codes(points, dim, Isa::Avx2),
+                _ => None,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (points, dim, k);
+            None
+        }
+    }
+}
+
+/// The codes of `rows` of `codes` gathered into `buf`, viewed; `None` without codes.
+pub fn gather_codes<'a>(
+    codes: Option<&SharedCodes>,
+    rows: &[u32],
+    buf: &'a mut Option<SharedCodesBuf>,
+) -> Option<RowCodesView<'a>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let c = codes?;
+        let b = buf.get_or_insert_with(|| quant::RowCodes::new(c.isa, 1, 0));
+        c.gather(rows, b);
+        Some(b.view())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (codes, rows, buf);
+        None
+    }
+}
+
+/// A buffer for `gather_codes`.
+#[cfg(target_arch = "x86_64")]
+pub type SharedCodesBuf = quant::RowCodes;
+#[cfg(not(target_arch = "x86_64"))]
+pub type SharedCodesBuf = ();
 
 /// ‖x‖² in f32 with 8 partial sums (a single running sum would not vectorise).
 #[inline]
@@ -170,18 +449,62 @@ pub enum Precision {
     LabelsOnly,
 }
 
-/// `assign_block`, also handing each row's values to `hook(row, v[..k], ‖x‖, nearest)`
-/// (bounded variants derive their per-group lower bounds from them).
-pub fn assign_block_with<F: FnMut(usize, &[f32], f32, &Nearest)>(
+/// `assign_block` at the given precision.
+pub fn assign_block_with(
     points: &[f32],
     pc: &PreparedCentroids,
     out: &mut [Nearest],
     scratch: &mut Vec<f32>,
     precision: Precision,
-    mut hook: F,
+    codes: Option<RowCodesView<'_>>,
 ) {
     let (k, dim) = (pc.c.k, pc.c.dim);
-    let mut row0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(qc) = &pc.quant {
+        use crate::similarity::int8::Isa;
+        let kp = qc.padded_k();
+        if scratch.len() < quant::TR * kp {
+            scratch.resize(quant::TR * kp, 0.0);
+        }
+        let exact = precision == Precision::Exact;
+        let mut tile = codes.is_none().then(|| quant::RowCodes::new(qc.isa, dim, quant::TR));
+        let mut upper = [[0.0f32; 2]; quant::TR];
+        let mut cand = Vec::with_capacity(16);
+        for (ti, (p, o)) in points.chunks(quant::TR * dim).zip(out.chunks_mut(quant::TR)).enumerate() {
+            let view = match (&mut tile, codes) {
+                (Some(t), _) => {
+                    t.code(p, o.len(), dim);
+                    t.view()
+                }
+                (None, Some(c)) => c.slice(ti * quant::TR, o.len()),
+                (None, None) => unreachable!(),
+            };
+            // SAFETY: `quant` exists only for an instruction set the CPU has (`Kernel::
+            // resolve`); the view holds o.len() rows coded for it and `scratch` o.len() × kp.
+            unsafe { quant::bounds(view, o.len(), qc, exact, scratch, &mut upper) };
+            for (r, o) in o.iter_mut().enumerate() {
+                let x = &p[r * dim..(r + 1) * dim];
+                cand.clear();
+                let (lower, limit) = (&scratch[r * kp..r * kp + k], upper[r][usize::from(exact)]);
+                // SAFETY: VNNI implies AVX-512 F; both quantised kernels imply AVX2.
+                unsafe {
+                    if qc.isa == Isa::Avx512Vnni {
+                        quant::candidates512(lower, limit, &mut cand)
+                    } else {
+                        quant::candidates(lower, limit, &mut cand)
+                    }
+                };
+                // Labels only: f32 distances settle all but near-ties (exact
+                // distances, for the model's last pass, always come from f64).
+                let proven = if exact { None } else { quant::proven_nearest(qc.isa, x, &cand, pc.c) };
+                *o = match proven {
+                    Some((label, dist)) => Nearest { label, dist, second: f32::INFINITY },
+                    None => best_of(x, &cand, pc),
+                };
+            }
+        }
+        return;
+    }
     if let Some(pk) = &pc.packed {
         let kp = pk.padded_k();
         if scratch.len() < fused::ROWS * kp {
@@ -205,9 +528,7 @@ pub fn assign_block_with<F: FnMut(usize, &[f32], f32, &Nearest)>(
                 // SAFETY: as above; `row` is this row's output of `values`.
                 unsafe { fused::candidates(v, &pc.err.a, &pc.err.b, xnorm[r], limit, &mut cand) };
                 *o = decide(x, v, xnorm[r], upper[r], &cand, pc, precision);
-                hook(row0 + r, v, xnorm[r], o);
             }
-            row0 += o.len();
         }
         return;
     }
@@ -252,9 +573,7 @@ pub fn assign_block_with<F: FnMut(usize, &[f32], f32, &Nearest)>(
             cand.clear();
             cand.extend((0..k as u32).filter(|&j| v[j as usize] <= limit + a[j as usize] + xn * b[j as usize]));
             *o = decide(x, v, xn, up, &cand, pc, precision);
-            hook(row0 + r, v, xn, o);
         }
-        row0 += m;
     }
 }
 
@@ -332,6 +651,36 @@ pub fn reduce_cpu(points: &[f32], dim: usize, weights: Option<&[f32]>, nearest: 
 }
 
 fn reduce_chunk(points: &[f32], dim: usize, weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> ClusterStats {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { reduce_chunk_avx2(points, dim, weights, nearest, k) };
+    }
+    reduce_chunk_body(points, dim, weights, nearest, k)
+}
+
+/// The same loop compiled for AVX2: each sum still adds its rows in order (the
+/// vector lanes are different features), so the bits are the portable loop's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn reduce_chunk_avx2(
+    points: &[f32],
+    dim: usize,
+    weights: Option<&[f32]>,
+    nearest: &[Nearest],
+    k: usize,
+) -> ClusterStats {
+    reduce_chunk_body(points, dim, weights, nearest, k)
+}
+
+#[inline(always)]
+fn reduce_chunk_body(
+    points: &[f32],
+    dim: usize,
+    weights: Option<&[f32]>,
+    nearest: &[Nearest],
+    k: usize,
+) -> ClusterStats {
     let mut s = ClusterStats::zeros(k, dim);
     for (i, (row, nr)) in points.chunks_exact(dim).zip(nearest).enumerate() {
         let l = nr.label as usize;

@@ -1,0 +1,616 @@
+//! The quantised assignment pass: every (row, centroid) distance is first estimated
+//! from 8-bit codes (AVX-512 VNNI `vpdpbusd`, 64 multiply-adds per instruction, or
+//! AVX2 `vpmaddubsw` + `vpmaddwd`) together with a proven error bound; a centroid is
+//! examined exactly only where the bound cannot rule it out, and the label is then
+//! decided by the same exact f64 rule as every other kernel. Hand-written because no
+//! crate in the stack computes int8 GEMM tiles with a per-pair bound and a running
+//! minimum inside the tile loop.
+//!
+//! Why it is exact. A row x is coded as x' = s_x·c_x, c_x ∈ [−L, L]^d (L = 127 with
+//! VNNI, 63 with AVX2, whose i16 pair sums would otherwise saturate), a centroid c_j
+//! as c'_j = s_j·c_j' with codes in ±127, both by `similarity::int8::code_row`. With
+//! e_x = x − x' and e_j = c_j − c'_j,
+//!     x·c_j = x'·c'_j + e_x·c_j + x'·e_j,   |e_x·c_j| ≤ ‖e_x‖‖c_j‖,  |x'·e_j| ≤ ‖x'‖‖e_j‖,
+//! and x'·c'_j = s_x s_j I_j with I_j = c_x·c_j' an exact integer. So the value
+//! v_j = ‖c_j‖² − 2x·c_j that orders the centroids lies within t_j of
+//!     est_j = fl(‖c_j‖²) − 2s_x·(I_j·s_j)   (f32),
+//!     t_j   = a_j + ‖e_x‖·2‖c_j‖ + ‖x'‖·(2‖e_j‖ + 32u‖c'_j‖),   a_j = (d+4)ε·‖c_j‖² + 10⁻³⁶d,
+//! where the a_j and 32u terms cover the f32 rounding of the norm, the conversion,
+//! product and fused subtraction (|s_x s_j I_j| ≤ ‖x'‖‖c'_j‖) and of t_j and the
+//! comparisons themselves; every norm is rounded up. A centroid j is a candidate when
+//! est_j − t_j ≤ U, where U is the smallest upper bound est_i + t_i over i (labels) or
+//! the second smallest (labels and exact distances): any centroid outside cannot be
+//! the nearest (nor the second), ties included. The candidates, in index order, go to
+//! the same exact decision as the f32 kernels, so labels, distances and models are
+//! bit-identical whichever kernel runs.
+
+use std::arch::x86_64::*;
+
+use crate::similarity::int8::{Isa, code_row};
+
+/// Centroids per packed panel (two 16-lane registers).
+pub const PW: usize = 32;
+/// Rows per tile.
+pub const TR: usize = 8;
+/// Widest rows coded: the i32 accumulators hold d·(255·127 + 128·127) < 2³¹.
+pub const MAX_DIM: usize = 16_384;
+
+/// Unit roundoff of f32.
+const UNIT: f64 = f32::EPSILON as f64 / 2.0;
+
+/// A non-negative f64 bound as f32, rounded up with a relative margin for the f32
+/// arithmetic that combines it.
+fn up32(x: f64) -> f32 {
+    let y = x * (1.0 + 2f64.powi(-20));
+    let f = y as f32;
+    if (f as f64) < y { f.next_up() } else { f }
+}
+
+/// Centroids coded once per pass: panel p holds, for each group g of four features,
+/// 32 centroids × 4 bytes (code + 128, unsigned, as `vpdpbusd` takes them), and the
+/// per-centroid terms padded to whole panels (padding: norm +inf, terms 0).
+pub struct QuantCentroids {
+    pub isa: Isa,
+    pub dim: usize,
+    groups: usize,
+    n_panels: usize,
+    panels: Vec<u8>,
+    scale: Vec<f32>,
+    norm2: Vec<f32>,
+    ta: Vec<f32>,
+    tb: Vec<f32>,
+    tc: Vec<f32>,
+}
+
+impl QuantCentroids {
+    /// `norms[j]` is the f32 ‖c_j‖² the other kernels use.
+    pub fn new(isa: Isa, data: &[f32], norms: &[f32], dim: usize) -> Self {
+        assert!(dim <= MAX_DIM, "quantised assignment takes at most {MAX_DIM} features");
+        let k = norms.len();
+        let kp4 = dim.next_multiple_of(4);
+        let groups = kp4 / 4;
+        let n_panels = k.div_ceil(PW);
+        let padded = n_panels * PW;
+        let mut panels = vec![128u8; n_panels * groups * PW * 4];
+        let (mut scale, mut norm2) = (vec![0.0f32; padded], vec![f32::INFINITY; padded]);
+        let (mut ta, mut tb, mut tc) = (vec![0.0f32; padded], vec![0.0f32; padded], vec![0.0f32; padded]);
+        let g = (dim as f64 + 4.0) * f32::EPSILON as f64;
+        let mut code = vec![0i8; kp4];
+        for j in 0..k {
+            let rc = code_row(isa, &data[j * dim..(j + 1) * dim], 1.0, 127.0, &mut code);
+            code[dim..].fill(0);
+            let (p, l) = (j / PW, j % PW);
+            for (gi, quad) in code.chunks_exact(4).enumerate() {
+                let at = ((p * groups + gi) * PW + l) * 4;
+                for (t, &q) in quad.iter().enumerate() {
+                    panels[at + t] = (q as u8) ^ 0x80;
+                }
+            }
+            scale[j] = rc.scale;
+            norm2[j] = norms[j];
+            ta[j] = up32(g * norms[j] as f64 + 1e-36 * dim as f64);
+            tb[j] = up32(2.0 * rc.err as f64 + 32.0 * UNIT * rc.dq as f64);
+            tc[j] = up32(2.0 * rc.norm as f64);
+        }
+        QuantCentroids { isa, dim, groups, n_panels, panels, scale, norm2, ta, tb, tc }
+    }
+
+    /// Length of one row's buffer of lower bounds (k rounded up to whole panels).
+    pub fn padded_k(&self) -> usize {
+        self.n_panels * PW
+    }
+}
+
+/// Rows coded for the quantised kernels, with the per-row terms of the bound: coded
+/// once per fit for the whole matrix (`CpuBackend::row_codes`), or a tile at a time.
+pub struct RowCodes {
+    pub isa: Isa,
+    kp4: usize,
+    codes: Vec<i8>,
+    /// −128·Σc_x: starts the accumulators so that they end at I_j exactly.
+    corr: Vec<i32>,
+    /// 2·s_x.
+    alpha: Vec<f32>,
+    /// ‖e_x‖ (rounded up).
+    ex: Vec<f32>,
+    /// ‖x'‖ (rounded up).
+    xq: Vec<f32>,
+}
+
+/// Rows of a `RowCodes`.
+#[derive(Clone, Copy)]
+pub struct RowView<'a> {
+    kp4: usize,
+    codes: &'a [i8],
+    corr: &'a [i32],
+    alpha: &'a [f32],
+    ex: &'a [f32],
+    xq: &'a [f32],
+}
+
+impl<'a> RowView<'a> {
+    /// Rows r0..r0 + n.
+    pub fn slice(self, r0: usize, n: usize) -> RowView<'a> {
+        RowView {
+            kp4: self.kp4,
+            codes: &self.codes[r0 * self.kp4..(r0 + n) * self.kp4],
+            corr: &self.corr[r0..r0 + n],
+            alpha: &self.alpha[r0..r0 + n],
+            ex: &self.ex[r0..r0 + n],
+            xq: &self.xq[r0..r0 + n],
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.corr.len()
+    }
+}
+
+impl RowCodes {
+    /// Room for `rows` rows of `dim` features, none coded yet.
+    pub fn new(isa: Isa, dim: usize, rows: usize) -> Self {
+        let kp4 = dim.next_multiple_of(4);
+        RowCodes {
+            isa,
+            kp4,
+            codes: vec![0; rows * kp4],
+            corr: vec![0; rows],
+            alpha: vec![0.0; rows],
+            ex: vec![0.0; rows],
+            xq: vec![0.0; rows],
+        }
+    }
+
+    /// Every row of `x` (row-major, `dim` wide), coded in parallel.
+    pub fn code_all(isa: Isa, x: &[f32], dim: usize) -> Self {
+        use rayon::prelude::*;
+        const CHUNK: usize = 4096;
+        let n = x.len() / dim.max(1);
+        let mut c = RowCodes::new(isa, dim, n);
+        let kp4 = c.kp4;
+        c.codes
+            .par_chunks_mut(CHUNK * kp4)
+            .zip(c.corr.par_chunks_mut(CHUNK))
+            .zip(c.alpha.par_chunks_mut(CHUNK))
+            .zip(c.ex.par_chunks_mut(CHUNK).zip(c.xq.par_chunks_mut(CHUNK)))
+            .enumerate()
+            .for_each(|(ci, (((codes, corr), alpha), (ex, xq)))| {
+                for r in 0..corr.len() {
+                    let row = &x[(ci * CHUNK + r) * dim..(ci * CHUNK + r + 1) * dim];
+                    let out = &mut codes[r * kp4..(r + 1) * kp4];
+                    (corr[r], alpha[r], ex[r], xq[r]) = code_one(isa, row, out);
+                }
+            });
+        c
+    }
+
+    /// Code the first `rows` rows of `x` into this buffer (a tile).
+    pub fn code(&mut self, x: &[f32], rows: usize, dim: usize) {
+        for r in 0..rows {
+            let out = &mut self.codes[r * self.kp4..(r + 1) * self.kp4];
+            (self.corr[r], self.alpha[r], self.ex[r], self.xq[r]) = code_one(self.isa, &x[r * dim..(r + 1) * dim], out);
+        }
+    }
+
+    /// The codes of `rows` (indices into `self`), in that order, into `out`.
+    pub fn gather(&self, rows: &[u32], out: &mut RowCodes) {
+        let kp4 = self.kp4;
+        out.isa = self.isa;
+        out.kp4 = kp4;
+        out.codes.clear();
+        for &i in rows {
+            out.codes.extend_from_slice(&self.codes[i as usize * kp4..(i as usize + 1) * kp4]);
+        }
+        let pick = |v: &[f32], o: &mut Vec<f32>| {
+            o.clear();
+            o.extend(rows.iter().map(|&i| v[i as usize]));
+        };
+        out.corr.clear();
+        out.corr.extend(rows.iter().map(|&i| self.corr[i as usize]));
+        pick(&self.alpha, &mut out.alpha);
+        pick(&self.ex, &mut out.ex);
+        pick(&self.xq, &mut out.xq);
+    }
+
+    pub fn view(&self) -> RowView<'_> {
+        RowView { kp4: self.kp4, codes: &self.codes, corr: &self.corr, alpha: &self.alpha, ex: &self.ex, xq: &self.xq }
+    }
+}
+
+/// One row's code (into `out`, zero-padded) and its (corr, α, ‖e_x‖, ‖x'‖).
+fn code_one(isa: Isa, row: &[f32], out: &mut [i8]) -> (i32, f32, f32, f32) {
+    let rc = code_row(isa, row, 1.0, isa.query_levels(), out);
+    out[row.len()..].fill(0);
+    (-128 * rc.sum, 2.0 * rc.scale, rc.err, rc.dq)
+}
+
+/// Lower bounds est_j − t_j of `rows` coded rows into `lower` (row stride
+/// `padded_k()`), and each row's smallest and (with `top2`) second smallest upper
+/// bound est_j + t_j into `upper` (the second is +inf without `top2`).
+///
+/// # Safety
+/// `qc.isa` must be supported by the CPU; `tile` must hold `rows` rows coded for
+/// `qc.isa` and `lower` `rows × padded_k()` values.
+pub unsafe fn bounds(
+    tile: RowView<'_>,
+    rows: usize,
+    qc: &QuantCentroids,
+    top2: bool,
+    lower: &mut [f32],
+    upper: &mut [[f32; 2]; TR],
+) {
+    debug_assert!(rows <= TR && lower.len() >= rows * qc.padded_k());
+    // Register tiles: the accumulators and running minima of 8 rows (labels) or 4
+    // (labels and second distances) fit the 32 AVX-512 registers; AVX2 works in 4s.
+    let step = if top2 || qc.isa == Isa::Avx2 { 4 } else { 8 };
+    let kp = qc.padded_k();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = step.min(rows - r0);
+        let lo = &mut lower[r0 * kp..];
+        let up = &mut upper[r0..];
+        unsafe {
+            match (qc.isa, top2) {
+                (Isa::Avx512Vnni, false) => dispatch_vnni::<false>(tile, r0, n, qc, lo, up),
+                (Isa::Avx512Vnni, true) => dispatch_vnni::<true>(tile, r0, n, qc, lo, up),
+                (Isa::Avx2, false) => dispatch_avx2::<false>(tile, r0, n, qc, lo, up),
+                (Isa::Avx2, true) => dispatch_avx2::<true>(tile, r0, n, qc, lo, up),
+            }
+        }
+        r0 += n;
+    }
+}
+
+unsafe fn dispatch_vnni<const T2: bool>(
+    tile: RowView<'_>,
+    r0: usize,
+    n: usize,
+    qc: &QuantCentroids,
+    lo: &mut [f32],
+    up: &mut [[f32; 2]],
+) {
+    unsafe {
+        match n {
+            8 => tile_vnni::<8, T2>(tile, r0, qc, lo, up),
+            7 => tile_vnni::<7, T2>(tile, r0, qc, lo, up),
+            6 => tile_vnni::<6, T2>(tile, r0, qc, lo, up),
+            5 => tile_vnni::<5, T2>(tile, r0, qc, lo, up),
+            4 => tile_vnni::<4, T2>(tile, r0, qc, lo, up),
+            3 => tile_vnni::<3, T2>(tile, r0, qc, lo, up),
+            2 => tile_vnni::<2, T2>(tile, r0, qc, lo, up),
+            1 => tile_vnni::<1, T2>(tile, r0, qc, lo, up),
+            _ => unreachable!("tile of {n} rows"),
+        }
+    }
+}
+
+unsafe fn dispatch_avx2<const T2: bool>(
+    tile: RowView<'_>,
+    r0: usize,
+    n: usize,
+    qc: &QuantCentroids,
+    lo: &mut [f32],
+    up: &mut [[f32; 2]],
+) {
+    unsafe {
+        match n {
+            4 => tile_avx2::<4, T2>(tile, r0, qc, lo, up),
+            3 => tile_avx2::<3, T2>(tile, r0, qc, lo, up),
+            2 => tile_avx2::<2, T2>(tile, r0, qc, lo, up),
+            1 => tile_avx2::<1, T2>(tile, r0, qc, lo, up),
+            _ => unreachable!("tile of {n} rows"),
+        }
+    }
+}
+
+/// The two smallest lanes of two registers' worth of running minima.
+fn lanes_two_smallest(m1: &[f32], m2: &[f32], top2: bool) -> [f32; 2] {
+    if top2 {
+        super::two_smallest(m1.iter().chain(m2).copied())
+    } else {
+        [m1.iter().copied().fold(f32::INFINITY, f32::min), f32::INFINITY]
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni<const R: usize, const T2: bool>(
+    tile: RowView<'_>,
+    r0: usize,
+    qc: &QuantCentroids,
+    lower: &mut [f32],
+    upper: &mut [[f32; 2]],
+) {
+    let groups = qc.groups;
+    let kp = qc.padded_k();
+    let cp = unsafe { tile.codes.as_ptr().add(r0 * tile.kp4) };
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    let (mut m1, mut m2) = ([inf; R], [inf; R]);
+    // Row terms stay in memory: broadcast where used, so that the accumulators and
+    // minima keep the registers.
+    let (corr, alpha, ex, xq) =
+        (&tile.corr[r0..r0 + R], &tile.alpha[r0..r0 + R], &tile.ex[r0..r0 + R], &tile.xq[r0..r0 + R]);
+    for p in 0..qc.n_panels {
+        let mut acc0 = [_mm512_setzero_si512(); R];
+        for r in 0..R {
+            acc0[r] = _mm512_set1_epi32(corr[r]);
+        }
+        let mut acc1 = acc0;
+        let bp = unsafe { qc.panels.as_ptr().add(p * groups * PW * 4) };
+        for g in 0..groups {
+            // SAFETY: panel p holds `groups` groups of 128 bytes; each coded row kp4 bytes.
+            let (b0, b1) = unsafe {
+                (
+                    _mm512_loadu_si512(bp.add(g * PW * 4) as *const __m512i),
+                    _mm512_loadu_si512(bp.add(g * PW * 4 + 64) as *const __m512i),
+                )
+            };
+            for r in 0..R {
+                let w = unsafe { (cp.add(r * tile.kp4 + g * 4) as *const i32).read_unaligned() };
+                let a = _mm512_set1_epi32(w);
+                acc0[r] = _mm512_dpbusd_epi32(acc0[r], b0, a);
+                acc1[r] = _mm512_dpbusd_epi32(acc1[r], b1, a);
+            }
+        }
+        let o = p * PW;
+        for h in 0..2 {
+            let at = o + 16 * h;
+            // SAFETY: the per-centroid vectors are padded to whole panels.
+            let (s, n, ta, tb, tc) = unsafe {
+                (
+                    _mm512_loadu_ps(qc.scale.as_ptr().add(at)),
+                    _mm512_loadu_ps(qc.norm2.as_ptr().add(at)),
+                    _mm512_loadu_ps(qc.ta.as_ptr().add(at)),
+                    _mm512_loadu_ps(qc.tb.as_ptr().add(at)),
+                    _mm512_loadu_ps(qc.tc.as_ptr().add(at)),
+                )
+            };
+            for r in 0..R {
+                let acc = if h == 0 { acc0[r] } else { acc1[r] };
+                let est = _mm512_fnmadd_ps(_mm512_set1_ps(alpha[r]), _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), n);
+                let t = _mm512_fmadd_ps(_mm512_set1_ps(xq[r]), tb, _mm512_fmadd_ps(_mm512_set1_ps(ex[r]), tc, ta));
+                let u = _mm512_add_ps(est, t);
+                unsafe { _mm512_storeu_ps(lower.as_mut_ptr().add(r * kp + at), _mm512_sub_ps(est, t)) };
+                if T2 {
+                    m2[r] = _mm512_min_ps(m2[r], _mm512_max_ps(m1[r], u));
+                }
+                m1[r] = _mm512_min_ps(m1[r], u);
+            }
+        }
+    }
+    for r in 0..R {
+        // Lane-wise m1 ≤ m2: the smallest of all lanes is m1's; the second is m2's
+        // smallest or m1's smallest once one lane holding the first is set aside.
+        let a = _mm512_reduce_min_ps(m1[r]);
+        upper[r] = if T2 {
+            let at = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m1[r], _mm512_set1_ps(a));
+            let first = if at == 0 { 0 } else { 1u16 << at.trailing_zeros() };
+            let rest = _mm512_reduce_min_ps(_mm512_mask_mov_ps(m1[r], first, inf));
+            [a, rest.min(_mm512_reduce_min_ps(m2[r]))]
+        } else {
+            [a, f32::INFINITY]
+        };
+    }
+}
+
+/// As `tile_vnni` with AVX2: 4 rows × 16 centroids of i32 accumulators at a time.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize, const T2: bool>(
+    tile: RowView<'_>,
+    r0: usize,
+    qc: &QuantCentroids,
+    lower: &mut [f32],
+    upper: &mut [[f32; 2]],
+) {
+    let groups = qc.groups;
+    let kp = qc.padded_k();
+    let cp = unsafe { tile.codes.as_ptr().add(r0 * tile.kp4) };
+    let ones = _mm256_set1_epi16(1);
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let (mut m1, mut m2) = ([inf; R], [inf; R]);
+    for p in 0..qc.n_panels {
+        let bp = unsafe { qc.panels.as_ptr().add(p * groups * PW * 4) };
+        for h in 0..2 {
+            let mut acc0 = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                acc0[r] = _mm256_set1_epi32(tile.corr[r0 + r]);
+            }
+            let mut acc1 = acc0;
+            for g in 0..groups {
+                // SAFETY: as in `tile_vnni`.
+                let (b0, b1) = unsafe {
+                    let at = bp.add(g * PW * 4 + h * 64);
+                    (_mm256_loadu_si256(at as *const __m256i), _mm256_loadu_si256(at.add(32) as *const __m256i))
+                };
+                for r in 0..R {
+                    let w = unsafe { (cp.add(r * tile.kp4 + g * 4) as *const i32).read_unaligned() };
+                    let a = _mm256_set1_epi32(w);
+                    acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(b0, a), ones));
+                    acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, a), ones));
+                }
+            }
+            for e in 0..2 {
+                let at = p * PW + 16 * h + 8 * e;
+                // SAFETY: the per-centroid vectors are padded to whole panels.
+                let (s, n, ta, tb, tc) = unsafe {
+                    (
+                        _mm256_loadu_ps(qc.scale.as_ptr().add(at)),
+                        _mm256_loadu_ps(qc.norm2.as_ptr().add(at)),
+                        _mm256_loadu_ps(qc.ta.as_ptr().add(at)),
+                        _mm256_loadu_ps(qc.tb.as_ptr().add(at)),
+                        _mm256_loadu_ps(qc.tc.as_ptr().add(at)),
+                    )
+                };
+                for r in 0..R {
+                    let acc = if e == 0 { acc0[r] } else { acc1[r] };
+                    let (alpha, ex, xq) = (
+                        _mm256_set1_ps(tile.alpha[r0 + r]),
+                        _mm256_set1_ps(tile.ex[r0 + r]),
+                        _mm256_set1_ps(tile.xq[r0 + r]),
+                    );
+                    let est = _mm256_fnmadd_ps(alpha, _mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), n);
+                    let t = _mm256_fmadd_ps(xq, tb, _mm256_fmadd_ps(ex, tc, ta));
+                    let u = _mm256_add_ps(est, t);
+                    unsafe { _mm256_storeu_ps(lower.as_mut_ptr().add(r * kp + at), _mm256_sub_ps(est, t)) };
+                    if T2 {
+                        m2[r] = _mm256_min_ps(m2[r], _mm256_max_ps(m1[r], u));
+                    }
+                    m1[r] = _mm256_min_ps(m1[r], u);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+        unsafe {
+            _mm256_storeu_ps(a.as_mut_ptr(), m1[r]);
+            _mm256_storeu_ps(b.as_mut_ptr(), m2[r]);
+        }
+        upper[r] = lanes_two_smallest(&a, &b, T2);
+    }
+}
+
+/// Indices j < lower.len() with lower[j] ≤ limit, ascending, eight lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn candidates(lower: &[f32], limit: f32, out: &mut Vec<u32>) {
+    let lim = _mm256_set1_ps(limit);
+    let n8 = lower.len() / 8 * 8;
+    let mut j = 0;
+    while j < n8 {
+        let v = unsafe { _mm256_loadu_ps(lower.as_ptr().add(j)) };
+        let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, lim)) as u32;
+        while mask != 0 {
+            out.push(j as u32 + mask.trailing_zeros());
+            mask &= mask - 1;
+        }
+        j += 8;
+    }
+    for (i, v) in lower.iter().enumerate().skip(n8) {
+        if *v <= limit {
+            out.push(i as u32);
+        }
+    }
+}
+
+/// `candidates` sixteen lanes at a time, without a branch per lane group: the indices
+/// that pass are compressed into a register and stored whole (the list grows by
+/// their count), as a mispredicted branch costs more than the few passing lanes.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f,popcnt")]
+pub unsafe fn candidates512(lower: &[f32], limit: f32, out: &mut Vec<u32>) {
+    let lim = _mm512_set1_ps(limit);
+    let n = lower.len();
+    out.clear();
+    out.reserve(n + 16);
+    let base = out.as_mut_ptr();
+    let mut len = 0usize;
+    let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let sixteen = _mm512_set1_epi32(16);
+    let mut j = 0;
+    while j < n {
+        let m: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
+        // SAFETY: the mask keeps the load inside `lower`; the list has room for n + 16.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, lower.as_ptr().add(j));
+            let pass = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(m, v, lim);
+            _mm512_storeu_si512(base.add(len) as *mut __m512i, _mm512_maskz_compress_epi32(pass, idx));
+            len += pass.count_ones() as usize;
+        }
+        idx = _mm512_add_epi32(idx, sixteen);
+        j += 16;
+    }
+    // SAFETY: the first `len` entries were written.
+    unsafe { out.set_len(len) };
+}
+
+/// ‖x − c‖² in f32, sixteen lanes (one fused multiply-add chain per lane, then the
+/// lanes' tree). Its relative error is below `f32_dist_rel(d)` (see there).
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `c` is at least as long as `x`.
+#[target_feature(enable = "avx512f")]
+unsafe fn sq_dist512(x: &[f32], c: &[f32]) -> f32 {
+    let d = x.len();
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < d {
+        let m: __mmask16 = if d - i >= 16 { 0xffff } else { (1u16 << (d - i)) - 1 };
+        // SAFETY: the mask keeps both loads inside the rows.
+        let (a, b) =
+            unsafe { (_mm512_maskz_loadu_ps(m, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(m, c.as_ptr().add(i))) };
+        let t = _mm512_sub_ps(a, b);
+        acc = _mm512_fmadd_ps(t, t, acc);
+        i += 16;
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// `sq_dist512` with eight AVX2 lanes and a scalar tail.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `c` is at least as long as `x`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sq_dist256(x: &[f32], c: &[f32]) -> f32 {
+    let d = x.len();
+    let n8 = d / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n8 {
+        // SAFETY: i + 8 ≤ n8 ≤ d.
+        let t = unsafe { _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(c.as_ptr().add(i))) };
+        acc = _mm256_fmadd_ps(t, t, acc);
+        i += 8;
+    }
+    let mut l = [0.0f32; 8];
+    // SAFETY: eight lanes into eight floats.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    for j in n8..d {
+        let t = x[j] - c[j];
+        l[j - n8] = t.mul_add(t, l[j - n8]);
+    }
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+/// A bound on the relative error of `sq_dist512`/`sq_dist256` over d features: each
+/// difference rounds once (u), its square and the running sum once per fused step
+/// (at most d/8 + 1 terms per lane), the lanes' tree four times more, and every term is
+/// non-negative, so the computed sum is within (1 + u)^(d/8 + 8) − 1 < (d + 16)·u of
+/// the real one (rounded up generously); `DIST_ABS` covers subnormal squares.
+fn f32_dist_rel(d: usize) -> f64 {
+    (d as f64 + 16.0) * UNIT + 2f64.powi(-40)
+}
+const DIST_ABS: f64 = 1e-36;
+
+/// Among candidates `cand` of row x (ascending), the nearest when f32 distances alone
+/// prove it: its distance with the error bound added is below every other's with it
+/// subtracted. `None` (a near-tie) leaves the decision to the exact f64 rule, whose
+/// choice a proven one always equals.
+pub fn proven_nearest(isa: Isa, x: &[f32], cand: &[u32], c: &crate::backend::Centroids) -> Option<(u32, f32)> {
+    let dist = |j: u32| -> f32 {
+        // SAFETY: `isa` is the kernel's, supported by the CPU (VNNI implies AVX-512 F).
+        unsafe {
+            match isa {
+                Isa::Avx512Vnni => sq_dist512(x, c.row(j as usize)),
+                Isa::Avx2 => sq_dist256(x, c.row(j as usize)),
+            }
+        }
+    };
+    let (mut best, mut best_d, mut runner) = (cand[0], dist(cand[0]), f32::INFINITY);
+    for &j in &cand[1..] {
+        let dj = dist(j);
+        if dj < best_d {
+            runner = best_d;
+            (best, best_d) = (j, dj);
+        } else if dj < runner {
+            runner = dj;
+        }
+    }
+    let rel = f32_dist_rel(x.len());
+    let abs = DIST_ABS * x.len() as f64;
+    let proven = (best_d as f64) * (1.0 + rel) + abs < (runner as f64) * (1.0 - rel) - abs;
+    proven.then_some((best, best_d))
+}
