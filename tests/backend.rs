@@ -9,14 +9,14 @@ use proptest::prelude::*;
 
 use crate::util::{blobs, d2};
 
-/// Every backend this machine has: both CPU kernels, and the wgpu backend (a
+/// Every backend this machine has: every CPU kernel, and the wgpu backend (a
 /// software adapter such as lavapipe counts here) as is and with tiny, streamed
 /// chunks. CI sets MICROSEG_REQUIRE_GPU_TESTS so a missing adapter fails, not skips.
 pub fn backends() -> Vec<(&'static str, Box<dyn Backend>)> {
-    let mut v: Vec<(&'static str, Box<dyn Backend>)> = vec![
-        ("cpu-auto", Box::new(CpuBackend::new(Kernel::Auto))),
-        ("cpu-gemm", Box::new(CpuBackend::new(Kernel::Gemm))),
-    ];
+    let mut v: Vec<(&'static str, Box<dyn Backend>)> = vec![("cpu-auto", Box::new(CpuBackend::new(Kernel::Auto)))];
+    for k in Kernel::available() {
+        v.push((k.name(), Box::new(CpuBackend::new(k))));
+    }
     match (WgpuBackend::open(true), WgpuBackend::open(true)) {
         (Ok(Some(a)), Ok(Some(b))) => {
             v.push(("wgpu", Box::new(a)));

@@ -8,6 +8,7 @@ mod choose_k;
 mod cli;
 mod gmm;
 mod hostile;
+mod kernels;
 mod kmeans;
 pub mod report;
 mod segments;

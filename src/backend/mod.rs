@@ -175,8 +175,24 @@ impl std::str::FromStr for BackendChoice {
 
 /// Open a backend. `allow_software` also accepts a software adapter (Mesa's lavapipe).
 pub fn open(choice: BackendChoice, allow_software: bool) -> Result<Box<dyn Backend>> {
+    open_with_kernel(choice, allow_software, cpu::Kernel::Auto)
+}
+
+/// As [`open`], the CPU backend running `kernel` (its CPU-side variants too: pruned
+/// and Hamerly passes). A kernel this CPU lacks is refused with the ones it has.
+pub fn open_with_kernel(choice: BackendChoice, allow_software: bool, kernel: cpu::Kernel) -> Result<Box<dyn Backend>> {
+    if !kernel.supported() {
+        let have: Vec<&str> = cpu::Kernel::available().iter().map(|k| k.name()).collect();
+        return Err(crate::Error::Usage(format!(
+            "--kernel {}: this CPU lacks its instructions ({}); it has: auto, {}",
+            kernel.name(),
+            kernel.needs(),
+            have.join(", ")
+        )));
+    }
+    let cpu = || Box::new(cpu::CpuBackend::new(kernel));
     match choice {
-        BackendChoice::Cpu => Ok(Box::new(cpu::CpuBackend::default())),
+        BackendChoice::Cpu => Ok(cpu()),
         BackendChoice::Gpu => Ok(Box::new(open_gpu(allow_software)?)),
         BackendChoice::Auto => match wgpu::WgpuBackend::open(allow_software)? {
             Some(b) => {
@@ -185,7 +201,7 @@ pub fn open(choice: BackendChoice, allow_software: bool) -> Result<Box<dyn Backe
             }
             None => {
                 log::info!("no GPU adapter found; using the CPU backend");
-                Ok(Box::new(cpu::CpuBackend::default()))
+                Ok(cpu())
             }
         },
     }

@@ -3,6 +3,7 @@
 
 use clap::{Args, ValueEnum};
 
+use crate::backend::cpu::Kernel;
 use crate::backend::wgpu::{self as gpu, WgpuBackend};
 use crate::backend::{Backend, BackendChoice};
 use crate::error::Result;
@@ -25,6 +26,41 @@ pub(crate) struct BackendArgs {
     /// backend, useful to test the shaders on a machine without a GPU.
     #[arg(long, env = "MICROSEG_ALLOW_SOFTWARE_GPU")]
     pub allow_software_gpu: bool,
+    /// The CPU distance kernel. Every kernel gives the same labels and model byte for
+    /// byte; auto picks the fastest for the CPU and the shape (`microseg info` lists
+    /// them). A kernel this CPU lacks exits 2.
+    #[arg(long, value_enum, env = "MICROSEG_CPU_KERNEL", default_value = "auto")]
+    pub kernel: KernelArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KernelArg {
+    /// 8-bit codes with a proven bound (VNNI, else AVX2) from 32 centroids and 8
+    /// features; the fused f32 kernel below; SGEMM without AVX2.
+    Auto,
+    /// Blocked SGEMM (matrixmultiply) and a scan: any CPU.
+    Gemm,
+    /// The fused f32 kernel (AVX2 + FMA).
+    #[value(name = "f32-avx2")]
+    F32Avx2,
+    /// 8-bit codes, AVX2 (`vpmaddubsw`).
+    #[value(name = "int8-avx2")]
+    Int8Avx2,
+    /// 8-bit codes, AVX-512 VNNI (`vpdpbusd`).
+    #[value(name = "int8-vnni")]
+    Int8Vnni,
+}
+
+impl From<KernelArg> for Kernel {
+    fn from(k: KernelArg) -> Kernel {
+        match k {
+            KernelArg::Auto => Kernel::Auto,
+            KernelArg::Gemm => Kernel::Gemm,
+            KernelArg::F32Avx2 => Kernel::F32Avx2,
+            KernelArg::Int8Avx2 => Kernel::Int8Avx2,
+            KernelArg::Int8Vnni => Kernel::Int8Vnni,
+        }
+    }
 }
 
 impl BackendArg {
@@ -49,7 +85,7 @@ pub(crate) fn similarity_gpu(a: &BackendArgs) -> Result<Option<WgpuBackend>> {
 
 /// Open the backend the flags ask for.
 pub(crate) fn open(a: &BackendArgs) -> Result<Box<dyn Backend>> {
-    crate::backend::open(a.backend.choice(), a.allow_software_gpu)
+    crate::backend::open_with_kernel(a.backend.choice(), a.allow_software_gpu, a.kernel.into())
 }
 
 #[derive(Debug, Args)]
@@ -74,15 +110,20 @@ pub(crate) fn run_info(a: InfoArgs) -> Result<()> {
             "engine_version": crate::ENGINE_VERSION,
             "cpu_threads": rayon::current_num_threads(),
             "cpu_fused_kernel": crate::backend::cpu::fused::available(),
+            "cpu_kernels": Kernel::available().iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "cpu_kernel_k256_d32": Kernel::Auto.resolve(256, 32).name(),
             "adapters": adapters,
             "auto_backend": would_use,
         }));
     }
     let mut text = format!("microseg {}\n", crate::ENGINE_VERSION);
+    let kernels: Vec<&str> = Kernel::available().iter().map(|k| k.name()).collect();
     text += &format!(
-        "cpu: {} threads, distance kernel: {}\n",
+        "cpu: {} threads, distance kernels: {} (auto: {} at k = 256, d = 32; {} at k = 16)\n",
         rayon::current_num_threads(),
-        if crate::backend::cpu::fused::available() { "fused AVX2/FMA" } else { "SGEMM (matrixmultiply)" }
+        kernels.join(", "),
+        Kernel::Auto.resolve(256, 32).name(),
+        Kernel::Auto.resolve(16, 16).name()
     );
     if adapters.is_empty() {
         text += "gpu: no adapter found\n";

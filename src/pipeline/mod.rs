@@ -76,7 +76,8 @@ pub fn partial_stats_of(
         return Err(Error::Data(format!("{} values do not make rows of {} features", points.len(), centroids.dim)));
     }
     let mut nearest = vec![Nearest::default(); points.len() / centroids.dim];
-    backend.assign_labels(points, centroids, &mut nearest)?;
+    // Exact distances: the squared error is part of the statistics.
+    backend.assign(points, centroids, &mut nearest)?;
     backend.reduce(points, weights, &nearest, centroids.k)
 }
 

@@ -99,7 +99,7 @@ impl Kernel {
                 {
                     return kr;
                 }
-                if k >= 32 && dim >= 8 {
+                {
                     for kr in [Kernel::Int8Vnni, Kernel::Int8Avx2] {
                         if fits(kr) {
                             return kr;
@@ -110,6 +110,15 @@ impl Kernel {
             }
             kr if fits(kr) => kr,
             _ => Kernel::Auto.resolve(k, dim),
+        }
+    }
+
+    /// The instructions a kernel needs, in words.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Kernel::Auto | Kernel::Gemm => "none",
+            Kernel::F32Avx2 | Kernel::Int8Avx2 => "AVX2 and FMA",
+            Kernel::Int8Vnni => "AVX-512 F, BW and VNNI",
         }
     }
 
@@ -444,8 +453,9 @@ fn sq_norm(x: &[f32]) -> f32 {
 pub enum Precision {
     /// Exact labels, and exact (f64, rounded to f32) best and second distances.
     Exact,
-    /// Exact labels; distances from the f32 expansion (within the rounding bound). An
-    /// exact distance is only computed when two centroids cannot be told apart.
+    /// Exact labels; distances only within the fast arithmetic's error bound (the f32
+    /// expansion's, or the 8-bit codes', a few per cent), and `second` possibly +inf.
+    /// An exact distance is only computed when two centroids cannot be told apart.
     LabelsOnly,
 }
 
@@ -494,11 +504,16 @@ pub fn assign_block_with(
                         quant::candidates(lower, limit, &mut cand)
                     }
                 };
-                // Labels only: f32 distances settle all but near-ties (exact
-                // distances, for the model's last pass, always come from f64).
-                let proven = if exact { None } else { quant::proven_nearest(qc.isa, x, &cand, pc.c) };
+                // Labels only: a single candidate is the nearest (its distance the
+                // middle of its bounds); f32 distances settle all but near-ties among
+                // several. Exact distances, for the model's last pass, come from f64.
+                let proven = match cand.len() {
+                    _ if exact => None,
+                    1 => Some((cand[0], 0.5 * (lower[cand[0] as usize] + limit) + view.sq_norm(r))),
+                    _ => quant::proven_nearest(qc.isa, x, &cand, pc.c),
+                };
                 *o = match proven {
-                    Some((label, dist)) => Nearest { label, dist, second: f32::INFINITY },
+                    Some((label, dist)) => Nearest { label, dist: dist.max(0.0), second: f32::INFINITY },
                     None => best_of(x, &cand, pc),
                 };
             }

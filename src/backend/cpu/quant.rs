@@ -115,6 +115,8 @@ pub struct RowCodes {
     ex: Vec<f32>,
     /// ‖x'‖ (rounded up).
     xq: Vec<f32>,
+    /// ‖x‖² (for the distances of label-only passes).
+    xn2: Vec<f32>,
 }
 
 /// Rows of a `RowCodes`.
@@ -126,6 +128,7 @@ pub struct RowView<'a> {
     alpha: &'a [f32],
     ex: &'a [f32],
     xq: &'a [f32],
+    xn2: &'a [f32],
 }
 
 impl<'a> RowView<'a> {
@@ -138,11 +141,17 @@ impl<'a> RowView<'a> {
             alpha: &self.alpha[r0..r0 + n],
             ex: &self.ex[r0..r0 + n],
             xq: &self.xq[r0..r0 + n],
+            xn2: &self.xn2[r0..r0 + n],
         }
     }
 
     pub fn rows(&self) -> usize {
         self.corr.len()
+    }
+
+    /// ‖x‖² of row r (within rounding).
+    pub fn sq_norm(&self, r: usize) -> f32 {
+        self.xn2[r]
     }
 }
 
@@ -158,6 +167,7 @@ impl RowCodes {
             alpha: vec![0.0; rows],
             ex: vec![0.0; rows],
             xq: vec![0.0; rows],
+            xn2: vec![0.0; rows],
         }
     }
 
@@ -173,12 +183,13 @@ impl RowCodes {
             .zip(c.corr.par_chunks_mut(CHUNK))
             .zip(c.alpha.par_chunks_mut(CHUNK))
             .zip(c.ex.par_chunks_mut(CHUNK).zip(c.xq.par_chunks_mut(CHUNK)))
+            .zip(c.xn2.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(ci, (((codes, corr), alpha), (ex, xq)))| {
+            .for_each(|(ci, ((((codes, corr), alpha), (ex, xq)), xn2))| {
                 for r in 0..corr.len() {
                     let row = &x[(ci * CHUNK + r) * dim..(ci * CHUNK + r + 1) * dim];
                     let out = &mut codes[r * kp4..(r + 1) * kp4];
-                    (corr[r], alpha[r], ex[r], xq[r]) = code_one(isa, row, out);
+                    (corr[r], alpha[r], ex[r], xq[r], xn2[r]) = code_one(isa, row, out);
                 }
             });
         c
@@ -188,7 +199,8 @@ impl RowCodes {
     pub fn code(&mut self, x: &[f32], rows: usize, dim: usize) {
         for r in 0..rows {
             let out = &mut self.codes[r * self.kp4..(r + 1) * self.kp4];
-            (self.corr[r], self.alpha[r], self.ex[r], self.xq[r]) = code_one(self.isa, &x[r * dim..(r + 1) * dim], out);
+            (self.corr[r], self.alpha[r], self.ex[r], self.xq[r], self.xn2[r]) =
+                code_one(self.isa, &x[r * dim..(r + 1) * dim], out);
         }
     }
 
@@ -210,18 +222,27 @@ impl RowCodes {
         pick(&self.alpha, &mut out.alpha);
         pick(&self.ex, &mut out.ex);
         pick(&self.xq, &mut out.xq);
+        pick(&self.xn2, &mut out.xn2);
     }
 
     pub fn view(&self) -> RowView<'_> {
-        RowView { kp4: self.kp4, codes: &self.codes, corr: &self.corr, alpha: &self.alpha, ex: &self.ex, xq: &self.xq }
+        RowView {
+            kp4: self.kp4,
+            codes: &self.codes,
+            corr: &self.corr,
+            alpha: &self.alpha,
+            ex: &self.ex,
+            xq: &self.xq,
+            xn2: &self.xn2,
+        }
     }
 }
 
-/// One row's code (into `out`, zero-padded) and its (corr, α, ‖e_x‖, ‖x'‖).
-fn code_one(isa: Isa, row: &[f32], out: &mut [i8]) -> (i32, f32, f32, f32) {
+/// One row's code (into `out`, zero-padded) and its (corr, α, ‖e_x‖, ‖x'‖, ‖x‖²).
+fn code_one(isa: Isa, row: &[f32], out: &mut [i8]) -> (i32, f32, f32, f32, f32) {
     let rc = code_row(isa, row, 1.0, isa.query_levels(), out);
     out[row.len()..].fill(0);
-    (-128 * rc.sum, 2.0 * rc.scale, rc.err, rc.dq)
+    (-128 * rc.sum, 2.0 * rc.scale, rc.err, rc.dq, rc.norm * rc.norm)
 }
 
 /// Lower bounds est_j − t_j of `rows` coded rows into `lower` (row stride
