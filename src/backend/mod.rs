@@ -105,6 +105,23 @@ pub trait Backend: Send + Sync {
         self.assign(points, centroids, out)
     }
 
+    /// One Lloyd iteration's pass: exact labels into `nearest` (distances as
+    /// `assign_labels` gives them), how many labels differ from those `nearest` held,
+    /// and the statistics of the new assignment, equal to `reduce`'s bit for bit. A
+    /// backend may fuse the three (the CPU does: each row is read once per iteration).
+    fn assign_reduce(
+        &self,
+        points: &[f32],
+        weights: Option<&[f32]>,
+        centroids: &Centroids,
+        nearest: &mut [Nearest],
+    ) -> Result<(ClusterStats, u64)> {
+        let old: Vec<u32> = nearest.iter().map(|n| n.label).collect();
+        self.assign_labels(points, centroids, nearest)?;
+        let changed = nearest.iter().zip(&old).filter(|(n, l)| n.label != **l).count() as u64;
+        Ok((self.reduce(points, weights, nearest, centroids.k)?, changed))
+    }
+
     /// `points` will be passed, unchanged, to many passes (a fit's iterations) until
     /// `release`: a device backend may keep them resident instead of uploading each time.
     fn retain(&self, _points: &[f32], _dim: usize) -> Result<()> {

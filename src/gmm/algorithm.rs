@@ -139,7 +139,7 @@ fn initial_labels<B: Backend + ?Sized>(
             let kp = KMeansParams {
                 seed: p.seed.wrapping_add(run as u64),
                 init: InitMethod::KMeansPlusPlus,
-                algorithm: if backend.exact_labels() { Algorithm::auto(p.k) } else { Algorithm::Lloyd },
+                algorithm: Algorithm::auto_for(p.k, x.dim, backend),
                 ..KMeansParams::new(p.k)
             };
             let f = kmeans::fit_cancellable(backend, x, w, &kp, &mut |i| {

@@ -196,36 +196,39 @@ fn run_once<B: Backend + ?Sized>(
         // Bounds stop paying when most points fail them (large k, centroids still
         // drifting): then run full passes, trying the bounds again every 4th iteration.
         let use_bounds = last_searched <= BOUNDS_WORTH || it % 4 == 0;
-        let (changed, evaluated) = match (p.algorithm, &prev_c) {
+        let (changed, evaluated, fused) = match (p.algorithm, &prev_c) {
             (Algorithm::Hamerly, Some(old)) if bounds.is_some() && use_bounds => {
                 let kernel = backend.as_cpu().map_or(Kernel::Auto, |b| b.kernel);
-                hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap(), kernel)
+                let (changed, evaluated) = hamerly_step(x, old, &c, &mut nearest, bounds.as_mut().unwrap(), kernel);
+                (changed, evaluated, None)
             }
             (Algorithm::Pruned, Some(_)) => {
                 let cpu = backend.as_cpu();
                 let codes = cpu.and_then(|b| b.codes_for(&x.data, x.dim, k));
                 let kernel = cpu.map_or(Kernel::Auto, |b| b.kernel);
                 let (changed, share) = super::pruned::step(x, &c, &mut nearest, kernel, codes.as_ref());
-                (changed, (share * n as f64) as u64)
+                (changed, (share * n as f64) as u64, None)
             }
-            _ => {
+            (Algorithm::Hamerly, _) => {
                 labels_old.clear();
                 labels_old.extend(nearest.iter().map(|nr| nr.label));
-                if p.algorithm == Algorithm::Hamerly {
-                    backend.assign(&x.data, &c, &mut nearest)?;
-                } else {
-                    backend.assign_labels(&x.data, &c, &mut nearest)?;
-                }
+                backend.assign(&x.data, &c, &mut nearest)?;
                 let changed = nearest.par_iter().zip(&labels_old).filter(|(nr, l)| nr.label != **l).count() as u64;
-                if p.algorithm == Algorithm::Hamerly {
-                    bounds = Some(bounds_from(&nearest));
-                }
-                (changed, n as u64)
+                bounds = Some(bounds_from(&nearest));
+                (changed, n as u64, None)
+            }
+            _ => {
+                // Assignment, changed labels and statistics in one pass over the rows.
+                let (stats, changed) = backend.assign_reduce(&x.data, w, &c, &mut nearest)?;
+                (changed, n as u64, Some(stats))
             }
         };
         last_searched = evaluated as f64 / n as f64;
         full_evals += evaluated;
-        let mut stats = backend.reduce(&x.data, w, &nearest, k)?;
+        let mut stats = match fused {
+            Some(s) => s,
+            None => backend.reduce(&x.data, w, &nearest, k)?,
+        };
         let empties = stats.weight.iter().filter(|v| **v == 0.0).count();
         if empties > 0 {
             // Label-only passes and pruned points carry inexact distances; the choice of

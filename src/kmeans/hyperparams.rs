@@ -47,6 +47,18 @@ impl Algorithm {
         if k < 128 { Algorithm::Hamerly } else { Algorithm::Pruned }
     }
 
+    /// The faster exact variant on `backend` for k centroids of `dim` features: plain
+    /// Lloyd on a device, and on the CPU with 8-bit codes (a whole pass then costs less
+    /// than the bounds' bookkeeping: measured, docs/benchmarks.md); else `auto(k)`.
+    pub fn auto_for<B: crate::backend::Backend + ?Sized>(k: usize, dim: usize, backend: &B) -> Self {
+        match backend.as_cpu() {
+            None => Algorithm::Lloyd,
+            Some(_) if !backend.exact_labels() => Algorithm::Lloyd,
+            Some(cpu) if cpu.kernel.resolve(k, dim).is_quantised() => Algorithm::Lloyd,
+            Some(_) => Algorithm::auto(k),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Algorithm::Lloyd => "lloyd",

@@ -226,7 +226,7 @@ fn score_k(
                 n_init: fc.n_init,
                 metric: fc.metric,
                 init: InitMethod::KMeansPlusPlus,
-                algorithm: if backend.exact_labels() { Algorithm::auto(k) } else { Algorithm::Lloyd },
+                algorithm: Algorithm::auto_for(k, x.dim, backend),
                 ..KMeansParams::new(k)
             };
             let f = kmeans::fit(backend, x, w, &p, &mut |_| {})?;

@@ -381,7 +381,7 @@ pub fn fit_with_progress(
     let Prepared { id_col, cols, transforms, table, init, input_fingerprint } = prepare(ds, cfg)?;
     let dim = features::dim_of(&cols);
     let read_seconds = t_read.elapsed().as_secs_f64();
-    let algorithm = resolve_algorithm(cfg, backend)?;
+    let algorithm = resolve_algorithm(cfg, dim, backend)?;
     let params = KMeansParams {
         k: cfg.k,
         init,
@@ -572,11 +572,10 @@ fn check_sensitive(cols: &[features::FeatureColumn], allow: bool) -> Result<()> 
     Ok(())
 }
 
-fn resolve_algorithm(cfg: &FitConfig, backend: &dyn Backend) -> Result<Algorithm> {
+fn resolve_algorithm(cfg: &FitConfig, dim: usize, backend: &dyn Backend) -> Result<Algorithm> {
     let algorithm = match cfg.algorithm {
         AlgorithmChoice::Lloyd => Algorithm::Lloyd,
-        AlgorithmChoice::Auto if !backend.exact_labels() => Algorithm::Lloyd,
-        AlgorithmChoice::Auto => Algorithm::auto(cfg.k),
+        AlgorithmChoice::Auto => Algorithm::auto_for(cfg.k, dim, backend),
         AlgorithmChoice::Hamerly => Algorithm::Hamerly,
         AlgorithmChoice::Pruned => Algorithm::Pruned,
     };

@@ -122,7 +122,8 @@ impl Kernel {
         }
     }
 
-    fn is_quantised(self) -> bool {
+    /// Whether the kernel works on 8-bit codes.
+    pub fn is_quantised(self) -> bool {
         matches!(self, Kernel::Int8Avx2 | Kernel::Int8Vnni)
     }
 }
@@ -229,6 +230,60 @@ impl Backend for CpuBackend {
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats> {
         let dim = points.len() / nearest.len().max(1);
         Ok(reduce_cpu(points, dim.max(1), weights, nearest, k))
+    }
+
+    fn assign_reduce(
+        &self,
+        points: &[f32],
+        weights: Option<&[f32]>,
+        centroids: &Centroids,
+        nearest: &mut [Nearest],
+    ) -> Result<(ClusterStats, u64)> {
+        let (k, dim) = (centroids.k, centroids.dim);
+        let n = nearest.len();
+        // Fused by chunks of REDUCE_ROWS (the reduction's own, so the sums are
+        // `reduce`'s bit for bit); too few chunks would leave threads idle.
+        if n < 2 * REDUCE_ROWS * rayon::current_num_threads() {
+            let old: Vec<u32> = nearest.iter().map(|nr| nr.label).collect();
+            self.assign_labels(points, centroids, nearest)?;
+            let changed = nearest.par_iter().zip(&old).filter(|(nr, l)| nr.label != **l).count() as u64;
+            return Ok((reduce_cpu(points, dim, weights, nearest, k), changed));
+        }
+        let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
+        #[cfg(target_arch = "x86_64")]
+        let codes = prepared.quant.as_ref().and_then(|qc| self.row_codes(points, dim, qc.isa));
+        let rows = rows_per_block(k);
+        let partials: Vec<(ClusterStats, u64)> = points
+            .par_chunks(REDUCE_ROWS * dim)
+            .zip(nearest.par_chunks_mut(REDUCE_ROWS))
+            .enumerate()
+            .map(|(ci, (p, nr))| {
+                let w = weights.map(|w| &w[ci * REDUCE_ROWS..ci * REDUCE_ROWS + nr.len()]);
+                let mut stats = ClusterStats::zeros(k, dim);
+                let (mut scratch, mut out) = (Vec::new(), vec![Nearest::default(); rows]);
+                let mut changed = 0u64;
+                for (bi, (pb, nb)) in p.chunks(rows * dim).zip(nr.chunks_mut(rows)).enumerate() {
+                    #[cfg(target_arch = "x86_64")]
+                    let view = codes.as_ref().map(|c| c.view().slice(ci * REDUCE_ROWS + bi * rows, nb.len()));
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let view = None;
+                    let o = &mut out[..nb.len()];
+                    assign_block_with(pb, &prepared, o, &mut scratch, Precision::LabelsOnly, view);
+                    changed += nb.iter().zip(o.iter()).filter(|(a, b)| a.label != b.label).count() as u64;
+                    nb.copy_from_slice(o);
+                    let wb = w.map(|w| &w[bi * rows..bi * rows + nb.len()]);
+                    accumulate(&mut stats, pb, wb, nb);
+                }
+                (stats, changed)
+            })
+            .collect();
+        let mut total = ClusterStats::zeros(k, dim);
+        let mut changed = 0;
+        for (p, c) in &partials {
+            total.merge(p);
+            changed += c;
+        }
+        Ok((total, changed))
     }
 
     fn retain(&self, points: &[f32], dim: usize) -> Result<()> {
@@ -666,37 +721,78 @@ pub fn reduce_cpu(points: &[f32], dim: usize, weights: Option<&[f32]>, nearest: 
 }
 
 fn reduce_chunk(points: &[f32], dim: usize, weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> ClusterStats {
+    let mut s = ClusterStats::zeros(k, dim);
+    accumulate(&mut s, points, weights, nearest);
+    s
+}
+
+/// Add rows to per-centroid statistics, one row after another (each sum takes its
+/// rows in order, whatever the vector width).
+fn accumulate(s: &mut ClusterStats, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present.
-        return unsafe { reduce_chunk_avx2(points, dim, weights, nearest, k) };
+        return unsafe { accumulate_avx2(s, points, weights, nearest) };
     }
-    reduce_chunk_body(points, dim, weights, nearest, k)
+    accumulate_body(s, points, weights, nearest)
 }
 
-/// The same loop compiled for AVX2: each sum still adds its rows in order (the
-/// vector lanes are different features), so the bits are the portable loop's.
+/// The same loop compiled for AVX2: the vector lanes are different features, so the
+/// bits are the portable loop's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn reduce_chunk_avx2(
-    points: &[f32],
-    dim: usize,
-    weights: Option<&[f32]>,
-    nearest: &[Nearest],
-    k: usize,
-) -> ClusterStats {
-    reduce_chunk_body(points, dim, weights, nearest, k)
+unsafe fn accumulate_avx2(s: &mut ClusterStats, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest]) {
+    use std::arch::x86_64::*;
+    let dim = s.dim;
+    let d4 = dim / 4 * 4;
+    for (i, (row, nr)) in points.chunks_exact(dim).zip(nearest).enumerate() {
+        let l = nr.label as usize;
+        let acc = &mut s.sum[l * dim..(l + 1) * dim];
+        s.count[l] += 1;
+        let mut j = 0;
+        match weights {
+            // w·v with w = 1 is v exactly: the unweighted sums skip the product.
+            None => {
+                s.weight[l] += 1.0;
+                s.sse[l] += nr.dist as f64;
+                while j < d4 {
+                    // SAFETY: j + 4 ≤ d4 ≤ dim, the length of both `row` and `acc`.
+                    unsafe {
+                        let v = _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j)));
+                        let a = acc.as_mut_ptr().add(j);
+                        _mm256_storeu_pd(a, _mm256_add_pd(_mm256_loadu_pd(a), v));
+                    }
+                    j += 4;
+                }
+                for (a, &v) in acc[d4..].iter_mut().zip(&row[d4..]) {
+                    *a += v as f64;
+                }
+            }
+            Some(ws) => {
+                let w = ws[i] as f64;
+                s.weight[l] += w;
+                s.sse[l] += w * nr.dist as f64;
+                let wv = _mm256_set1_pd(w);
+                while j < d4 {
+                    // SAFETY: as above.
+                    unsafe {
+                        let v = _mm256_mul_pd(wv, _mm256_cvtps_pd(_mm_loadu_ps(row.as_ptr().add(j))));
+                        let a = acc.as_mut_ptr().add(j);
+                        _mm256_storeu_pd(a, _mm256_add_pd(_mm256_loadu_pd(a), v));
+                    }
+                    j += 4;
+                }
+                for (a, &v) in acc[d4..].iter_mut().zip(&row[d4..]) {
+                    *a += w * v as f64;
+                }
+            }
+        }
+    }
 }
 
 #[inline(always)]
-fn reduce_chunk_body(
-    points: &[f32],
-    dim: usize,
-    weights: Option<&[f32]>,
-    nearest: &[Nearest],
-    k: usize,
-) -> ClusterStats {
-    let mut s = ClusterStats::zeros(k, dim);
+fn accumulate_body(s: &mut ClusterStats, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest]) {
+    let dim = s.dim;
     for (i, (row, nr)) in points.chunks_exact(dim).zip(nearest).enumerate() {
         let l = nr.label as usize;
         let w = weights.map_or(1.0, |w| w[i] as f64);
@@ -708,5 +804,4 @@ fn reduce_chunk_body(
             *a += w * v as f64;
         }
     }
-    s
 }
