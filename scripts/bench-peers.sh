@@ -47,13 +47,26 @@ X = np.load(sys.argv[1], mmap_mode="r"); k = int(sys.argv[2])
 idx = np.sort(np.random.default_rng(0).choice(X.shape[0], size=k, replace=False))
 np.savetxt(sys.argv[3], np.asarray(X[idx], dtype=np.float32), delimiter=",", fmt="%.9g")
 PY
-        for alg in lloyd hamerly pruned; do
+        # Every CPU kernel this machine has, with plain Lloyd; and the f32 kernel with
+        # the bounded variants (what auto ran before the 8-bit kernels).
+        rm -f "$WORK"/model_d${d}_k${k}_*.json
+        runs="lloyd:f32-avx2 hamerly:f32-avx2 pruned:f32-avx2 lloyd:int8-avx2"
+        if "$MS" info --json | grep -q '"int8-vnni"'; then runs="$runs lloyd:int8-vnni"; fi
+        for run in $runs; do
+            alg=${run%%:*}
+            kern=${run##*:}
             start=$(date +%s.%N)
             line=$("$MS" fit "$pq" --exclude segment_true --k "$k" --init "$c0" --max-iter "$ITERS" --tol 0 \
-                --algorithm "$alg" --threads "$t" --model "$WORK/model_d${d}_k${k}_${alg}.json" --force --json --quiet)
-            echo "$line" | $PYX -c "import json,sys; r=json.load(sys.stdin); r.update(d=$d, wall_total_s=$(date +%s.%N)-$start); print(json.dumps(r))" \
+                --algorithm "$alg" --kernel "$kern" --threads "$t" --model "$WORK/model_d${d}_k${k}_${alg}_${kern}.json" \
+                --force --json --quiet)
+            echo "$line" | $PYX -c "import json,sys; r=json.load(sys.stdin); r.update(d=$d, kernel='$kern', wall_total_s=$(date +%s.%N)-$start); print(json.dumps(r))" \
                 >>"$WORK/results/microseg.jsonl"
         done
+        # The models are one file whatever the kernel and algorithm.
+        if [ "$(md5sum "$WORK"/model_d${d}_k${k}_*.json | awk '{print $1}' | sort -u | wc -l)" != 1 ]; then
+            echo "models differ between kernels or algorithms at d=$d k=$k" >&2
+            exit 1
+        fi
     done
 done
 
@@ -61,18 +74,22 @@ $PYX - "$WORK/results/sbs.jsonl" "$WORK/results/microseg.jsonl" <<'PY'
 import json, sys
 peers = [json.loads(l) for l in open(sys.argv[1]) if '"kind": "run"' in l]
 ours = [json.loads(l) for l in open(sys.argv[2])]
-print("| n | d | k | threads | sk_lloyd s/it | faiss_full s/it | microseg lloyd s/it | hamerly s/it | pruned s/it | lloyd/faiss | pruned/faiss | lloyd/sk | pruned/sk | inertia rel. to faiss |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+cols = [("lloyd", "f32-avx2"), ("pruned", "f32-avx2"), ("lloyd", "int8-avx2"), ("lloyd", "int8-vnni")]
+print("| n | d | k | threads | sk_lloyd s/it | faiss_full s/it | " + " | ".join(f"{a} {k} s/it" for a, k in cols)
+      + " | best/faiss | best/sk | inertia rel. to faiss |")
+print("|---|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|")
 for p in peers:
     if p.get("peer") != "faiss_full" or p.get("status") != "ok":
         continue
     key = (p["d"], p["k"], p["threads"])
     sk = next((q for q in peers if q.get("peer") == "sk_lloyd" and (q["d"], q["k"], q["threads"]) == key and q.get("status") == "ok"), None)
-    m = {r["algorithm"]: r for r in ours if (r["d"], r["k"], r["threads"]) == key}
-    if "lloyd" not in m:
+    m = {(r["algorithm"], r["kernel"]): r for r in ours if (r["d"], r["k"], r["threads"]) == key}
+    if not m:
         continue
-    l, h, pr = (m[a]["seconds_per_iteration"] for a in ("lloyd", "hamerly", "pruned"))
     f = p["per_iter_s"]; s = sk["per_iter_s"] if sk else float("nan")
-    print(f"| {p['n']:,} | {p['d']} | {p['k']} | {p['threads']} | {s:.3f} | {f:.3f} | {l:.3f} | {h:.3f} | {pr:.3f} | "
-          f"{l/f:.2f} | {pr/f:.2f} | {l/s:.2f} | {pr/s:.2f} | {m['lloyd']['inertia']/p['inertia']-1:+.1e} |")
+    cells = [f"{m[c]['seconds_per_iteration']:.4f}" if c in m else "–" for c in cols]
+    best = min(r["seconds_per_iteration"] for r in m.values())
+    inertia = next(iter(m.values()))["inertia"]
+    print(f"| {p['n']:,} | {p['d']} | {p['k']} | {p['threads']} | {s:.4f} | {f:.4f} | " + " | ".join(cells)
+          + f" | {best/f:.2f} | {best/s:.2f} | {inertia/p['inertia']-1:+.1e} |")
 PY

@@ -45,8 +45,8 @@ fn case(n: usize, k: usize, dim: usize, scale: f32, offset: f32, seed: u64) -> (
         // Centroid 2 is a copy of centroid 1; centroid 0 a grid point.
         let c1: Vec<f32> = c[dim..2 * dim].to_vec();
         c[2 * dim..3 * dim].copy_from_slice(&c1);
-        for f in 0..dim {
-            c[f] = offset + scale * (f % 3) as f32;
+        for (f, v) in c[..dim].iter_mut().enumerate() {
+            *v = offset + scale * (f % 3) as f32;
         }
     }
     let mut x: Vec<f32> = (0..n * dim).map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0)).collect();

@@ -35,8 +35,7 @@ pub(crate) struct BackendArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum KernelArg {
-    /// 8-bit codes with a proven bound (VNNI, else AVX2) from 32 centroids and 8
-    /// features; the fused f32 kernel below; SGEMM without AVX2.
+    /// 8-bit codes with a proven bound (VNNI, else AVX2); SGEMM without AVX2.
     Auto,
     /// Blocked SGEMM (matrixmultiply) and a scan: any CPU.
     Gemm,

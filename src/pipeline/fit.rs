@@ -209,6 +209,8 @@ pub struct FitReport {
     pub model_fingerprint: String,
     pub backend: &'static str,
     pub algorithm: &'static str,
+    /// The CPU distance kernel the passes ran ("gpu" on a device).
+    pub kernel: &'static str,
     pub threads: usize,
 }
 
@@ -549,6 +551,7 @@ pub fn fit_with_progress(
         model_fingerprint: model.fingerprint(),
         backend: backend.name(),
         algorithm: if cfg.method == Method::Gmm { "em" } else { algorithm.name() },
+        kernel: backend.as_cpu().map_or("gpu", |b| b.kernel.resolve(cfg.k, dim).name()),
         threads: rayon::current_num_threads(),
     };
     Ok((model, report))

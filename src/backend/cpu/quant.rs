@@ -431,10 +431,7 @@ unsafe fn tile_avx2<const R: usize, const T2: bool>(
     for p in 0..qc.n_panels {
         let bp = unsafe { qc.panels.as_ptr().add(p * groups * PW * 4) };
         for h in 0..2 {
-            let mut acc0 = [_mm256_setzero_si256(); R];
-            for r in 0..R {
-                acc0[r] = _mm256_set1_epi32(tile.corr[r0 + r]);
-            }
+            let mut acc0: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(tile.corr[r0 + r]));
             let mut acc1 = acc0;
             for g in 0..groups {
                 // SAFETY: as in `tile_vnni`.
