@@ -5,7 +5,9 @@
 // the rows in order and adds into partials[slot][label][column], a (sum, compensation)
 // pair for Kahan summation. Nobody else writes that location and the order is fixed,
 // so the result repeats bit for bit. CPU twin: backend::cpu::reduce_cpu (f64, fixed
-// chunks). WG mirrored in Rust.
+// chunks). WG mirrored in Rust. Labels and distances are read from the assignment
+// pass's own output buffer (same layout as assign.wgsl's `Nearest`), so a Lloyd
+// iteration keeps them on the device between the two passes.
 
 const WG: u32 = 64u;
 
@@ -22,11 +24,17 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> points: array<f32>;
-@group(0) @binding(2) var<storage, read> labels: array<u32>;
-@group(0) @binding(3) var<storage, read> dists: array<f32>;
-@group(0) @binding(4) var<storage, read> weights: array<f32>;
+struct Nearest {
+    label: u32,
+    dist: f32,
+    second: f32,
+    changed: u32,
+}
+
+@group(0) @binding(2) var<storage, read> nearest: array<Nearest>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
 // [slot][k][d + 2][2]: (sum, compensation) of feature sums, then weight, then squared error.
-@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -45,9 +53,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             if (col < d) {
                 v = wt * points[r * d + col];
             } else if (col > d) {
-                v = wt * dists[r];
+                v = wt * nearest[r].dist;
             }
-            let at = (base + labels[r] * w + col) * 2u;
+            let at = (base + nearest[r].label * w + col) * 2u;
             let s = partials[at];
             let y = v - partials[at + 1u];
             let t = s + y;

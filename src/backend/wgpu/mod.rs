@@ -2,8 +2,11 @@
 //! (`shaders/*.wgsl`), on any GPU wgpu reaches (Vulkan, Metal, DX12), or on Mesa's
 //! lavapipe when asked. A `GpuContext` (device, queue, pipelines, layouts) is built
 //! once per job; data that fits stays resident on the device across iterations,
-//! larger data streams through in chunks under the storage-binding cap. GPU labels
-//! equal the CPU backend's except at true near-ties (the CPU decides those in f64).
+//! larger data streams through in chunks under the storage-binding cap. A Lloyd
+//! iteration (`assign_reduce`) uploads nothing per row: the reduce reads the labels and
+//! distances from the assignment's own buffers, and only they and the statistics come
+//! back. GPU labels equal the CPU backend's except at true near-ties (the CPU decides
+//! those in f64).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -301,7 +304,7 @@ impl GpuContext {
         let partials = make(
             REDUCE_PARTIALS_WGSL,
             "reduce_partials",
-            &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, true), storage(5, false)],
+            &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, false)],
         );
         let combine = make(REDUCE_COMBINE_WGSL, "reduce_combine", &[uniform, storage(1, true), storage(2, false)]);
         let gmm_estep = make(
@@ -523,6 +526,178 @@ impl WgpuBackend {
         Ok(())
     }
 
+    /// The assignment pass; returns each chunk's output buffer (labels, distances) on
+    /// the device. `upload_prev`: send the labels `out` holds so the shader can flag
+    /// changes; without it the buffers start zeroed (nothing per row is uploaded).
+    fn assign_on_device(
+        &self,
+        points: &[f32],
+        centroids: &Centroids,
+        out: &mut [Nearest],
+        upload_prev: bool,
+    ) -> Result<Vec<wgpu::Buffer>> {
+        let (k, dim) = (centroids.k, centroids.dim);
+        let ctx = &self.ctx;
+        ctx.scoped("assign", || {
+            let (src, ch) = self.source(points, dim);
+            let shift = src.shift();
+            let moved: Vec<f32> =
+                centroids.data.chunks_exact(dim).flat_map(|row| row.iter().zip(shift).map(|(v, c)| v - c)).collect();
+            let norms: Vec<f32> = moved.chunks_exact(dim).map(|row| row.iter().map(|v| v * v).sum()).collect();
+            let st = wgpu::BufferUsages::STORAGE;
+            let cbuf = ctx.upload("centroids", bytemuck::cast_slice(&moved), st);
+            let nbuf = ctx.upload("norms", bytemuck::cast_slice(&norms), st);
+            let mut pending: Option<(usize, usize, wgpu::Buffer)> = None;
+            let mut kept = Vec::with_capacity(ch.ranges.len());
+            for (i, &(s, m)) in ch.ranges.iter().enumerate() {
+                let buf = self.chunk(&src, i, s, m, dim);
+                let params = AssignParams { n: m as u32, k: k as u32, d: dim as u32, _pad: 0 };
+                let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+                let obuf = if upload_prev {
+                    let prev: Vec<GpuNearest> = out[s..s + m]
+                        .iter()
+                        .map(|o| GpuNearest { label: o.label, dist: 0.0, second: 0.0, changed: 0 })
+                        .collect();
+                    ctx.upload("nearest", bytemuck::cast_slice(&prev), st | wgpu::BufferUsages::COPY_SRC)
+                } else {
+                    ctx.buffer("nearest", (m * 16) as u64, st | wgpu::BufferUsages::COPY_SRC)
+                };
+                let changes =
+                    ctx.upload("changes", bytemuck::cast_slice(&[0u32; 4]), st | wgpu::BufferUsages::COPY_SRC);
+                let bg = ctx.bind(
+                    &ctx.assign,
+                    &[
+                        pbuf.as_entire_binding(),
+                        buf.as_entire_binding(),
+                        cbuf.as_entire_binding(),
+                        nbuf.as_entire_binding(),
+                        obuf.as_entire_binding(),
+                        changes.as_entire_binding(),
+                    ],
+                );
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                ctx.dispatch(&mut enc, &ctx.assign, &bg, (m as u32).div_ceil(ASSIGN_TILE));
+                self.submit(&src, enc)?;
+                if let Some((ps, pm, pbuf)) = pending.replace((s, m, obuf.clone())) {
+                    self.collect(&pbuf, &mut out[ps..ps + pm])?;
+                }
+                kept.push(obuf);
+            }
+            if let Some((ps, pm, pbuf)) = pending {
+                self.collect(&pbuf, &mut out[ps..ps + pm])?;
+            }
+            Ok(kept)
+        })
+    }
+
+    /// The reduction, each chunk's labels and distances from `labels(chunk, start,
+    /// rows)`: the assignment's buffers, or an upload of `nearest`.
+    fn reduce_from(
+        &self,
+        points: &[f32],
+        weights: Option<&[f32]>,
+        nearest: &[Nearest],
+        k: usize,
+        labels: &dyn Fn(usize, usize, usize) -> wgpu::Buffer,
+    ) -> Result<ClusterStats> {
+        let n = nearest.len();
+        let dim = if n == 0 { 1 } else { points.len() / n };
+        let ctx = &self.ctx;
+        let width = dim + 2;
+        ctx.scoped("reduce", || {
+            let (src, ch) = self.source(points, dim);
+            let slot_bytes = (k * width * 8) as u64;
+            let cap = PARTIALS_BUDGET.min(ctx.limits.max_storage_buffer_binding_size);
+            let max_slots = (cap / slot_bytes).max(1) as usize;
+            // Slots per chunk: proportional to its rows, at least one, 256 rows or more each.
+            let per_chunk: Vec<usize> = ch
+                .ranges
+                .iter()
+                .map(|&(_, m)| ((max_slots * m).div_ceil(n.max(1))).min(m.div_ceil(256)).clamp(1, MAX_GROUPS as usize))
+                .collect();
+            let slots: usize = per_chunk.iter().sum();
+            // llvmpipe's loop limit (see SOFTWARE_LOOP_BUDGET): one invocation sums
+            // rows_per_group rows for width/64 columns; past the limit it would stop early.
+            let loops = ch.ranges.iter().zip(&per_chunk).map(|(&(_, m), &g)| m.div_ceil(g) * width.div_ceil(64)).max();
+            if ctx.adapter.software && loops.unwrap_or(0) > SOFTWARE_LOOP_BUDGET {
+                return Err(Error::Runtime(format!(
+                    "GPU reduce: {n} rows × {k} centroids × {dim} features is too large for a software GPU \
+                     driver (its shader loop limit); use --backend cpu"
+                )));
+            }
+            if slots as u64 * slot_bytes > ctx.limits.max_storage_buffer_binding_size {
+                return Err(Error::Runtime(format!(
+                    "GPU reduce: {k} centroids × {width} columns do not fit one storage binding; use --backend cpu"
+                )));
+            }
+            let st = wgpu::BufferUsages::STORAGE;
+            let partials = ctx.buffer("partials", slots as u64 * slot_bytes, st | wgpu::BufferUsages::COPY_DST);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            enc.clear_buffer(&partials, 0, None);
+            ctx.queue.submit([enc.finish()]);
+            let mut slot0 = 0usize;
+            for (i, (&(s, m), &g)) in ch.ranges.iter().zip(&per_chunk).enumerate() {
+                let buf = self.chunk(&src, i, s, m, dim);
+                let lbuf = labels(i, s, m);
+                let wbuf = match weights {
+                    Some(w) => ctx.upload("weights", bytemuck::cast_slice(&w[s..s + m]), st),
+                    None => ctx.buffer("weights", 16, st),
+                };
+                let params = PartialParams {
+                    n: m as u32,
+                    k: k as u32,
+                    d: dim as u32,
+                    rows_per_group: m.div_ceil(g) as u32,
+                    weighted: weights.is_some() as u32,
+                    slot0: slot0 as u32,
+                    _pad0: 0,
+                    _pad1: 0,
+                };
+                let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+                let bg = ctx.bind(
+                    &ctx.partials,
+                    &[
+                        pbuf.as_entire_binding(),
+                        buf.as_entire_binding(),
+                        lbuf.as_entire_binding(),
+                        wbuf.as_entire_binding(),
+                        partials.as_entire_binding(),
+                    ],
+                );
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                ctx.dispatch(&mut enc, &ctx.partials, &bg, g as u32);
+                self.submit(&src, enc)?;
+                slot0 += g;
+            }
+            let cells = k * width;
+            let params = CombineParams { k: k as u32, width: width as u32, slots: slots as u32, _pad: 0 };
+            let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
+            let totals = ctx.buffer("totals", (cells * 4) as u64, st | wgpu::BufferUsages::COPY_SRC);
+            let bg = ctx.bind(
+                &ctx.combine,
+                &[pbuf.as_entire_binding(), partials.as_entire_binding(), totals.as_entire_binding()],
+            );
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            ctx.dispatch(&mut enc, &ctx.combine, &bg, (cells as u32).div_ceil(REDUCE_WG));
+            self.run(enc)?;
+            let t: Vec<f32> = self.read(&totals, (cells * 4) as u64)?;
+            let mut stats = ClusterStats::zeros(k, dim);
+            for nr in nearest {
+                stats.count[nr.label as usize] += 1;
+            }
+            for j in 0..k {
+                let row = &t[j * width..(j + 1) * width];
+                stats.weight[j] = row[dim] as f64;
+                for p in 0..dim {
+                    // The device summed shifted rows: add the shift back.
+                    stats.sum[j * dim + p] = row[p] as f64 + src.shift()[p] as f64 * stats.weight[j];
+                }
+                stats.sse[j] = row[dim + 1] as f64;
+            }
+            Ok(stats)
+        })
+    }
+
     /// Open the best adapter; `Ok(None)` when none exists.
     pub fn open(allow_software: bool) -> Result<Option<Self>> {
         Ok(GpuContext::new(allow_software)?.map(WgpuBackend::new))
@@ -639,52 +814,22 @@ impl Backend for WgpuBackend {
     }
 
     fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
-        let (k, dim) = (centroids.k, centroids.dim);
-        let ctx = &self.ctx;
-        ctx.scoped("assign", || {
-            let (src, ch) = self.source(points, dim);
-            let shift = src.shift();
-            let moved: Vec<f32> =
-                centroids.data.chunks_exact(dim).flat_map(|row| row.iter().zip(shift).map(|(v, c)| v - c)).collect();
-            let norms: Vec<f32> = moved.chunks_exact(dim).map(|row| row.iter().map(|v| v * v).sum()).collect();
-            let st = wgpu::BufferUsages::STORAGE;
-            let cbuf = ctx.upload("centroids", bytemuck::cast_slice(&moved), st);
-            let nbuf = ctx.upload("norms", bytemuck::cast_slice(&norms), st);
-            let mut pending: Option<(usize, usize, wgpu::Buffer)> = None;
-            for (i, &(s, m)) in ch.ranges.iter().enumerate() {
-                let buf = self.chunk(&src, i, s, m, dim);
-                let params = AssignParams { n: m as u32, k: k as u32, d: dim as u32, _pad: 0 };
-                let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
-                let prev: Vec<GpuNearest> = out[s..s + m]
-                    .iter()
-                    .map(|o| GpuNearest { label: o.label, dist: 0.0, second: 0.0, changed: 0 })
-                    .collect();
-                let obuf = ctx.upload("nearest", bytemuck::cast_slice(&prev), st | wgpu::BufferUsages::COPY_SRC);
-                let changes =
-                    ctx.upload("changes", bytemuck::cast_slice(&[0u32; 4]), st | wgpu::BufferUsages::COPY_SRC);
-                let bg = ctx.bind(
-                    &ctx.assign,
-                    &[
-                        pbuf.as_entire_binding(),
-                        buf.as_entire_binding(),
-                        cbuf.as_entire_binding(),
-                        nbuf.as_entire_binding(),
-                        obuf.as_entire_binding(),
-                        changes.as_entire_binding(),
-                    ],
-                );
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
-                ctx.dispatch(&mut enc, &ctx.assign, &bg, (m as u32).div_ceil(ASSIGN_TILE));
-                self.submit(&src, enc)?;
-                if let Some((ps, pm, pbuf)) = pending.replace((s, m, obuf)) {
-                    self.collect(&pbuf, &mut out[ps..ps + pm])?;
-                }
-            }
-            if let Some((ps, pm, pbuf)) = pending {
-                self.collect(&pbuf, &mut out[ps..ps + pm])?;
-            }
-            Ok(())
-        })
+        self.assign_on_device(points, centroids, out, true).map(|_| ())
+    }
+
+    fn assign_reduce(
+        &self,
+        points: &[f32],
+        weights: Option<&[f32]>,
+        centroids: &Centroids,
+        nearest: &mut [Nearest],
+    ) -> Result<(ClusterStats, u64)> {
+        let old: Vec<u32> = nearest.iter().map(|n| n.label).collect();
+        // The labels stay on the device: the reduce reads the assignment's buffers.
+        let bufs = self.assign_on_device(points, centroids, nearest, false)?;
+        let changed = nearest.iter().zip(&old).filter(|(n, l)| n.label != **l).count() as u64;
+        let stats = self.reduce_from(points, weights, nearest, centroids.k, &|i, _, _| bufs[i].clone())?;
+        Ok((stats, changed))
     }
 
     fn gmm_block_rows(&self) -> usize {
@@ -786,106 +931,15 @@ impl Backend for WgpuBackend {
     }
 
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats> {
-        let n = nearest.len();
-        let dim = if n == 0 { 1 } else { points.len() / n };
         let ctx = &self.ctx;
-        let width = dim + 2;
-        ctx.scoped("reduce", || {
-            let (src, ch) = self.source(points, dim);
-            let slot_bytes = (k * width * 8) as u64;
-            let cap = PARTIALS_BUDGET.min(ctx.limits.max_storage_buffer_binding_size);
-            let max_slots = (cap / slot_bytes).max(1) as usize;
-            // Slots per chunk: proportional to its rows, at least one, 256 rows or more each.
-            let per_chunk: Vec<usize> = ch
-                .ranges
+        let upload = |_: usize, s: usize, m: usize| {
+            let g: Vec<GpuNearest> = nearest[s..s + m]
                 .iter()
-                .map(|&(_, m)| ((max_slots * m).div_ceil(n.max(1))).min(m.div_ceil(256)).clamp(1, MAX_GROUPS as usize))
+                .map(|r| GpuNearest { label: r.label, dist: r.dist, second: 0.0, changed: 0 })
                 .collect();
-            let slots: usize = per_chunk.iter().sum();
-            // llvmpipe's loop limit (see SOFTWARE_LOOP_BUDGET): one invocation sums
-            // rows_per_group rows for width/64 columns; past the limit it would stop early.
-            let loops = ch.ranges.iter().zip(&per_chunk).map(|(&(_, m), &g)| m.div_ceil(g) * width.div_ceil(64)).max();
-            if ctx.adapter.software && loops.unwrap_or(0) > SOFTWARE_LOOP_BUDGET {
-                return Err(Error::Runtime(format!(
-                    "GPU reduce: {n} rows × {k} centroids × {dim} features is too large for a software GPU \
-                     driver (its shader loop limit); use --backend cpu"
-                )));
-            }
-            if slots as u64 * slot_bytes > ctx.limits.max_storage_buffer_binding_size {
-                return Err(Error::Runtime(format!(
-                    "GPU reduce: {k} centroids × {width} columns do not fit one storage binding; use --backend cpu"
-                )));
-            }
-            let st = wgpu::BufferUsages::STORAGE;
-            let partials = ctx.buffer("partials", slots as u64 * slot_bytes, st | wgpu::BufferUsages::COPY_DST);
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            enc.clear_buffer(&partials, 0, None);
-            ctx.queue.submit([enc.finish()]);
-            let mut slot0 = 0usize;
-            for (i, (&(s, m), &g)) in ch.ranges.iter().zip(&per_chunk).enumerate() {
-                let buf = self.chunk(&src, i, s, m, dim);
-                let labels: Vec<u32> = nearest[s..s + m].iter().map(|r| r.label).collect();
-                let dists: Vec<f32> = nearest[s..s + m].iter().map(|r| r.dist).collect();
-                let lbuf = ctx.upload("labels", bytemuck::cast_slice(&labels), st);
-                let dbuf = ctx.upload("dists", bytemuck::cast_slice(&dists), st);
-                let wbuf = match weights {
-                    Some(w) => ctx.upload("weights", bytemuck::cast_slice(&w[s..s + m]), st),
-                    None => ctx.buffer("weights", 16, st),
-                };
-                let params = PartialParams {
-                    n: m as u32,
-                    k: k as u32,
-                    d: dim as u32,
-                    rows_per_group: m.div_ceil(g) as u32,
-                    weighted: weights.is_some() as u32,
-                    slot0: slot0 as u32,
-                    _pad0: 0,
-                    _pad1: 0,
-                };
-                let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
-                let bg = ctx.bind(
-                    &ctx.partials,
-                    &[
-                        pbuf.as_entire_binding(),
-                        buf.as_entire_binding(),
-                        lbuf.as_entire_binding(),
-                        dbuf.as_entire_binding(),
-                        wbuf.as_entire_binding(),
-                        partials.as_entire_binding(),
-                    ],
-                );
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
-                ctx.dispatch(&mut enc, &ctx.partials, &bg, g as u32);
-                self.submit(&src, enc)?;
-                slot0 += g;
-            }
-            let cells = k * width;
-            let params = CombineParams { k: k as u32, width: width as u32, slots: slots as u32, _pad: 0 };
-            let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
-            let totals = ctx.buffer("totals", (cells * 4) as u64, st | wgpu::BufferUsages::COPY_SRC);
-            let bg = ctx.bind(
-                &ctx.combine,
-                &[pbuf.as_entire_binding(), partials.as_entire_binding(), totals.as_entire_binding()],
-            );
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            ctx.dispatch(&mut enc, &ctx.combine, &bg, (cells as u32).div_ceil(REDUCE_WG));
-            self.run(enc)?;
-            let t: Vec<f32> = self.read(&totals, (cells * 4) as u64)?;
-            let mut stats = ClusterStats::zeros(k, dim);
-            for nr in nearest {
-                stats.count[nr.label as usize] += 1;
-            }
-            for j in 0..k {
-                let row = &t[j * width..(j + 1) * width];
-                stats.weight[j] = row[dim] as f64;
-                for p in 0..dim {
-                    // The device summed shifted rows: add the shift back.
-                    stats.sum[j * dim + p] = row[p] as f64 + src.shift()[p] as f64 * stats.weight[j];
-                }
-                stats.sse[j] = row[dim + 1] as f64;
-            }
-            Ok(stats)
-        })
+            ctx.upload("nearest", bytemuck::cast_slice(&g), wgpu::BufferUsages::STORAGE)
+        };
+        self.reduce_from(points, weights, nearest, k, &upload)
     }
 }
 
