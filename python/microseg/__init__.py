@@ -201,6 +201,7 @@ def fit(
     method: str = "kmeans",
     covariance: str = "diag",
     reg_covar: float = 1e-6,
+    kernel: Optional[str] = None,
 ) -> Model:
     """Fit k-means segments (or a Gaussian mixture) on a table; one keyword per flag of
     ``microseg fit``, same defaults.
@@ -226,6 +227,9 @@ def fit(
     metric: "euclidean" or "cosine" (spherical k-means).
     algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit).
     backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
+    kernel: the CPU distance kernel, "auto", "gemm", "f32-avx2", "int8-avx2" or
+        "int8-vnni" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
+        same model byte for byte.
 
     Raises InvalidInputError (a ValueError) for bad data or arguments, with the
     command line's message. The GIL is released while the fit runs; Ctrl-C stops it
@@ -262,6 +266,7 @@ def fit(
         method=method,
         covariance=covariance,
         reg_covar=reg_covar,
+        kernel=kernel,
     )
     return Model(native, json.loads(report))
 

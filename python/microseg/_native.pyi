@@ -66,6 +66,7 @@ def fit(
     method: str = "kmeans",
     covariance: str = "diag",
     reg_covar: float = 1e-6,
+    kernel: Optional[str] = None,
 ) -> tuple[NativeModel, str]: ...
 def neighbors(
     base: Any,

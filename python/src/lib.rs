@@ -49,9 +49,24 @@ fn dataset(data: &Bound<'_, PyAny>, name: &str) -> PyResult<Dataset> {
 }
 
 fn backend(name: Option<&str>, allow_software_gpu: bool) -> PyResult<Box<dyn Backend>> {
+    backend_with_kernel(name, allow_software_gpu, None)
+}
+
+/// The backend, its CPU side running `kernel` (`--kernel`'s names; default:
+/// MICROSEG_CPU_KERNEL, else auto).
+fn backend_with_kernel(name: Option<&str>, allow_software_gpu: bool, kernel: Option<&str>) -> PyResult<Box<dyn Backend>> {
     let env = std::env::var("MICROSEG_BACKEND").ok();
     let choice: BackendChoice = name.or(env.as_deref()).unwrap_or("auto").parse().map_err(to_py)?;
-    microseg::backend::open(choice, allow_software_gpu).map_err(to_py)
+    let kernel = match kernel {
+        None => microseg::backend::cpu::Kernel::Auto,
+        Some(k) => microseg::backend::cpu::Kernel::parse(k).ok_or_else(|| {
+            InvalidInputError::new_err(format!(
+                "kernel={k:?}: not a CPU kernel (one of {})",
+                microseg::backend::cpu::Kernel::NAMES.join(", ")
+            ))
+        })?,
+    };
+    microseg::backend::open_with_kernel(choice, allow_software_gpu, kernel).map_err(to_py)
 }
 
 fn parse<T>(what: &str, value: &str, options: &[(&str, T)]) -> PyResult<T>
@@ -212,7 +227,7 @@ fn loads(text: &str) -> PyResult<NativeModel> {
     init_sample = 0, n_init = 1, max_iter = None, tol = None, seed = 0, previous = None,
     allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
     backend_name = None, allow_software_gpu = false, method = "kmeans", covariance = "diag",
-    reg_covar = 1e-6
+    reg_covar = 1e-6, kernel = None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn fit(
@@ -243,6 +258,7 @@ fn fit(
     method: &str,
     covariance: &str,
     reg_covar: f64,
+    kernel: Option<String>,
 ) -> PyResult<(NativeModel, String)> {
     let method = parse("method", method, &[("kmeans", Method::KMeans), ("gmm", Method::Gmm)])?;
     let defaults = FitConfig::for_method(method, k);
@@ -297,7 +313,7 @@ fn fit(
     };
     cfg.check().map_err(to_py)?;
     let ds = dataset(data, "<table>")?;
-    let be = backend(backend_name.as_deref(), allow_software_gpu)?;
+    let be = backend_with_kernel(backend_name.as_deref(), allow_software_gpu, kernel.as_deref())?;
     let (model, report) = interruptible(py, move |still_wanted| {
         pipeline::fit_with_progress(&ds, &cfg, be.as_ref(), &mut |_| still_wanted())
     })
