@@ -54,7 +54,11 @@ fn backend(name: Option<&str>, allow_software_gpu: bool) -> PyResult<Box<dyn Bac
 
 /// The backend, its CPU side running `kernel` (`--kernel`'s names; default:
 /// MICROSEG_CPU_KERNEL, else auto).
-fn backend_with_kernel(name: Option<&str>, allow_software_gpu: bool, kernel: Option<&str>) -> PyResult<Box<dyn Backend>> {
+fn backend_with_kernel(
+    name: Option<&str>,
+    allow_software_gpu: bool,
+    kernel: Option<&str>,
+) -> PyResult<Box<dyn Backend>> {
     let env = std::env::var("MICROSEG_BACKEND").ok();
     let choice: BackendChoice = name.or(env.as_deref()).unwrap_or("auto").parse().map_err(to_py)?;
     let kernel = match kernel {
