@@ -299,12 +299,20 @@ fn model_files_are_byte_identical_across_kernels_and_algorithms() {
 #[test]
 fn a_kernel_the_cpu_lacks_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(&["fit", "nothing.parquet", "--k", "2", "--kernel", "int9"], dir.path());
+    let input = repo().join("tests/data/generated_small.parquet");
+    let input = input.to_str().unwrap();
+    let o = run(&["fit", input, "--k", "2", "--kernel", "int9", "--model", "m.json"], dir.path());
     assert_eq!(o.status.code(), Some(2));
-    if !Kernel::Int8Vnni.supported() {
-        let o = run(&["fit", "nothing.parquet", "--k", "2", "--kernel", "int8-vnni", "--backend", "cpu"], dir.path());
-        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(String::from_utf8_lossy(&o.stderr).contains("lacks"));
+    for kernel in [Kernel::Int8Vnni, Kernel::Int8Avx2, Kernel::F32Avx2] {
+        if !kernel.supported() {
+            let o = run(
+                &["fit", input, "--k", "2", "--kernel", kernel.name(), "--backend", "cpu", "--model", "m.json"],
+                dir.path(),
+            );
+            assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(String::from_utf8_lossy(&o.stderr).contains("lacks"));
+            assert!(!dir.path().join("m.json").exists(), "a refused kernel left a model");
+        }
     }
 }
 
