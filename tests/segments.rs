@@ -13,7 +13,7 @@ use microseg::segments::{Histogram, psi, quantile_sorted};
 use rand::{RngExt, SeedableRng};
 use tempfile::TempDir;
 
-use crate::util::{first_batch, json, ok, repo, run, write_parquet as write};
+use crate::util::{all_rows, first_batch, json, ok, repo, run, write_parquet as write};
 
 #[test]
 fn psi_matches_the_formula_on_known_shares() {
@@ -667,4 +667,37 @@ fn neighbors_and_look_alikes_match_a_float64_brute_force_on_both_backends() {
         }
         assert_eq!(std::fs::read(p.join("s_cpu.parquet")).unwrap(), std::fs::read(p.join("s_gpu.parquet")).unwrap());
     }
+}
+
+/// `segment` without explanations reads its input twice (the fit, then one pass that
+/// both assigns and profiles); what it writes equals `profile` and `assign` run on
+/// their own with its model, and with `--explain` (a pass of its own for the profile)
+/// the profile is the same too.
+#[test]
+fn segment_profiles_and_assigns_in_one_pass_with_the_same_results() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    let input = repo().join("datasets/online_retail_customers.parquet");
+    let input = input.to_str().unwrap();
+    let fit = ["--k", "6", "--log1p", "monetary,frequency", "--seed", "2"];
+    for (dir, explain) in [("one", false), ("two", true)] {
+        let mut args = vec!["segment", input];
+        args.extend(fit);
+        args.extend(["--outcomes", "country", "--out-dir", dir, "--quiet"]);
+        if explain {
+            args.push("--explain");
+        }
+        ok(&run(&args, p));
+    }
+    let model = p.join("one/model.json");
+    let model = model.to_str().unwrap();
+    ok(&run(&["profile", "--model", model, input, "--outcomes", "country", "--out", "p.json", "--quiet"], p));
+    ok(&run(&["assign", "--model", model, input, "--out", "a.parquet", "--quiet"], p));
+    assert_eq!(std::fs::read(p.join("one/model.json")).unwrap(), std::fs::read(p.join("two/model.json")).unwrap());
+    let profile = std::fs::read(p.join("p.json")).unwrap();
+    assert!(std::fs::read(p.join("one/profile.json")).unwrap() == profile, "one-pass profile differs from `profile`");
+    assert!(std::fs::read(p.join("two/profile.json")).unwrap() == profile, "profile with --explain differs");
+    let (a, b) = (all_rows(&p.join("one/assignments.parquet")), all_rows(&p.join("a.parquet")));
+    assert_eq!(a.num_rows(), 4372);
+    assert_eq!(a.columns(), b.columns(), "one-pass assignments differ from `assign`");
 }

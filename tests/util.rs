@@ -75,6 +75,15 @@ pub fn first_batch(path: &Path) -> arrow::record_batch::RecordBatch {
         .unwrap()
 }
 
+/// Every row of a Parquet file, as one batch.
+pub fn all_rows(path: &Path) -> arrow::record_batch::RecordBatch {
+    let f = std::fs::File::open(path).unwrap();
+    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let schema = arrow::record_batch::RecordBatchReader::schema(&r);
+    let batches: Vec<_> = r.map(|b| b.unwrap()).collect();
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
 /// The command under test.
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_microseg"))

@@ -278,6 +278,20 @@ pub fn assign(
     backend: &dyn Backend,
     sink: &mut dyn BatchSink,
 ) -> Result<AssignReport> {
+    assign_observed(model, source, cfg, backend, sink, &[], &mut |_| Ok(()))
+}
+
+/// As [`assign`], also handing every assigned batch (with the `extra` columns) to
+/// `observe` before it is written: another pass (a profile, say) rides on this one.
+pub fn assign_observed(
+    model: &Model,
+    source: &Dataset,
+    cfg: &AssignConfig,
+    backend: &dyn Backend,
+    sink: &mut dyn BatchSink,
+    extra: &[String],
+    observe: &mut dyn FnMut(&AssignedBatch<'_>) -> Result<()>,
+) -> Result<AssignReport> {
     let t0 = Instant::now();
     let ds = source;
     check_columns(model, ds)?;
@@ -332,7 +346,8 @@ pub fn assign(
     let seg_ids: Vec<i32> = model.segments.iter().map(|s| s.id as i32).collect();
     let centroids = model.centroids();
     let mut counts = vec![0u64; model.k];
-    let (rows, dropped) = stream_assigned(model, ds, id_col.as_deref(), &[], backend, |b| {
+    let (rows, dropped) = stream_assigned(model, ds, id_col.as_deref(), extra, backend, |b| {
+        observe(&b)?;
         for nr in b.nearest {
             counts[nr.label as usize] += 1;
         }
@@ -417,18 +432,27 @@ pub fn profile(
     outcomes: &[String],
     backend: &dyn Backend,
 ) -> Result<Profile> {
+    check_outcomes(model, outcomes)?;
+    let id = id_column(model, source, id_col)?;
+    let mut b = ProfileBuilder::new(model, outcomes);
+    stream_assigned(model, source, id.as_deref(), outcomes, backend, |batch| profile_batch(&mut b, &batch))?;
+    Ok(b.finish())
+}
+
+/// Outcome columns must not be clustering features.
+pub(crate) fn check_outcomes(model: &Model, outcomes: &[String]) -> Result<()> {
     for o in outcomes {
         if model.feature_columns.iter().any(|c| &c.column == o) {
             return Err(Error::Usage(format!("--outcomes names '{o}', which is a clustering feature")));
         }
     }
-    let id = id_column(model, source, id_col)?;
-    let mut b = ProfileBuilder::new(model, outcomes);
-    stream_assigned(model, source, id.as_deref(), outcomes, backend, |batch| {
-        let labels: Vec<u32> = batch.nearest.iter().map(|n| n.label).collect();
-        b.add(batch.raw, &labels, &batch.extra)
-    })?;
-    Ok(b.finish())
+    Ok(())
+}
+
+/// One assigned batch into a profile.
+pub(crate) fn profile_batch(b: &mut ProfileBuilder, batch: &AssignedBatch<'_>) -> Result<()> {
+    let labels: Vec<u32> = batch.nearest.iter().map(|n| n.label).collect();
+    b.add(batch.raw, &labels, &batch.extra)
 }
 
 /// The nearest centroid to `x` other than `best` (exact, small k per row is fine).

@@ -176,6 +176,19 @@ pub fn segment(
     progress: &mut dyn FnMut(&crate::kmeans::IterInfo) -> bool,
 ) -> Result<Segmented> {
     let (model, fit) = fit_with_progress(source, cfg, backend, progress)?;
+    if assign_cfg.explain.is_none() {
+        // One read after the fit's: the profile's statistics ride on the assignment.
+        assign::check_outcomes(&model, outcomes)?;
+        for c in outcomes {
+            source.column_type(c)?;
+        }
+        let mut b = crate::segments::profile::ProfileBuilder::new(&model, outcomes);
+        let assigned = assign::assign_observed(&model, source, &assign_cfg, backend, sink, outcomes, &mut |batch| {
+            assign::profile_batch(&mut b, batch)
+        })?;
+        return Ok(Segmented { model, fit, profile: b.finish(), assigned });
+    }
+    // Explanations name segments from the profile, so it needs a pass of its own.
     let profile = profile(&model, source, assign_cfg.id_col.as_deref(), outcomes, backend)?;
     let assign_cfg =
         AssignConfig { explain: assign_cfg.explain.map(|_| segment_names(&model, Some(&profile))), ..assign_cfg };
