@@ -227,8 +227,8 @@ def fit(
     metric: "euclidean" or "cosine" (spherical k-means).
     algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit).
     backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
-    kernel: the CPU distance kernel, "auto", "gemm", "f32-avx2", "int8-avx2" or
-        "int8-vnni" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
+    kernel: the CPU distance kernel, "auto", "gemm", "f32-avx2", "f32-avx512",
+        "int8-avx2" or "int8-vnni" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
         same model byte for byte.
 
     Raises InvalidInputError (a ValueError) for bad data or arguments, with the

@@ -42,6 +42,9 @@ pub(crate) enum KernelArg {
     /// The fused f32 kernel (AVX2 + FMA).
     #[value(name = "f32-avx2")]
     F32Avx2,
+    /// The fused f32 kernel with 16 AVX-512 lanes.
+    #[value(name = "f32-avx512")]
+    F32Avx512,
     /// 8-bit codes, AVX2 (`vpmaddubsw`).
     #[value(name = "int8-avx2")]
     Int8Avx2,
@@ -56,6 +59,7 @@ impl From<KernelArg> for Kernel {
             KernelArg::Auto => Kernel::Auto,
             KernelArg::Gemm => Kernel::Gemm,
             KernelArg::F32Avx2 => Kernel::F32Avx2,
+            KernelArg::F32Avx512 => Kernel::F32Avx512,
             KernelArg::Int8Avx2 => Kernel::Int8Avx2,
             KernelArg::Int8Vnni => Kernel::Int8Vnni,
         }

@@ -261,7 +261,7 @@ fn search_chunk_f32(q: &Side<'_>, b: &Side<'_>, dim: usize, base_offset: u64, li
                         let xn = [0.0f32; QROWS];
                         // SAFETY: `packed` exists only with AVX2 + FMA; `q` holds `rows`
                         // rows, `scores` rows × padded block.
-                        unsafe { fused::values(qt, rows, pk, &xn, scores, &mut upper) };
+                        unsafe { fused::values(qt, rows, pk, &xn, scores, &mut upper, false) };
                     }
                     None => {
                         for r in 0..rows {

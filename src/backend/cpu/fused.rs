@@ -65,11 +65,13 @@ pub fn available() -> bool {
 
 /// v[r][j] = ‖c_j‖² − 2 x_r·c_j for `rows` ≤ ROWS rows starting at `x` (row stride
 /// dim), written to `out` with row stride `padded_k()`; `upper[r]` receives the two
-/// smallest upper bounds v + a_j + ‖x_r‖·b_j of row r, given ‖x_r‖ in `xnorm`.
+/// smallest upper bounds v + a_j + ‖x_r‖·b_j of row r, given ‖x_r‖ in `xnorm`. With
+/// `avx512` a panel of 16 centroids is one register (6 accumulators and 12 running
+/// minima in the 32 registers), with the same operations per lane, so the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA (`available()`); `x` must hold `rows × dim`
-/// values and `out` `rows × padded_k()`.
+/// The CPU must support AVX2 and FMA (`available()`), and AVX-512 F with `avx512`
+/// (`available512()`); `x` must hold `rows × dim` values and `out` `rows × padded_k()`.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn values(
     x: &[f32],
@@ -78,16 +80,22 @@ pub unsafe fn values(
     xnorm: &[f32; ROWS],
     out: &mut [f32],
     upper: &mut [[f32; 2]; ROWS],
+    avx512: bool,
 ) {
     debug_assert!(x.len() >= rows * pk.dim && out.len() >= rows * pk.padded_k());
+    macro_rules! run {
+        ($r:literal) => {
+            if avx512 { tile512::<$r>(x, pk, xnorm, out, upper) } else { tile::<$r>(x, pk, xnorm, out, upper) }
+        };
+    }
     unsafe {
         match rows {
-            6 => tile::<6>(x, pk, xnorm, out, upper),
-            5 => tile::<5>(x, pk, xnorm, out, upper),
-            4 => tile::<4>(x, pk, xnorm, out, upper),
-            3 => tile::<3>(x, pk, xnorm, out, upper),
-            2 => tile::<2>(x, pk, xnorm, out, upper),
-            1 => tile::<1>(x, pk, xnorm, out, upper),
+            6 => run!(6),
+            5 => run!(5),
+            4 => run!(4),
+            3 => run!(3),
+            2 => run!(2),
+            1 => run!(1),
             _ => unreachable!("tile of {rows} rows"),
         }
     }
@@ -164,6 +172,70 @@ unsafe fn tile<const R: usize>(
     }
 }
 
+/// Whether the running CPU has what `values(.., avx512 = true)` needs.
+pub fn available512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tile512<const R: usize>(
+    x: &[f32],
+    pk: &PackedCentroids,
+    xnorm: &[f32; ROWS],
+    out: &mut [f32],
+    upper: &mut [[f32; 2]; ROWS],
+) {
+    use std::arch::x86_64::*;
+    let dim = pk.dim;
+    let kp = pk.padded_k();
+    let xp = x.as_ptr();
+    let two = _mm512_set1_ps(2.0);
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    let mut m1 = [inf; R];
+    let mut m2 = [inf; R];
+    for p in 0..pk.n_panels {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let bp = unsafe { pk.panels.as_ptr().add(p * dim * PANEL) };
+        for f in 0..dim {
+            let b = unsafe { _mm512_loadu_ps(bp.add(f * PANEL)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *xp.add(r * dim + f) }), b, *a);
+            }
+        }
+        let o = p * PANEL;
+        let (n, ea, eb) = unsafe {
+            (
+                _mm512_loadu_ps(pk.norms.as_ptr().add(o)),
+                _mm512_loadu_ps(pk.err_a.as_ptr().add(o)),
+                _mm512_loadu_ps(pk.err_b.as_ptr().add(o)),
+            )
+        };
+        for r in 0..R {
+            let v = _mm512_fnmadd_ps(two, acc[r], n);
+            let u = _mm512_fmadd_ps(_mm512_set1_ps(xnorm[r]), eb, _mm512_add_ps(v, ea));
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * kp + o), v) };
+            m2[r] = _mm512_min_ps(m2[r], _mm512_max_ps(m1[r], u));
+            m1[r] = _mm512_min_ps(m1[r], u);
+        }
+    }
+    for r in 0..R {
+        let (mut a, mut b) = ([0.0f32; 16], [0.0f32; 16]);
+        unsafe {
+            _mm512_storeu_ps(a.as_mut_ptr(), m1[r]);
+            _mm512_storeu_ps(b.as_mut_ptr(), m2[r]);
+        }
+        upper[r] = super::two_smallest(a.iter().chain(&b).copied());
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 pub unsafe fn values(
     _x: &[f32],
@@ -172,6 +244,7 @@ pub unsafe fn values(
     _xn: &[f32; ROWS],
     _out: &mut [f32],
     _u: &mut [[f32; 2]; ROWS],
+    _avx512: bool,
 ) {
     unreachable!("the fused kernel is x86-64 only")
 }

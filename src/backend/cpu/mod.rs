@@ -36,6 +36,8 @@ pub enum Kernel {
     Gemm,
     /// The fused f32 kernel with AVX2 + FMA (`fused`).
     F32Avx2,
+    /// The fused f32 kernel with AVX-512 (16 lanes, `fused::values`).
+    F32Avx512,
     /// 8-bit codes with a proven bound, AVX2 (`quant`).
     Int8Avx2,
     /// 8-bit codes with a proven bound, AVX-512 VNNI (`quant`).
@@ -44,20 +46,21 @@ pub enum Kernel {
 
 impl Kernel {
     /// The names `--kernel` and `MICROSEG_CPU_KERNEL` take.
-    pub const NAMES: [&'static str; 5] = ["auto", "gemm", "f32-avx2", "int8-avx2", "int8-vnni"];
+    pub const NAMES: [&'static str; 6] = ["auto", "gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni"];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Auto => "auto",
             Kernel::Gemm => "gemm",
             Kernel::F32Avx2 => "f32-avx2",
+            Kernel::F32Avx512 => "f32-avx512",
             Kernel::Int8Avx2 => "int8-avx2",
             Kernel::Int8Vnni => "int8-vnni",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kernel> {
-        [Kernel::Auto, Kernel::Gemm, Kernel::F32Avx2, Kernel::Int8Avx2, Kernel::Int8Vnni]
+        [Kernel::Auto, Kernel::Gemm, Kernel::F32Avx2, Kernel::F32Avx512, Kernel::Int8Avx2, Kernel::Int8Vnni]
             .into_iter()
             .find(|k| k.name() == name)
     }
@@ -67,6 +70,7 @@ impl Kernel {
         match self {
             Kernel::Auto | Kernel::Gemm => true,
             Kernel::F32Avx2 => fused::available(),
+            Kernel::F32Avx512 => fused::available512(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Int8Avx2 => crate::similarity::int8::Isa::Avx2.supported(),
             #[cfg(target_arch = "x86_64")]
@@ -116,6 +120,7 @@ impl Kernel {
         match self {
             Kernel::Auto | Kernel::Gemm => "none",
             Kernel::F32Avx2 | Kernel::Int8Avx2 => "AVX2 and FMA",
+            Kernel::F32Avx512 => "AVX-512 F",
             Kernel::Int8Vnni => "AVX-512 F, BW and VNNI",
         }
     }
@@ -336,7 +341,8 @@ impl<'a> PreparedCentroids<'a> {
         let kernel = kernel.resolve(c.k, c.dim);
         let norms: Vec<f32> = (0..c.k).map(|j| sq_norm(c.row(j))).collect();
         let err = ErrorTerms::new(&norms, c.dim);
-        let packed = (kernel == Kernel::F32Avx2).then(|| fused::PackedCentroids::new(&c.data, &norms, &err, c.dim));
+        let packed = matches!(kernel, Kernel::F32Avx2 | Kernel::F32Avx512)
+            .then(|| fused::PackedCentroids::new(&c.data, &norms, &err, c.dim));
         #[cfg(target_arch = "x86_64")]
         let quant = {
             use crate::similarity::int8::Isa;
@@ -585,9 +591,9 @@ pub fn assign_block_with(
             for (xn, x) in xnorm.iter_mut().zip(p.chunks_exact(dim)) {
                 *xn = sq_norm(x).sqrt();
             }
-            // SAFETY: `packed` exists only when AVX2 and FMA are available; the slices
-            // hold o.len() rows of points and o.len() × kp values.
-            unsafe { fused::values(p, o.len(), pk, &xnorm, scratch, &mut upper) };
+            // SAFETY: `packed` exists only for a fused kernel the CPU has (AVX2 and FMA,
+            // or AVX-512 too); the slices hold o.len() rows of points and o.len() × kp values.
+            unsafe { fused::values(p, o.len(), pk, &xnorm, scratch, &mut upper, pc.kernel == Kernel::F32Avx512) };
             for (r, o) in o.iter_mut().enumerate() {
                 let x = &p[r * dim..(r + 1) * dim];
                 let v = &scratch[r * kp..r * kp + k];
