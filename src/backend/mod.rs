@@ -116,10 +116,7 @@ pub trait Backend: Send + Sync {
         centroids: &Centroids,
         nearest: &mut [Nearest],
     ) -> Result<(ClusterStats, u64)> {
-        let old: Vec<u32> = nearest.iter().map(|n| n.label).collect();
-        self.assign_labels(points, centroids, nearest)?;
-        let changed = nearest.iter().zip(&old).filter(|(n, l)| n.label != **l).count() as u64;
-        Ok((self.reduce(points, weights, nearest, centroids.k)?, changed))
+        assign_then_reduce(self, points, weights, centroids, nearest)
     }
 
     /// `points` will be passed, unchanged, to many passes (a fit's iterations) until
@@ -165,6 +162,26 @@ pub trait Backend: Send + Sync {
     /// Per-centroid count, weight, weighted sum and squared error from a labelling.
     /// The summation order is fixed by row index, so results repeat bit for bit.
     fn reduce(&self, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest], k: usize) -> Result<ClusterStats>;
+}
+
+/// `Backend::assign_reduce` unfused: `assign_labels`, the count, then `reduce`.
+pub fn assign_then_reduce<B: Backend + ?Sized>(
+    b: &B,
+    points: &[f32],
+    weights: Option<&[f32]>,
+    centroids: &Centroids,
+    nearest: &mut [Nearest],
+) -> Result<(ClusterStats, u64)> {
+    let old: Vec<u32> = nearest.iter().map(|n| n.label).collect();
+    b.assign_labels(points, centroids, nearest)?;
+    let changed = count_changed(&old, nearest);
+    Ok((b.reduce(points, weights, nearest, centroids.k)?, changed))
+}
+
+/// Rows whose label differs from `old`.
+pub fn count_changed(old: &[u32], nearest: &[Nearest]) -> u64 {
+    use rayon::prelude::*;
+    nearest.par_iter().zip(old).filter(|(n, l)| n.label != **l).count() as u64
 }
 
 /// Where the passes run.

@@ -213,7 +213,7 @@ fn run_once<B: Backend + ?Sized>(
                 labels_old.clear();
                 labels_old.extend(nearest.iter().map(|nr| nr.label));
                 backend.assign(&x.data, &c, &mut nearest)?;
-                let changed = nearest.par_iter().zip(&labels_old).filter(|(nr, l)| nr.label != **l).count() as u64;
+                let changed = crate::backend::count_changed(&labels_old, &nearest);
                 bounds = Some(bounds_from(&nearest));
                 (changed, n as u64, None)
             }

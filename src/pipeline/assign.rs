@@ -295,6 +295,10 @@ pub fn assign_observed(
     let t0 = Instant::now();
     let ds = source;
     check_columns(model, ds)?;
+    // Before the sink starts, so a missing column leaves nothing behind.
+    for c in extra {
+        ds.column_type(c)?;
+    }
     let id_col = id_column(model, ds, cfg.id_col.as_deref())?;
     if id_col.is_none() {
         log::info!("no id column in the input; writing `row` (0-based row number) instead");

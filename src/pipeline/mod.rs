@@ -179,9 +179,6 @@ pub fn segment(
     if assign_cfg.explain.is_none() {
         // One read after the fit's: the profile's statistics ride on the assignment.
         assign::check_outcomes(&model, outcomes)?;
-        for c in outcomes {
-            source.column_type(c)?;
-        }
         let mut b = crate::segments::profile::ProfileBuilder::new(&model, outcomes);
         let assigned = assign::assign_observed(&model, source, &assign_cfg, backend, sink, outcomes, &mut |batch| {
             assign::profile_batch(&mut b, batch)

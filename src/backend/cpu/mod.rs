@@ -247,10 +247,7 @@ impl Backend for CpuBackend {
         // Fused by chunks of REDUCE_ROWS (the reduction's own, so the sums are
         // `reduce`'s bit for bit); too few chunks would leave threads idle.
         if n < 2 * REDUCE_ROWS * rayon::current_num_threads() {
-            let old: Vec<u32> = nearest.iter().map(|nr| nr.label).collect();
-            self.assign_labels(points, centroids, nearest)?;
-            let changed = nearest.par_iter().zip(&old).filter(|(nr, l)| nr.label != **l).count() as u64;
-            return Ok((reduce_cpu(points, dim, weights, nearest, k), changed));
+            return super::assign_then_reduce(self, points, weights, centroids, nearest);
         }
         let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
         #[cfg(target_arch = "x86_64")]

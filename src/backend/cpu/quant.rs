@@ -51,7 +51,6 @@ fn up32(x: f64) -> f32 {
 /// per-centroid terms padded to whole panels (padding: norm +inf, terms 0).
 pub struct QuantCentroids {
     pub isa: Isa,
-    pub dim: usize,
     groups: usize,
     n_panels: usize,
     panels: Vec<u8>,
@@ -92,7 +91,7 @@ impl QuantCentroids {
             tb[j] = up32(2.0 * rc.err as f64 + 32.0 * UNIT * rc.dq as f64);
             tc[j] = up32(2.0 * rc.norm as f64);
         }
-        QuantCentroids { isa, dim, groups, n_panels, panels, scale, norm2, ta, tb, tc }
+        QuantCentroids { isa, groups, n_panels, panels, scale, norm2, ta, tb, tc }
     }
 
     /// Length of one row's buffer of lower bounds (k rounded up to whole panels).
@@ -143,10 +142,6 @@ impl<'a> RowView<'a> {
             xq: &self.xq[r0..r0 + n],
             xn2: &self.xn2[r0..r0 + n],
         }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.corr.len()
     }
 
     /// ‖x‖² of row r (within rounding).

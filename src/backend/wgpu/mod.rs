@@ -827,7 +827,7 @@ impl Backend for WgpuBackend {
         let old: Vec<u32> = nearest.iter().map(|n| n.label).collect();
         // The labels stay on the device: the reduce reads the assignment's buffers.
         let bufs = self.assign_on_device(points, centroids, nearest, false)?;
-        let changed = nearest.iter().zip(&old).filter(|(n, l)| n.label != **l).count() as u64;
+        let changed = super::count_changed(&old, nearest);
         let stats = self.reduce_from(points, weights, nearest, centroids.k, &|i, _, _| bufs[i].clone())?;
         Ok((stats, changed))
     }
