@@ -10,6 +10,7 @@ pub mod backend;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
+pub mod events;
 pub mod features;
 pub mod gmm;
 pub mod io;

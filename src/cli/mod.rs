@@ -6,6 +6,7 @@ mod assign;
 mod backend;
 mod bench;
 mod choose_k;
+mod events;
 mod fit;
 mod generate;
 mod segments;
@@ -99,6 +100,13 @@ enum Command {
     Assign(assign::AssignArgs),
     /// The main job: fit, assign every row and summarise the segments into a directory.
     Segment(fit::SegmentArgs),
+    /// An event log (sends, opens, clicks, visits, purchases, ...) to one feature row per
+    /// subscriber: purchases, engagement, send time, cadence, fatigue, content affinity;
+    /// with --predict, churn and lifetime value from BG/NBD and Gamma-Gamma.
+    Features(events::FeaturesArgs),
+    /// Write a synthetic event log (time order) with planted truth per subscriber.
+    #[command(name = "generate-events")]
+    GenerateEvents(generate::GenerateEventsArgs),
     /// Write a synthetic subscriber table with ground-truth segments.
     Generate(generate::GenerateArgs),
     /// How many segments? Fit every k of a range on a sample and score each (elbow,
@@ -283,6 +291,8 @@ impl Command {
             Command::Assign(a) => a.write.json,
             Command::Segment(a) => a.write.json,
             Command::Generate(a) => a.write.json,
+            Command::Features(a) => a.write.json,
+            Command::GenerateEvents(a) => a.write.json,
             Command::Profile(a) => a.write.json,
             Command::Drift(a) => a.write.json,
             Command::Report(_) => false,
@@ -308,6 +318,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Assign(a) => assign::run_assign(a),
         Command::Segment(a) => fit::run_segment(a),
         Command::Generate(a) => generate::run_generate(a),
+        Command::Features(a) => events::run_features(a),
+        Command::GenerateEvents(a) => generate::run_generate_events(a),
         Command::Info(a) => backend::run_info(a),
         Command::Profile(a) => segments::run_profile(a),
         Command::Audit(a) => segments::run_audit(a),

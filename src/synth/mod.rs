@@ -3,6 +3,8 @@
 //! [0, 1], a cyclic send hour), unequal ground-truth segments, written row group by
 //! row group so 10⁷+ rows never sit in memory at once.
 
+pub mod events;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array};

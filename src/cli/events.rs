@@ -1,0 +1,225 @@
+//! `microseg features`: an event log (Parquet) to one feature row per subscriber, with
+//! predictive traits (BG/NBD, Gamma-Gamma) on request.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::events::{self, AsOf, EventSpec, EventTypes, PredictSpec, Zone};
+use crate::io::Dataset;
+use crate::io::output::{AtomicOutput, ParquetOutput, write_json};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum UnitArg {
+    Day,
+    Week,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FeaturesArgs {
+    /// Event log: Parquet files or directories of them (one schema).
+    #[arg(long, num_args = 1.., required = true)]
+    events: Vec<PathBuf>,
+    /// Features as of this time: a date (that whole day is included), an ISO 8601 time
+    /// (UTC unless it carries an offset) or epoch seconds. Later events are left out.
+    #[arg(long)]
+    as_of: String,
+    /// Output: one row per subscriber (Parquet).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "subscriber_id")]
+    id_col: String,
+    /// Event time: a timestamp of any unit, a date, integer epoch seconds or ISO 8601 text.
+    #[arg(long, default_value = "timestamp")]
+    time_col: String,
+    /// Event type (text): each name must be one of the kinds below or --ignore-types.
+    #[arg(long, default_value = "event")]
+    type_col: String,
+    #[arg(long, value_delimiter = ',', default_value = "purchase,order")]
+    purchase_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "send")]
+    send_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "open")]
+    open_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "click")]
+    click_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "visit")]
+    visit_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "unsubscribe")]
+    unsubscribe_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "complaint")]
+    complaint_types: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "bounce")]
+    bounce_types: Vec<String>,
+    /// Event types read and skipped (any other unknown type is an error).
+    #[arg(long, value_delimiter = ',')]
+    ignore_types: Vec<String>,
+    /// Order value of purchase events (number ≥ 0).
+    #[arg(long)]
+    value_col: Option<String>,
+    /// Product or content category of clicks and purchases (text).
+    #[arg(long)]
+    category_col: Option<String>,
+    /// Top categories given a share column each.
+    #[arg(long, default_value_t = 10)]
+    categories: usize,
+    /// Each row's time zone (IANA name or offset), for local send hours.
+    #[arg(long)]
+    timezone_col: Option<String>,
+    /// The time zone of every row (without --timezone-col, or where it is null).
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+    /// Unit of recency and age (the BG/NBD time unit).
+    #[arg(long, value_enum, default_value = "day")]
+    time_unit: UnitArg,
+    /// Fit BG/NBD (and Gamma-Gamma with --value-col) and add p_alive, churn_probability,
+    /// expected purchases, expected order value and lifetime value; needs --traits-out.
+    #[arg(long)]
+    predict: bool,
+    /// The fitted traits model (JSON: parameters, log-likelihood, convergence, holdout check).
+    #[arg(long)]
+    traits_out: Option<PathBuf>,
+    /// Forecast horizon in days.
+    #[arg(long, default_value_t = 90.0)]
+    horizon: f64,
+    /// Yearly discount rate of lifetime value.
+    #[arg(long, default_value_t = 0.1)]
+    discount_rate: f64,
+    /// Calibration ends before this time; purchases from it to --as-of are the holdout,
+    /// compared with the forecast (needs --predict).
+    #[arg(long)]
+    holdout_from: Option<String>,
+    #[command(flatten)]
+    pub(crate) write: super::WriteArgs,
+}
+
+fn parse_time(s: &str, flag: &str) -> Result<i64> {
+    AsOf::parse(s).map(|a| a.last_second).ok_or_else(|| {
+        Error::Usage(format!("{flag} '{s}' is not a time: give a date (2024-06-30), an ISO 8601 time or epoch seconds"))
+    })
+}
+
+pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let as_of = parse_time(&a.as_of, "--as-of")?;
+    let holdout_from = match &a.holdout_from {
+        Some(h) => {
+            parse_time(h, "--holdout-from")?;
+            Some(AsOf::first_second_of(h).unwrap())
+        }
+        None => None,
+    };
+    if holdout_from.is_some() && !a.predict {
+        return Err(Error::Usage("--holdout-from checks the forecast: give --predict (and --traits-out) too".into()));
+    }
+    if a.predict != a.traits_out.is_some() {
+        return Err(Error::Usage(
+            "--predict and --traits-out go together: the fitted traits model is written there".into(),
+        ));
+    }
+    if !(a.horizon.is_finite() && a.horizon > 0.0) {
+        return Err(Error::Usage(format!("--horizon {} must be a positive number of days", a.horizon)));
+    }
+    if !(a.discount_rate.is_finite() && a.discount_rate > -1.0) {
+        return Err(Error::Usage(format!("--discount-rate {} must be above -1", a.discount_rate)));
+    }
+    if a.categories > 200 {
+        return Err(Error::Usage("--categories is at most 200 (one column each)".into()));
+    }
+    let timezone = Zone::parse(&a.timezone).ok_or_else(|| {
+        Error::Usage(format!(
+            "--timezone '{}' is not a time zone (an IANA name such as Europe/Berlin, or +02:00)",
+            a.timezone
+        ))
+    })?;
+    let mut outs: Vec<&std::path::Path> = vec![&a.out];
+    if let Some(t) = &a.traits_out {
+        outs.push(t);
+    }
+    let ins: Vec<&std::path::Path> = a.events.iter().map(|p| p.as_path()).collect();
+    crate::io::output::check_paths(&ins, &outs, a.write.json)?;
+    let spec = EventSpec {
+        id_col: a.id_col.clone(),
+        time_col: a.time_col.clone(),
+        type_col: a.type_col.clone(),
+        value_col: a.value_col.clone(),
+        category_col: a.category_col.clone(),
+        timezone_col: a.timezone_col.clone(),
+        timezone,
+        types: EventTypes {
+            purchase: a.purchase_types.clone(),
+            send: a.send_types.clone(),
+            open: a.open_types.clone(),
+            click: a.click_types.clone(),
+            visit: a.visit_types.clone(),
+            unsubscribe: a.unsubscribe_types.clone(),
+            complaint: a.complaint_types.clone(),
+            bounce: a.bounce_types.clone(),
+            ignore: a.ignore_types.clone(),
+        },
+        as_of,
+        holdout_from,
+        time_unit: match a.time_unit {
+            UnitArg::Day => events::TimeUnit::Day,
+            UnitArg::Week => events::TimeUnit::Week,
+        },
+        categories: if a.category_col.is_some() { a.categories } else { 0 },
+        now: chrono::Utc::now().timestamp(),
+    };
+    // Outputs are claimed before the work, so an existing file fails fast.
+    let out = AtomicOutput::create(&a.out, a.write.force)?;
+    let traits_out = match &a.traits_out {
+        Some(p) => Some(AtomicOutput::create(p, a.write.force)?),
+        None => None,
+    };
+    let ds = Dataset::open(&a.events)?;
+    let state = events::accumulate(&ds, &spec)?;
+    let traits = if a.predict {
+        Some(state.fit_traits(PredictSpec { horizon_days: a.horizon, discount_rate: a.discount_rate })?)
+    } else {
+        None
+    };
+    let meta = super::provenance("features", None, false);
+    let mut pq = ParquetOutput::with_metadata(out, state.schema(traits.as_ref()), 131_072, meta)?;
+    state.finish(traits.as_ref(), &mut |b| pq.write(&b))?;
+    pq.commit()?;
+    if let (Some(t), Some(out)) = (&traits, traits_out) {
+        write_json(out, t)?;
+    }
+    let s = &state.summary;
+    let secs = t0.elapsed().as_secs_f64();
+    super::log(format!(
+        "{} events ({} after --as-of, {} ignored) → {} subscribers ({} buyers) in {secs:.1}s; {} bytes of state per subscriber",
+        s.events_read, s.events_after_as_of, s.events_ignored, s.subscribers, s.buyers, s.bytes_per_subscriber
+    ));
+    if let Some(t) = &traits {
+        let b = &t.bgnbd;
+        super::log(format!(
+            "BG/NBD r={:.4} alpha={:.4} a={:.4} b={:.4} (LL {:.2}, {}converged)",
+            b.r,
+            b.alpha,
+            b.a,
+            b.b,
+            b.log_likelihood,
+            if b.convergence.converged { "" } else { "not " }
+        ));
+        if !b.convergence.converged {
+            log::warn!("the BG/NBD fit did not converge ({}); treat its forecasts with care", b.convergence.reason);
+        }
+        if let Some(g) = &t.gamma_gamma {
+            super::log(format!(
+                "Gamma-Gamma p={:.4} q={:.4} gamma={:.4} (LL {:.2})",
+                g.p, g.q, g.gamma, g.log_likelihood
+            ));
+        }
+    }
+    if a.write.json {
+        super::print_json(&serde_json::json!({
+            "command": "features", "seconds": secs, "out": a.out, "summary": s,
+            "traits": traits,
+        }))?;
+    }
+    Ok(())
+}
