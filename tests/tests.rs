@@ -6,6 +6,7 @@ mod api;
 mod backend;
 mod choose_k;
 mod cli;
+mod events;
 mod gmm;
 mod hostile;
 mod kernels;

@@ -37,6 +37,8 @@ pub use btyd::{BgNbd, GammaGamma};
 
 /// Seconds in a day.
 const DAY: i64 = 86_400;
+/// 3000-01-01 in epoch seconds: later "seconds" are milliseconds or finer.
+const YEAR_3000: i64 = 32_503_680_000;
 /// Days of the cadence window (engagement days are kept for this many days before as-of).
 pub const CADENCE_DAYS: i64 = 365;
 const CADENCE_WORDS: usize = 6;
@@ -551,7 +553,7 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
         let ts = seconds(sb.batch.column(0), sb.path, &spec.time_col)?;
         let kinds = kinds_of(sb.batch.column(1), sb.path, spec, table)?;
         if let Some(i) = ts.iter().position(|t| *t > limit) {
-            let hint = if ts[i] > 100 * 365 * DAY * 1000 {
+            let hint = if ts[i] > YEAR_3000 {
                 " (it looks like milliseconds or finer read as seconds: store a timestamp type)"
             } else {
                 ""
