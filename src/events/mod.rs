@@ -420,7 +420,7 @@ impl Strings {
                 Ok(out)
             }
             Strings::Plain(s) => {
-                let mut cache: HashMap<&str, T> = HashMap::new();
+                let mut cache: foldhash::HashMap<&str, T> = Default::default();
                 let mut out = Vec::with_capacity(s.len());
                 for i in 0..s.len() {
                     if s.is_null(i) {
@@ -655,6 +655,18 @@ pub struct EventState {
     pub summary: Summary,
 }
 
+/// One decoded batch, converted: times, kinds, values, categories, local times of opens
+/// and clicks.
+struct Prepared {
+    path: std::path::PathBuf,
+    ids: ArrayRef,
+    ts: Vec<i64>,
+    kinds: Vec<Kind>,
+    values: Option<Float64Array>,
+    cats: Option<Vec<u8>>,
+    local: Vec<i64>,
+}
+
 /// Read the whole log into per-subscriber states.
 pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     check_column(ds, &spec.id_col, "subscriber id (--id-col)")?;
@@ -720,7 +732,6 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     let mut subs: Vec<Sub> = Vec::new();
     let mut buy_days: Vec<u64> = Vec::new();
     let mut cat_counts: Vec<u32> = Vec::new();
-    let mut zones: HashMap<String, Zone> = HashMap::new();
     let mut summary = Summary {
         events_read: 0,
         events_used: 0,
@@ -736,12 +747,12 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     const NO_CAT: u8 = u8::MAX;
     const OTHER_CAT: u8 = u8::MAX - 1;
 
-    for sb in ds.batches(&cols)? {
-        let sb = sb?;
+    // Decoding and per-row conversion run on a second thread, one batch ahead of the
+    // updates (which need the id map and the states, and stay on this one).
+    let prepare = |sb: crate::io::SourcedBatch<'_>, zones: &mut HashMap<String, Zone>| -> Result<Prepared> {
         let path = sb.path;
         let b = &sb.batch;
         let n = b.num_rows();
-        summary.events_read += n as u64;
         let ts = seconds(b.column(1), path, &spec.time_col)?;
         let kinds = kinds_of(b.column(2), path, spec, &table)?;
         let values: Option<Float64Array> = match vpos {
@@ -806,129 +817,168 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
             })?),
             None => None,
         };
-        let idx = resolve_ids(&mut ids, b.column(0), path, &spec.id_col)?;
-        if ids.len() > subs.len() {
-            let m = ids.len();
-            subs.resize(m, Sub::new());
-            buy_days.resize(m * words, 0);
-            cat_counts.resize(m * cat_stride, 0);
-        }
-        for i in 0..n {
-            let t = ts[i];
-            let kind = kinds[i];
-            if t > spec.as_of {
-                summary.events_after_as_of += 1;
-                continue;
-            }
-            if kind == Kind::Ignored {
-                summary.events_ignored += 1;
-                continue;
-            }
-            let s = idx[i] as usize;
-            let day = day_of(t);
-            if t > cal_end {
-                // The holdout period: only purchase days count.
-                if kind == Kind::Purchase {
-                    let bit = (day - first_day) as usize;
-                    buy_days[s * words + bit / 64] |= 1 << (bit % 64);
-                    summary.holdout_events += 1;
+        let local: Vec<i64> = (0..n)
+            .map(|i| match kinds[i] {
+                Kind::Open | Kind::Click => {
+                    let zone = zone_of.as_ref().map_or(spec.timezone, |z| z[i]);
+                    ts[i] + zone.offset(ts[i])
                 }
-                continue;
-            }
-            summary.events_used += 1;
-            let sub = &mut subs[s];
-            sub.first_event = sub.first_event.min(day);
-            let age = (cal_day - day) as i64;
-            let win = |c: &mut [u32; 3]| {
-                c[0] += 1;
-                if age < 90 {
-                    c[1] += 1;
-                }
-                if age < 30 {
-                    c[2] += 1;
+                _ => 0,
+            })
+            .collect();
+        Ok(Prepared { path: path.to_path_buf(), ids: b.column(0).clone(), ts, kinds, values, cats, local })
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(2);
+        let cols = &cols;
+        let prepare = &prepare;
+        scope.spawn(move || {
+            let mut zones = HashMap::new();
+            let batches = match ds.batches(cols) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
                 }
             };
-            let mut engaged = false;
-            let mut send_time = false;
-            match kind {
-                Kind::Purchase => {
-                    let v = values.as_ref().map_or(0.0, |v| v.value(i));
-                    sub.orders += 1;
-                    sub.revenue += v;
-                    if day < sub.first_buy {
-                        sub.first_buy = day;
-                        sub.first_day_value = v;
-                    } else if day == sub.first_buy {
-                        sub.first_day_value += v;
-                    }
-                    sub.last_buy = sub.last_buy.max(day);
-                    let bit = (day - first_day) as usize;
-                    buy_days[s * words + bit / 64] |= 1 << (bit % 64);
+            for sb in batches {
+                let r = sb.and_then(|sb| prepare(sb, &mut zones));
+                let stop = r.is_err();
+                if tx.send(r).is_err() || stop {
+                    return;
                 }
-                Kind::Send => {
-                    win(&mut sub.counts[0]);
-                    if (30..120).contains(&age) {
-                        sub.prev90[0] += 1;
-                    }
-                    if let Some(w) = sub.week_sends.get_mut((age / 7) as usize) {
-                        *w = w.saturating_add(1);
-                    }
-                }
-                Kind::Open => {
-                    win(&mut sub.counts[1]);
-                    if (30..120).contains(&age) {
-                        sub.prev90[1] += 1;
-                    }
-                    if let Some(w) = sub.week_opens.get_mut((age / 7) as usize) {
-                        *w = w.saturating_add(1);
-                    }
-                    sub.last[0] = sub.last[0].max(day);
-                    engaged = true;
-                    send_time = true;
-                }
-                Kind::Click => {
-                    win(&mut sub.counts[2]);
-                    sub.last[1] = sub.last[1].max(day);
-                    engaged = true;
-                    send_time = true;
-                }
-                Kind::Visit => {
-                    win(&mut sub.counts[3]);
-                    sub.last[2] = sub.last[2].max(day);
-                    engaged = true;
-                }
-                Kind::Unsubscribe => sub.unsubscribes += 1,
-                Kind::Complaint => sub.complaints += 1,
-                Kind::Bounce => sub.bounces += 1,
-                Kind::Ignored => unreachable!(),
             }
-            if engaged && age < CADENCE_DAYS {
-                sub.engaged[age as usize / 64] |= 1 << (age % 64);
+        });
+        for p in rx {
+            let p = p?;
+            let path = p.path.as_path();
+            let (ts, kinds, values, cats, local) = (&p.ts, &p.kinds, &p.values, &p.cats, &p.local);
+            let n = ts.len();
+            summary.events_read += n as u64;
+            let idx = resolve_ids(&mut ids, &p.ids, path, &spec.id_col)?;
+            if ids.len() > subs.len() {
+                let m = ids.len();
+                subs.resize(m, Sub::new());
+                buy_days.resize(m * words, 0);
+                cat_counts.resize(m * cat_stride, 0);
             }
-            if send_time {
-                let zone = zone_of.as_ref().map_or(spec.timezone, |z| z[i]);
-                let local = t + zone.offset(t);
-                let sec = local.rem_euclid(DAY) as f64;
-                let angle = sec / DAY as f64 * std::f64::consts::TAU;
-                sub.hour_c += angle.cos();
-                sub.hour_s += angle.sin();
-                sub.hour_n += 1;
-                sub.weekday[(local.div_euclid(DAY) + 3).rem_euclid(7) as usize] += 1;
-            }
-            if let Some(c) = &cats
-                && matches!(kind, Kind::Click | Kind::Purchase)
-            {
-                let c = c[i];
-                let base = s * cat_stride;
-                if c == OTHER_CAT {
-                    cat_counts[base + 2 * ncat] += 1;
-                } else if c != NO_CAT {
-                    let off = if kind == Kind::Click { 0 } else { ncat };
-                    cat_counts[base + off + c as usize] += 1;
+            for i in 0..n {
+                let t = ts[i];
+                let kind = kinds[i];
+                if t > spec.as_of {
+                    summary.events_after_as_of += 1;
+                    continue;
+                }
+                if kind == Kind::Ignored {
+                    summary.events_ignored += 1;
+                    continue;
+                }
+                let s = idx[i] as usize;
+                let day = day_of(t);
+                if t > cal_end {
+                    // The holdout period: only purchase days count.
+                    if kind == Kind::Purchase {
+                        let bit = (day - first_day) as usize;
+                        buy_days[s * words + bit / 64] |= 1 << (bit % 64);
+                        summary.holdout_events += 1;
+                    }
+                    continue;
+                }
+                summary.events_used += 1;
+                let sub = &mut subs[s];
+                sub.first_event = sub.first_event.min(day);
+                let age = (cal_day - day) as i64;
+                let win = |c: &mut [u32; 3]| {
+                    c[0] += 1;
+                    if age < 90 {
+                        c[1] += 1;
+                    }
+                    if age < 30 {
+                        c[2] += 1;
+                    }
+                };
+                let mut engaged = false;
+                let mut send_time = false;
+                match kind {
+                    Kind::Purchase => {
+                        let v = values.as_ref().map_or(0.0, |v| v.value(i));
+                        sub.orders += 1;
+                        sub.revenue += v;
+                        if day < sub.first_buy {
+                            sub.first_buy = day;
+                            sub.first_day_value = v;
+                        } else if day == sub.first_buy {
+                            sub.first_day_value += v;
+                        }
+                        sub.last_buy = sub.last_buy.max(day);
+                        let bit = (day - first_day) as usize;
+                        buy_days[s * words + bit / 64] |= 1 << (bit % 64);
+                    }
+                    Kind::Send => {
+                        win(&mut sub.counts[0]);
+                        if (30..120).contains(&age) {
+                            sub.prev90[0] += 1;
+                        }
+                        if let Some(w) = sub.week_sends.get_mut((age / 7) as usize) {
+                            *w = w.saturating_add(1);
+                        }
+                    }
+                    Kind::Open => {
+                        win(&mut sub.counts[1]);
+                        if (30..120).contains(&age) {
+                            sub.prev90[1] += 1;
+                        }
+                        if let Some(w) = sub.week_opens.get_mut((age / 7) as usize) {
+                            *w = w.saturating_add(1);
+                        }
+                        sub.last[0] = sub.last[0].max(day);
+                        engaged = true;
+                        send_time = true;
+                    }
+                    Kind::Click => {
+                        win(&mut sub.counts[2]);
+                        sub.last[1] = sub.last[1].max(day);
+                        engaged = true;
+                        send_time = true;
+                    }
+                    Kind::Visit => {
+                        win(&mut sub.counts[3]);
+                        sub.last[2] = sub.last[2].max(day);
+                        engaged = true;
+                    }
+                    Kind::Unsubscribe => sub.unsubscribes += 1,
+                    Kind::Complaint => sub.complaints += 1,
+                    Kind::Bounce => sub.bounces += 1,
+                    Kind::Ignored => unreachable!(),
+                }
+                if engaged && age < CADENCE_DAYS {
+                    sub.engaged[age as usize / 64] |= 1 << (age % 64);
+                }
+                if send_time {
+                    let local = local[i];
+                    let sec = local.rem_euclid(DAY) as f64;
+                    let angle = sec / DAY as f64 * std::f64::consts::TAU;
+                    sub.hour_c += angle.cos();
+                    sub.hour_s += angle.sin();
+                    sub.hour_n += 1;
+                    sub.weekday[(local.div_euclid(DAY) + 3).rem_euclid(7) as usize] += 1;
+                }
+                if let Some(c) = &cats
+                    && matches!(kind, Kind::Click | Kind::Purchase)
+                {
+                    let c = c[i];
+                    let base = s * cat_stride;
+                    if c == OTHER_CAT {
+                        cat_counts[base + 2 * ncat] += 1;
+                    } else if c != NO_CAT {
+                        let off = if kind == Kind::Click { 0 } else { ncat };
+                        cat_counts[base + off + c as usize] += 1;
+                    }
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     summary.subscribers = subs.iter().filter(|s| s.first_event != i32::MAX).count() as u64;
     summary.buyers = subs.iter().filter(|s| s.orders > 0).count() as u64;
     if summary.events_used == 0 {
