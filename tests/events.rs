@@ -71,7 +71,7 @@ fn bgnbd_and_gamma_gamma_reproduce_the_published_cdnow_parameters() {
     let i = (0..ids.len()).find(|&i| ids.value(i) == 1).unwrap();
     assert_eq!(col(&f, "frequency").as_primitive::<Int64Type>().value(i), 2);
     close(col(&f, "recency_weeks").as_primitive::<Float64Type>().value(i), 30.43, 1e-3, "t_x");
-    close(col(&f, "age_weeks").as_primitive::<Float64Type>().value(i), 38.86, 1e-3, "T");
+    close(col(&f, "tenure_weeks").as_primitive::<Float64Type>().value(i), 38.86, 1e-3, "T");
     close(col(&f, "mean_repeat_value").as_primitive::<Float64Type>().value(i), 22.35, 1e-3, "zbar");
     close(col(&f, "expected_purchases_273d").as_primitive::<Float64Type>().value(i), 1.226, 1e-3, "E[Y(39)]");
     let p = col(&f, "p_alive").as_primitive::<Float64Type>().value(i);
@@ -288,7 +288,7 @@ fn a_hand_made_log_gives_its_known_features() {
     assert_eq!(i64s("purchase_days"), [1, 3]);
     assert_eq!(i64s("frequency"), [0, 2]);
     assert_eq!(f64s("recency_days"), [0.0, 30.0]);
-    assert_eq!(f64s("age_days"), [5.0, 50.0]);
+    assert_eq!(f64s("tenure_days"), [5.0, 50.0]);
     assert_eq!(f64s("revenue"), [0.0, 65.0]);
     // Repeat value: (65 − the first day's 15) over 2 repeat days.
     assert_eq!(col(&f, "mean_repeat_value").as_primitive::<Float64Type>().value(1), 25.0);

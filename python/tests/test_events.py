@@ -55,7 +55,7 @@ SELECT e.id AS subscriber_id,
   coalesce(any_value(b.purchase_days), 0) AS purchase_days,
   greatest(coalesce(any_value(b.purchase_days), 0) - 1, 0) AS frequency,
   any_value(b.last_day - b.first_day) AS recency_days,
-  any_value((SELECT d FROM cutoff) - b.first_day) AS age_days,
+  any_value((SELECT d FROM cutoff) - b.first_day) AS tenure_days,
   coalesce(any_value(b.revenue), 0) AS revenue,
   CASE WHEN any_value(b.purchase_days) > 1
        THEN (any_value(b.revenue) - any_value(fv.v)) / (any_value(b.purchase_days) - 1) END AS mean_repeat_value,
@@ -93,7 +93,7 @@ def test_counts_sums_recency_and_rates_equal_duckdb(generated):
         a = ours[c].to_pylist()
         b = ref[c].to_pylist()
         assert a == b, f"{c}: first difference at row {next(i for i in range(len(a)) if a[i] != b[i])}"
-    for c in ["recency_days", "age_days", "revenue", "mean_repeat_value", "open_rate", "click_rate"]:
+    for c in ["recency_days", "tenure_days", "revenue", "mean_repeat_value", "open_rate", "click_rate"]:
         a = np.array(ours[c].to_pylist(), dtype=float)
         b = np.array(ref[c].to_pylist(), dtype=float)
         assert np.array_equal(np.isnan(a), np.isnan(b)), c
@@ -151,7 +151,7 @@ def test_bgnbd_and_gamma_gamma_agree_with_an_independent_likelihood_on_online_re
     )
     t = json.loads((tmp_path / "t.json").read_text())
     f = pq.read_table(tmp_path / "f.parquet").to_pandas()
-    x, tx, T = f.frequency.to_numpy(float), f.recency_weeks.to_numpy(), f.age_weeks.to_numpy()
+    x, tx, T = f.frequency.to_numpy(float), f.recency_weeks.to_numpy(), f.tenure_weeks.to_numpy()
     ours = np.log([t["bgnbd"][k] for k in ("r", "alpha", "a", "b")])
     # The independent fit: Nelder-Mead from a neutral start, then polished.
     ref = minimize(bgnbd_nll, np.zeros(4), args=(x, tx, T), method="Nelder-Mead",
@@ -179,7 +179,7 @@ def test_bgnbd_parameters_equal_an_independent_fit_where_they_are_identified(gen
     t = json.loads((generated / "g.json").read_text())
     f = pq.read_table(generated / "gf.parquet").to_pandas()
     f = f[f.orders > 0]
-    x, tx, T = f.frequency.to_numpy(float), f.recency_days.to_numpy(), f.age_days.to_numpy()
+    x, tx, T = f.frequency.to_numpy(float), f.recency_days.to_numpy(), f.tenure_days.to_numpy()
     ref = minimize(bgnbd_nll, np.zeros(4), args=(x, tx, T), method="Nelder-Mead",
                    options={"maxiter": 20000, "xatol": 1e-10, "fatol": 1e-10})
     ref = minimize(bgnbd_nll, ref.x, args=(x, tx, T), method="BFGS", options={"gtol": 1e-8})

@@ -1292,7 +1292,7 @@ impl EventState {
             i("purchase_days"),
             i("frequency"),
             fo(&format!("recency_{u}")),
-            fo(&format!("age_{u}")),
+            fo(&format!("tenure_{u}")),
             fo("revenue"),
             fo("mean_repeat_value"),
             io("days_since_last_purchase"),

@@ -396,7 +396,7 @@ fn phrase(feature: &str, high: bool) -> String {
         ("frequent", "one-time")
     } else if has(&["monetary", "spend", "revenue", "value", "amount"]) {
         ("high-spending", "low-spending")
-    } else if has(&["tenure", "signup", "age_days"]) {
+    } else if has(&["tenure", "signup", "tenure_days"]) {
         ("long-standing", "new")
     } else if has(&["return"]) {
         ("return-prone", "rarely-returning")
