@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 
 use crate::error::{Error, Result};
-use crate::events::{self, AsOf, EventSpec, EventTypes, PredictSpec, Zone};
+use crate::events::{self, EventSpec, EventTypes, PredictSpec, Zone};
 use crate::io::Dataset;
 use crate::io::output::{AtomicOutput, ParquetOutput, write_json};
 
@@ -95,22 +95,16 @@ pub(crate) struct FeaturesArgs {
     pub(crate) write: super::WriteArgs,
 }
 
-fn parse_time(s: &str, flag: &str) -> Result<i64> {
-    AsOf::parse(s).map(|a| a.last_second).ok_or_else(|| {
+fn parse_time(s: &str, flag: &str) -> Result<(i64, i64)> {
+    events::parse_time(s).ok_or_else(|| {
         Error::Usage(format!("{flag} '{s}' is not a time: give a date (2024-06-30), an ISO 8601 time or epoch seconds"))
     })
 }
 
 pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
     let t0 = Instant::now();
-    let as_of = parse_time(&a.as_of, "--as-of")?;
-    let holdout_from = match &a.holdout_from {
-        Some(h) => {
-            parse_time(h, "--holdout-from")?;
-            Some(AsOf::first_second_of(h).unwrap())
-        }
-        None => None,
-    };
+    let as_of = parse_time(&a.as_of, "--as-of")?.1;
+    let holdout_from = a.holdout_from.as_deref().map(|h| parse_time(h, "--holdout-from")).transpose()?.map(|t| t.0);
     if holdout_from.is_some() && !a.predict {
         return Err(Error::Usage("--holdout-from checks the forecast: give --predict (and --traits-out) too".into()));
     }

@@ -124,8 +124,7 @@ struct BgNbdProblem<'a> {
     total: f64,
 }
 
-impl BgNbdProblem<'_> {
-    /// Minus the mean log-likelihood and its gradient in log-parameters.
+impl Objective for BgNbdProblem<'_> {
     fn eval(&self, theta: &[f64]) -> (f64, Vec<f64>) {
         let p: Vec<f64> = theta.iter().map(|t| t.exp()).collect();
         let parts: Vec<(f64, [f64; 4])> = self
@@ -158,40 +157,45 @@ impl BgNbdProblem<'_> {
     }
 }
 
-impl CostFunction for BgNbdProblem<'_> {
-    type Param = Vec<f64>;
-    type Output = f64;
-    fn cost(&self, theta: &Self::Param) -> std::result::Result<f64, argmin::core::Error> {
-        Ok(self.eval(theta).0)
-    }
-}
-
-impl Gradient for BgNbdProblem<'_> {
-    type Param = Vec<f64>;
-    type Gradient = Vec<f64>;
-    fn gradient(&self, theta: &Self::Param) -> std::result::Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.eval(theta).1)
-    }
-}
-
 /// Log-parameters beyond ±this are a degenerate fit (a parameter running off to 0 or ∞).
 const MAX_LOG_PARAM: f64 = 30.0;
 
-fn minimise<P>(problem: P, start: Vec<f64>, eval: impl Fn(&[f64]) -> (f64, Vec<f64>)) -> Result<(Vec<f64>, Convergence)>
-where
-    P: CostFunction<Param = Vec<f64>, Output = f64> + Gradient<Param = Vec<f64>, Gradient = Vec<f64>>,
-{
+/// A smooth objective in log-parameters: minus the mean log-likelihood and its gradient.
+trait Objective {
+    fn eval(&self, theta: &[f64]) -> (f64, Vec<f64>);
+}
+
+/// An [`Objective`] as argmin's cost and gradient.
+struct Argmin<'a, O>(&'a O);
+
+impl<O: Objective> CostFunction for Argmin<'_, O> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, theta: &Self::Param) -> std::result::Result<f64, argmin::core::Error> {
+        Ok(self.0.eval(theta).0)
+    }
+}
+
+impl<O: Objective> Gradient for Argmin<'_, O> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, theta: &Self::Param) -> std::result::Result<Vec<f64>, argmin::core::Error> {
+        Ok(self.0.eval(theta).1)
+    }
+}
+
+fn minimise<O: Objective>(problem: &O, start: Vec<f64>) -> Result<(Vec<f64>, Convergence)> {
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
         .with_tolerance_grad(1e-9)
         .and_then(|s| s.with_tolerance_cost(1e-14))
         .map_err(|e| Error::Runtime(format!("optimiser setup: {e}")))?;
-    let res = Executor::new(problem, solver)
+    let res = Executor::new(Argmin(problem), solver)
         .configure(|s| s.param(start).max_iters(1000))
         .run()
         .map_err(|e| Error::Data(format!("the maximum-likelihood fit failed: {e}")))?;
     let state = res.state();
     let best = state.get_best_param().cloned().ok_or_else(|| Error::Data("the fit found no parameters".into()))?;
-    let (_, g) = eval(&best);
+    let (_, g) = problem.eval(&best);
     let gradient_norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
     let reason = match state.get_termination_status() {
         TerminationStatus::Terminated(r) => r.text().to_string(),
@@ -218,9 +222,7 @@ pub fn fit_bgnbd(data: &[Triple]) -> Result<BgNbd> {
     // Start where the rate scale matches the data: α at the mean age.
     let mean_t = data.iter().map(|g| g.weight * g.t).sum::<f64>() / total;
     let start = vec![0.0, mean_t.max(1e-3).ln(), 0.0, 0.0];
-    let problem = BgNbdProblem { data, total };
-    let eval = |t: &[f64]| BgNbdProblem { data, total }.eval(t);
-    let (theta, convergence) = minimise(problem, start, eval)?;
+    let (theta, convergence) = minimise(&BgNbdProblem { data, total }, start)?;
     let p: Vec<f64> = theta.iter().map(|t| t.exp()).collect();
     Ok(BgNbd {
         r: p[0],
@@ -298,10 +300,9 @@ pub fn fit_gamma_gamma(data: &[(u32, f64)]) -> Result<GammaGamma> {
     let mean_m = pairs.iter().map(|p| p.1).sum::<f64>() / total;
     let start = vec![0.0, 0.0, mean_m.max(1e-9).ln()];
     let problem = GgProblem { groups: &groups, pairs: &pairs, total };
-    let eval = |t: &[f64]| GgProblem { groups: &groups, pairs: &pairs, total }.eval(t);
-    let (theta, convergence) = minimise(problem, start, eval)?;
+    let (theta, convergence) = minimise(&problem, start)?;
     let p: Vec<f64> = theta.iter().map(|t| t.exp()).collect();
-    let ll = -GgProblem { groups: &groups, pairs: &pairs, total }.eval(&theta).0 * total;
+    let ll = -problem.eval(&theta).0 * total;
     Ok(GammaGamma { p: p[0], q: p[1], gamma: p[2], log_likelihood: ll, n_customers: data.len() as u64, convergence })
 }
 
@@ -313,7 +314,7 @@ struct GgProblem<'a> {
     total: f64,
 }
 
-impl GgProblem<'_> {
+impl Objective for GgProblem<'_> {
     fn eval(&self, theta: &[f64]) -> (f64, Vec<f64>) {
         let (p, q, g) = (theta[0].exp(), theta[1].exp(), theta[2].exp());
         let mut ll = 0.0;
@@ -352,22 +353,6 @@ impl GgProblem<'_> {
         let scale = [p, q, g];
         let grad = (0..3).map(|j| -grad[j] * scale[j] / self.total).collect();
         (if cost.is_finite() { cost } else { f64::INFINITY }, grad)
-    }
-}
-
-impl CostFunction for GgProblem<'_> {
-    type Param = Vec<f64>;
-    type Output = f64;
-    fn cost(&self, theta: &Self::Param) -> std::result::Result<f64, argmin::core::Error> {
-        Ok(self.eval(theta).0)
-    }
-}
-
-impl Gradient for GgProblem<'_> {
-    type Param = Vec<f64>;
-    type Gradient = Vec<f64>;
-    fn gradient(&self, theta: &Self::Param) -> std::result::Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.eval(theta).1)
     }
 }
 

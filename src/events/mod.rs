@@ -193,42 +193,26 @@ impl Zone {
     }
 }
 
-/// An as-of (or holdout) time given on the command line: an instant, or a whole day
-/// (then the day's events are included).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AsOf {
-    /// The last second included (epoch seconds, UTC).
-    pub last_second: i64,
-}
-
-impl AsOf {
-    /// `2024-06-30` (that whole day), `2024-06-30T12:00:00Z`, `2024-06-30 12:00:00` (UTC),
-    /// RFC 3339 with an offset, or epoch seconds.
-    pub fn parse(s: &str) -> Option<AsOf> {
-        let t = s.trim();
-        if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-            let start = d.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
-            return Some(AsOf { last_second: start + DAY - 1 });
-        }
-        if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
-            return Some(AsOf { last_second: dt.timestamp() });
-        }
-        for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
-            if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, f) {
-                return Some(AsOf { last_second: dt.and_utc().timestamp() });
-            }
-        }
-        t.parse::<i64>().ok().map(|s| AsOf { last_second: s })
+/// A time given on the command line, as the (first, last) second it covers (epoch
+/// seconds, UTC): `2024-06-30` is that whole day; `2024-06-30T12:00:00Z`,
+/// `2024-06-30 12:00:00` (UTC), RFC 3339 with an offset, or epoch seconds are one second.
+/// `--as-of` includes up to the last; `--holdout-from` starts at the first.
+pub fn parse_time(s: &str) -> Option<(i64, i64)> {
+    let t = s.trim();
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        let start = d.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
+        return Some((start, start + DAY - 1));
     }
-    /// The start of the period that ends here, when this marks the first moment of a
-    /// later period (a holdout's first day): the second before it.
-    pub fn first_second_of(s: &str) -> Option<i64> {
-        let t = s.trim();
-        if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-            return Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp());
-        }
-        AsOf::parse(t).map(|a| a.last_second)
-    }
+    let instant = if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
+        Some(dt.timestamp())
+    } else {
+        ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+            .iter()
+            .find_map(|f| chrono::NaiveDateTime::parse_from_str(t, f).ok())
+            .map(|dt| dt.and_utc().timestamp())
+            .or_else(|| t.parse::<i64>().ok())
+    };
+    instant.map(|i| (i, i))
 }
 
 /// Everything `features` needs to know about the log and the output.
@@ -1367,8 +1351,10 @@ impl EventState {
         let order = self.order();
         let pop = self.population_direction();
         let pop_share = self.category_population_share();
+        // (x, t_x, T) once per subscriber: half a dozen columns read it.
+        let summaries: Vec<Option<(u32, f64, f64)>> = (0..self.subs.len()).map(|s| summary_of(self, s)).collect();
         for chunk in order.chunks(OUT_ROWS) {
-            let batch = self.rows(chunk, &schema, traits, pop, &pop_share)?;
+            let batch = self.rows(chunk, &schema, traits, pop, &pop_share, &summaries)?;
             sink(batch)?;
         }
         Ok(())
@@ -1404,6 +1390,7 @@ impl EventState {
         traits: Option<&Traits>,
         pop: (f64, f64),
         pop_share: &[f64],
+        summaries: &[Option<(u32, f64, f64)>],
     ) -> Result<RecordBatch> {
         let n = chunk.len();
         let spec = &self.spec;
@@ -1433,7 +1420,7 @@ impl EventState {
         };
         let days_since = |d: i32| (d != i32::MIN).then(|| (cal_day - d) as i64);
         let has_value = spec.value_col.is_some();
-        let summ = |s: usize| summary_of(self, s);
+        let summ = |s: usize| summaries[s];
         // Purchases.
         cols.push(ints(&|u, _| u.orders as i64));
         cols.push(ints(&|_, s| count_bits(&self.buy_days[s * self.words..(s + 1) * self.words], 0, cal_bit) as i64));
@@ -1562,8 +1549,10 @@ impl EventState {
             let m = &t.bgnbd;
             let unit = spec.time_unit.days();
             let h = t.horizon_days / unit;
-            cols.push(floats(&|_, s| summ(s).map(|(x, tx, tt)| m.p_alive(x as f64, tx, tt))));
-            cols.push(floats(&|_, s| summ(s).map(|(x, tx, tt)| 1.0 - m.p_alive(x as f64, tx, tt))));
+            let p_alive = floats(&|_, s| summ(s).map(|(x, tx, tt)| m.p_alive(x as f64, tx, tt)));
+            let churn: Float64Array = p_alive.as_primitive::<arrow::datatypes::Float64Type>().unary(|p| 1.0 - p);
+            cols.push(p_alive);
+            cols.push(Arc::new(churn));
             cols.push(floats(&|_, s| summ(s).map(|(x, tx, tt)| m.expected_purchases(h, x as f64, tx, tt))));
             if let Some(gg) = &t.gamma_gamma {
                 let value = |s: usize| {
