@@ -116,6 +116,62 @@ fn the_holdout_check_compares_forecast_and_actual_by_frequency() {
     let f = all_rows(&dir.path().join("f.parquet"));
     let actual: i64 = col(&f, "holdout_purchase_days").as_primitive::<Int64Type>().values().iter().sum();
     assert_eq!(actual as f64, h["actual_total"].as_f64().unwrap());
+    // The report shows the forecast and the holdout check (chart and table).
+    ok(&run(
+        &[
+            "segment",
+            "f.parquet",
+            "--k",
+            "3",
+            "--features",
+            "frequency,recency_weeks,tenure_weeks",
+            "--out-dir",
+            "seg",
+            "--quiet",
+        ],
+        dir.path(),
+    ));
+    ok(&run(
+        &[
+            "report",
+            "--model",
+            "seg/model.json",
+            "--profile",
+            "seg/profile.json",
+            "--traits",
+            "t.json",
+            "--out",
+            "r.html",
+        ],
+        dir.path(),
+    ));
+    let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
+    for needle in [
+        "Purchase forecast",
+        "r = 0.243",
+        "Holdout check",
+        "aria-label=\"holdout forecast against actual\"",
+        "<td>7+</td>",
+    ] {
+        assert!(html.contains(needle), "report lacks {needle}");
+    }
+    let o = run(
+        &[
+            "report",
+            "--model",
+            "seg/model.json",
+            "--profile",
+            "seg/profile.json",
+            "--traits",
+            "seg/model.json",
+            "--out",
+            "r2.html",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", crate::util::stderr(&o));
+    assert!(crate::util::stderr(&o).contains("not a traits model"), "{}", crate::util::stderr(&o));
+    assert!(!dir.path().join("r2.html").exists());
     // The forecast follows the actuals group by group (the model's known fit on CDNOW).
     for g in groups {
         let (p, a) = (g["predicted_mean"].as_f64().unwrap(), g["actual_mean"].as_f64().unwrap());

@@ -305,7 +305,7 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
     });
     bar.finish_and_clear();
     let pipeline::Segmented { model, fit: report, profile, assigned } = done?;
-    let html = crate::segments::report::render(&model, &profile, None, None);
+    let html = crate::segments::report::render(&model, &profile, None, None, None);
     // Commit only when every output is ready: a failure above leaves nothing behind.
     sink.commit()?;
     write_json(profile_out, &profile)?;

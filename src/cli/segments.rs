@@ -182,6 +182,10 @@ pub(crate) struct ReportArgs {
     /// An audit report (`microseg audit --out`), to include.
     #[arg(long)]
     audit: Option<PathBuf>,
+    /// A traits model (`microseg features --traits-out`): the purchase forecast and its
+    /// holdout check, to include.
+    #[arg(long)]
+    traits: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -249,6 +253,7 @@ pub(crate) fn run_report(a: ReportArgs) -> Result<()> {
     let mut inputs = vec![a.model.as_path(), a.profile.as_path()];
     inputs.extend(a.drift.as_deref());
     inputs.extend(a.audit.as_deref());
+    inputs.extend(a.traits.as_deref());
     crate::io::output::check_paths(&inputs, &[&a.out], false)?;
     let out = AtomicOutput::create(&a.out, a.force)?;
     let model = Model::load(&a.model)?;
@@ -265,8 +270,20 @@ pub(crate) fn run_report(a: ReportArgs) -> Result<()> {
     if let (Some(p), Some(r)) = (&a.audit, &audit) {
         check_fingerprint(p, "audit report", r.model_fingerprint.as_ref(), &model)?;
     }
-    let html =
-        crate::segments::report::render(&model, &profile, drift.as_ref(), audit.as_ref().map(|r| &r.attributes[..]));
+    let traits: Option<crate::events::Traits> =
+        a.traits.as_deref().map(|p| read_json(p, "traits model")).transpose()?;
+    if let (Some(p), Some(t)) = (&a.traits, &traits)
+        && t.format != crate::events::TRAITS_FORMAT
+    {
+        return Err(Error::input(p, format!("not a traits model (format '{}')", t.format)));
+    }
+    let html = crate::segments::report::render(
+        &model,
+        &profile,
+        drift.as_ref(),
+        audit.as_ref().map(|r| &r.attributes[..]),
+        traits.as_ref(),
+    );
     write_html(out, &html)?;
     log(format!("wrote {}", a.out.display()));
     Ok(())

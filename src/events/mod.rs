@@ -1058,6 +1058,9 @@ fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str) -> Result
     }
 }
 
+/// The `format` of a traits model file.
+pub const TRAITS_FORMAT: &str = "microseg.traits";
+
 /// What `--predict` adds: the fitted models and the horizon of the forecasts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Traits {
@@ -1075,6 +1078,9 @@ pub struct Traits {
     /// Predicted against actual purchases in the holdout period, by frequency.
     pub holdout: Option<Holdout>,
 }
+
+/// The last holdout group: this many repeat purchases or more.
+pub const HOLDOUT_TOP_GROUP: u32 = 7;
 
 /// The calibration check: per frequency group, the mean predicted and actual number of
 /// repeat purchase days in the holdout.
@@ -1189,7 +1195,7 @@ impl EventState {
         };
         let cal_end = self.spec.calibration_end();
         let mut traits = Traits {
-            format: "microseg.traits".into(),
+            format: TRAITS_FORMAT.into(),
             format_version: 1,
             engine_version: crate::ENGINE_VERSION.into(),
             time_unit: self.spec.time_unit,
@@ -1226,7 +1232,7 @@ impl EventState {
     }
 
     fn holdout(&self, m: &BgNbd, from: i64) -> Holdout {
-        const TOP: u32 = 7;
+        const TOP: u32 = HOLDOUT_TOP_GROUP;
         let days = (day_of(self.spec.as_of) - day_of(from - 1)) as f64;
         let h = days / self.spec.time_unit.days();
         let mut g = vec![(0u64, 0.0f64, 0.0f64); TOP as usize + 1];

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use super::audit::AttributeAudit;
 use super::drift::DriftReport;
 use super::profile::{OutcomeSummary, Profile};
+use crate::events::Traits;
 use crate::model::Model;
 
 fn esc(s: &str) -> String {
@@ -145,6 +146,7 @@ pub fn render(
     profile: &Profile,
     drift: Option<&DriftReport>,
     audit: Option<&[AttributeAudit]>,
+    traits: Option<&Traits>,
 ) -> String {
     let mut h = String::new();
     let names: Vec<&str> = profile.population.iter().map(|f| f.name.as_str()).collect();
@@ -412,6 +414,136 @@ pub fn render(
             h.push_str("</table>");
         }
     }
+    if let Some(t) = traits {
+        traits_section(&mut h, t);
+    }
     h.push_str("<p class=\"muted\">Made by microseg. Names are generated from the features that most set each segment apart; set your own in the model file.</p></body></html>\n");
     h
+}
+
+/// The purchase forecast: BG/NBD and Gamma-Gamma parameters, and with a holdout the
+/// predicted against actual purchase days per frequency group, as a chart and a table.
+fn traits_section(h: &mut String, t: &Traits) {
+    let b = &t.bgnbd;
+    let conv = |c: &crate::events::btyd::Convergence| {
+        if c.converged {
+            "converged".to_string()
+        } else {
+            format!("<span class=\"flag\">not converged ({})</span>", esc(&c.reason))
+        }
+    };
+    let _ = write!(
+        h,
+        "<h2>Purchase forecast</h2><p>BG/NBD (Fader, Hardie &amp; Lee 2005) on {} buyers, time unit {}, calibration to {}: \
+         r = {}, α = {}, a = {}, b = {}; log-likelihood {:.2}, {}.",
+        b.n_customers,
+        esc(t.time_unit.name()),
+        esc(&t.calibration_end),
+        num(b.r),
+        num(b.alpha),
+        num(b.a),
+        num(b.b),
+        b.log_likelihood,
+        conv(&b.convergence)
+    );
+    if let Some(g) = &t.gamma_gamma {
+        let _ = write!(
+            h,
+            " Gamma-Gamma (Fader &amp; Hardie 2013) on {} repeat buyers: p = {}, q = {}, γ = {}; {}.",
+            g.n_customers,
+            num(g.p),
+            num(g.q),
+            num(g.gamma),
+            conv(&g.convergence)
+        );
+    }
+    let _ = write!(h, " Forecast horizon {} days, discount rate {} a year.</p>", t.horizon_days, t.discount_rate);
+    let Some(ho) = &t.holdout else { return };
+    let _ = write!(
+        h,
+        "<h3>Holdout check</h3><p>Purchase days from {} to {} ({} days): forecast against actual, by repeat purchases \
+         in the calibration period. In all: {} forecast, {} actual; mean absolute error {} per customer.</p>",
+        esc(&ho.from),
+        esc(&t.as_of),
+        num(ho.days),
+        num(ho.predicted_total),
+        num(ho.actual_total),
+        num(ho.mean_absolute_error)
+    );
+    let (left, top, gw, ch) = (50.0, 20.0, 70.0, 200.0);
+    let n = ho.groups.len();
+    let max = ho.groups.iter().map(|g| g.predicted_mean.max(g.actual_mean)).fold(0.0, f64::max).max(1e-9);
+    let width = left + gw * n as f64 + 20.0;
+    let _ = write!(
+        h,
+        "<svg width=\"{width:.0}\" height=\"{:.0}\" role=\"img\" aria-label=\"holdout forecast against actual\">",
+        top + ch + 50.0
+    );
+    let _ = write!(
+        h,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{:.0}\" y2=\"{}\" stroke=\"#999\"></line>\
+         <text x=\"0\" y=\"{}\">{}</text><text x=\"0\" y=\"{}\">0</text>",
+        top + ch,
+        width - 10.0,
+        top + ch,
+        top + 10.0,
+        num(max),
+        top + ch
+    );
+    for (i, g) in ho.groups.iter().enumerate() {
+        let x = left + gw * i as f64 + 8.0;
+        for (j, (v, fill)) in [(g.predicted_mean, "#4a7fb5"), (g.actual_mean, "#e08a3c")].into_iter().enumerate() {
+            let bh = v / max * ch;
+            let _ = write!(
+                h,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"24\" height=\"{bh:.1}\" fill=\"{fill}\"><title>{}</title></rect>",
+                x + 26.0 * j as f64,
+                top + ch - bh,
+                num(v)
+            );
+        }
+        let _ = write!(
+            h,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            x + 25.0,
+            top + ch + 16.0,
+            group_label(ho, i)
+        );
+    }
+    let _ = write!(
+        h,
+        "<text x=\"{left}\" y=\"{}\">repeat purchases in calibration</text>\
+         <rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"#4a7fb5\"></rect><text x=\"{}\" y=\"{}\">forecast</text>\
+         <rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"#e08a3c\"></rect><text x=\"{}\" y=\"{}\">actual</text></svg>",
+        top + ch + 36.0,
+        left + 230.0,
+        top + ch + 27.0,
+        left + 244.0,
+        top + ch + 36.0,
+        left + 310.0,
+        top + ch + 27.0,
+        left + 324.0,
+        top + ch + 36.0
+    );
+    h.push_str(
+        "<table><tr><th>repeat purchases</th><th class=\"num\">customers</th><th class=\"num\">forecast per customer</th>\
+         <th class=\"num\">actual per customer</th></tr>",
+    );
+    for (i, g) in ho.groups.iter().enumerate() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            group_label(ho, i),
+            g.customers,
+            num(g.predicted_mean),
+            num(g.actual_mean)
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// A frequency group's label: the last group holds that many repeat purchases or more.
+fn group_label(ho: &crate::events::Holdout, i: usize) -> String {
+    let f = ho.groups[i].frequency;
+    if i + 1 == ho.groups.len() && f >= crate::events::HOLDOUT_TOP_GROUP { format!("{f}+") } else { f.to_string() }
 }
