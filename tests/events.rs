@@ -499,3 +499,13 @@ fn bad_event_logs_are_refused_with_the_column_and_nothing_written() {
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read(d.join("f.parquet")).unwrap(), b"precious");
 }
+
+#[test]
+fn segment_names_speak_of_the_predictive_traits() {
+    use microseg::segments::profile::{Distinction, generate_name};
+    let d = |f: &str, z: f64| Distinction { feature: f.into(), std_diff: z, direction: String::new() };
+    assert_eq!(generate_name(&[d("clv_90d", 1.4), d("churn_probability", 1.1)]), "high-value, at-risk customers");
+    assert_eq!(generate_name(&[d("p_alive", -1.2), d("days_since_last_open", 0.9)]), "at-risk, lapsed customers");
+    assert_eq!(generate_name(&[d("fatigued", 2.0), d("open_rate_trend", -1.0)]), "fatigued, cooling customers");
+    assert_eq!(generate_name(&[d("expected_purchases_90d", 1.0)]), "likely-to-buy customers");
+}

@@ -390,7 +390,23 @@ fn phrase(feature: &str, high: bool) -> String {
         let word = if rest.len() <= 3 { rest.to_uppercase() } else { rest.replace('_', " ") };
         return if high { word } else { format!("non-{word}") };
     }
-    let (hi, lo) = if has(&["recen", "days_since"]) {
+    // The predictive traits and engagement trends of `microseg features` first: their
+    // names hold words the general rules below would read otherwise.
+    let (hi, lo) = if has(&["churn"]) {
+        ("at-risk", "loyal")
+    } else if has(&["p_alive"]) {
+        ("active", "at-risk")
+    } else if has(&["clv", "lifetime_value"]) {
+        ("high-value", "low-value")
+    } else if has(&["expected_purchases"]) {
+        ("likely-to-buy", "unlikely-to-buy")
+    } else if has(&["fatigue"]) {
+        ("fatigued", "unfatigued")
+    } else if has(&["trend", "slope"]) {
+        ("warming", "cooling")
+    } else if has(&["unsubscribed"]) {
+        ("unsubscribed", "subscribed")
+    } else if has(&["recen", "days_since"]) {
         ("lapsed", "recent")
     } else if has(&["freq", "orders", "invoices", "purchases"]) {
         ("frequent", "one-time")
