@@ -37,7 +37,7 @@ from . import _native
 from ._native import InvalidInputError
 
 __version__ = _native.__version__
-__all__ = ["fit", "load", "loads", "neighbors", "similar", "Model", "InvalidInputError", "__version__"]
+__all__ = ["fit", "features", "load", "loads", "neighbors", "similar", "Model", "InvalidInputError", "__version__"]
 
 
 def _arrow(data: Any) -> Any:
@@ -326,3 +326,45 @@ def similar(
         seed_ids=None if seed_ids is None else [str(i) for i in seed_ids],
         mode=mode, metric=metric, id_col=id_col, backend_name=backend, allow_software_gpu=allow_software_gpu,
     ).read_all()
+
+
+def features(
+    events: Any,
+    *,
+    as_of: Any,
+    id_col: Optional[str] = None,
+    time_col: Optional[str] = None,
+    type_col: Optional[str] = None,
+    types: Optional[dict] = None,
+    value_col: Optional[str] = None,
+    category_col: Optional[str] = None,
+    categories: int = 10,
+    timezone_col: Optional[str] = None,
+    timezone: str = "UTC",
+    time_unit: str = "day",
+    predict: bool = False,
+    horizon: float = 90.0,
+    discount_rate: float = 0.1,
+    holdout_from: Any = None,
+) -> "tuple[pa.Table, Optional[dict]]":
+    """An event log (any Arrow table or stream: pyarrow, polars, DuckDB, pandas) to one
+    feature row per subscriber, as ``microseg features`` (the same columns, see the
+    README). ``as_of`` and ``holdout_from`` are dates or times (``datetime``/``date`` or
+    ISO 8601 text). ``types`` maps a kind (``purchase``, ``send``, ``open``, ``click``,
+    ``visit``, ``unsubscribe``, ``complaint``, ``bounce``, ``ignore``) to the names it
+    has in the type column. With ``predict``, BG/NBD and Gamma-Gamma are fitted and their
+    columns added; the second value is then the traits model (the ``--traits-out``
+    JSON as a dict), else ``None``."""
+    def text(t: Any) -> Optional[str]:
+        if t is None or isinstance(t, str):
+            return t
+        return t.isoformat()
+
+    reader, traits = _native.features(
+        _arrow(events), text(as_of), id_col=id_col, time_col=time_col, type_col=type_col,
+        types=None if types is None else {k: list(v) for k, v in types.items()},
+        value_col=value_col, category_col=category_col, categories=categories, timezone_col=timezone_col,
+        timezone=timezone, time_unit=time_unit, predict=predict, horizon=horizon, discount_rate=discount_rate,
+        holdout_from=text(holdout_from),
+    )
+    return reader.read_all(), None if traits is None else json.loads(traits)

@@ -90,3 +90,21 @@ def similar(
     backend_name: Optional[str] = None,
     allow_software_gpu: bool = False,
 ) -> Any: ...
+def features(
+    events: Any,
+    as_of: str,
+    id_col: Optional[str] = None,
+    time_col: Optional[str] = None,
+    type_col: Optional[str] = None,
+    types: Optional[dict[str, list[str]]] = None,
+    value_col: Optional[str] = None,
+    category_col: Optional[str] = None,
+    categories: int = 10,
+    timezone_col: Optional[str] = None,
+    timezone: str = "UTC",
+    time_unit: str = "day",
+    predict: bool = False,
+    horizon: float = 90.0,
+    discount_rate: float = 0.1,
+    holdout_from: Optional[str] = None,
+) -> tuple[Any, Optional[str]]: ...

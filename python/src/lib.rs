@@ -438,6 +438,97 @@ fn similar<'py>(
     reader_of(py, sink)
 }
 
+/// Events to one feature row per subscriber (and the traits model as JSON, with
+/// `predict`): the `microseg features` job.
+#[pyfunction]
+#[pyo3(signature = (events, as_of, id_col = None, time_col = None, type_col = None, types = None, value_col = None,
+    category_col = None, categories = 10, timezone_col = None, timezone = "UTC", time_unit = "day", predict = false,
+    horizon = 90.0, discount_rate = 0.1, holdout_from = None))]
+#[allow(clippy::too_many_arguments)]
+fn features<'py>(
+    py: Python<'py>,
+    events: &Bound<'py, PyAny>,
+    as_of: &str,
+    id_col: Option<String>,
+    time_col: Option<String>,
+    type_col: Option<String>,
+    types: Option<std::collections::HashMap<String, Vec<String>>>,
+    value_col: Option<String>,
+    category_col: Option<String>,
+    categories: usize,
+    timezone_col: Option<String>,
+    timezone: &str,
+    time_unit: &str,
+    predict: bool,
+    horizon: f64,
+    discount_rate: f64,
+    holdout_from: Option<String>,
+) -> PyResult<(Bound<'py, PyAny>, Option<String>)> {
+    use microseg::events::{self, EventSpec, PredictSpec, TimeUnit, Zone};
+    let time = |what: &str, s: &str| {
+        events::parse_time(s).ok_or_else(|| {
+            InvalidInputError::new_err(format!(
+                "{what}={s:?} is not a time: give a date, an ISO 8601 time or epoch seconds"
+            ))
+        })
+    };
+    let mut spec = EventSpec::new(time("as_of", as_of)?.1);
+    spec.holdout_from = holdout_from.as_deref().map(|h| time("holdout_from", h)).transpose()?.map(|t| t.0);
+    for (field, v) in [(&mut spec.id_col, id_col), (&mut spec.time_col, time_col), (&mut spec.type_col, type_col)] {
+        if let Some(v) = v {
+            *field = v;
+        }
+    }
+    if let Some(types) = types {
+        for (kind, names) in types {
+            let t = &mut spec.types;
+            let slot = match kind.as_str() {
+                "purchase" => &mut t.purchase,
+                "send" => &mut t.send,
+                "open" => &mut t.open,
+                "click" => &mut t.click,
+                "visit" => &mut t.visit,
+                "unsubscribe" => &mut t.unsubscribe,
+                "complaint" => &mut t.complaint,
+                "bounce" => &mut t.bounce,
+                "ignore" => &mut t.ignore,
+                other => {
+                    return Err(InvalidInputError::new_err(format!(
+                        "types: no kind {other:?} (purchase, send, open, click, visit, unsubscribe, complaint, bounce, ignore)"
+                    )));
+                }
+            };
+            *slot = names;
+        }
+    }
+    spec.categories = if category_col.is_some() { categories } else { 0 };
+    spec.value_col = value_col;
+    spec.category_col = category_col;
+    spec.timezone_col = timezone_col;
+    spec.timezone = Zone::parse(timezone)
+        .ok_or_else(|| InvalidInputError::new_err(format!("timezone={timezone:?} is not a time zone")))?;
+    spec.time_unit = parse("time_unit", time_unit, &[("day", TimeUnit::Day), ("week", TimeUnit::Week)])?;
+    let predict = predict.then_some(PredictSpec { horizon_days: horizon, discount_rate });
+    let ds = dataset(events, "<events>")?;
+    let (sink, traits) = py
+        .detach(move || {
+            let (state, traits) = events::features(&ds, &spec, predict)?;
+            let schema = state.schema(traits.as_ref());
+            let mut batches = Vec::new();
+            state.finish(traits.as_ref(), &mut |b| {
+                batches.push(b);
+                Ok(())
+            })?;
+            let json = traits
+                .map(|t| serde_json::to_string(&t))
+                .transpose()
+                .map_err(|e| microseg::Error::Runtime(e.to_string()))?;
+            Ok::<_, microseg::Error>(((Some(schema), batches), json))
+        })
+        .map_err(to_py)?;
+    Ok((reader_of(py, sink)?, traits))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fit, m)?)?;
@@ -445,6 +536,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(neighbors, m)?)?;
     m.add_function(wrap_pyfunction!(similar, m)?)?;
+    m.add_function(wrap_pyfunction!(features, m)?)?;
     m.add_class::<NativeModel>()?;
     m.add("InvalidInputError", m.py().get_type::<InvalidInputError>())?;
     m.add("__version__", microseg::ENGINE_VERSION)?;

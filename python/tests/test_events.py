@@ -186,3 +186,24 @@ def test_bgnbd_parameters_equal_an_independent_fit_where_they_are_identified(gen
     for j, k in enumerate(["r", "alpha", "a", "b"]):
         assert t["bgnbd"][k] == pytest.approx(np.exp(ref.x[j]), rel=1e-3), k
     assert t["bgnbd"]["log_likelihood"] == pytest.approx(-ref.fun, rel=1e-9)
+
+
+def test_python_features_equal_the_cli(generated):
+    import microseg
+
+    log = pq.read_table(generated / "e.parquet")
+    table, traits = microseg.features(
+        log, as_of="2026-06-20", value_col="value", category_col="category", categories=3, predict=True
+    )
+    cli(
+        "features", "--events", "e.parquet", "--as-of", "2026-06-20", "--value-col", "value",
+        "--category-col", "category", "--categories", "3", "--predict", "--traits-out", "pt.json",
+        "--out", "pf.parquet", "--quiet", cwd=generated,
+    )
+    assert table.equals(pq.read_table(generated / "pf.parquet").select(table.column_names))
+    assert traits == json.loads((generated / "pt.json").read_text())
+    # Bad input is the CLI's error, as the package's exception.
+    with pytest.raises(microseg.InvalidInputError, match="unknown event type 'send'"):
+        microseg.features(log, as_of="2026-06-20", types={"send": ["mail"]})
+    with pytest.raises(microseg.InvalidInputError, match="not a time"):
+        microseg.features(log, as_of="someday")

@@ -105,22 +105,10 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
     let t0 = Instant::now();
     let as_of = parse_time(&a.as_of, "--as-of")?.1;
     let holdout_from = a.holdout_from.as_deref().map(|h| parse_time(h, "--holdout-from")).transpose()?.map(|t| t.0);
-    if holdout_from.is_some() && !a.predict {
-        return Err(Error::Usage("--holdout-from checks the forecast: give --predict (and --traits-out) too".into()));
-    }
     if a.predict != a.traits_out.is_some() {
         return Err(Error::Usage(
             "--predict and --traits-out go together: the fitted traits model is written there".into(),
         ));
-    }
-    if !(a.horizon.is_finite() && a.horizon > 0.0) {
-        return Err(Error::Usage(format!("--horizon {} must be a positive number of days", a.horizon)));
-    }
-    if !(a.discount_rate.is_finite() && a.discount_rate > -1.0) {
-        return Err(Error::Usage(format!("--discount-rate {} must be above -1", a.discount_rate)));
-    }
-    if a.categories > 200 {
-        return Err(Error::Usage("--categories is at most 200 (one column each)".into()));
     }
     let timezone = Zone::parse(&a.timezone).ok_or_else(|| {
         Error::Usage(format!(
@@ -153,15 +141,15 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
             bounce: a.bounce_types.clone(),
             ignore: a.ignore_types.clone(),
         },
-        as_of,
         holdout_from,
         time_unit: match a.time_unit {
             UnitArg::Day => events::TimeUnit::Day,
             UnitArg::Week => events::TimeUnit::Week,
         },
         categories: if a.category_col.is_some() { a.categories } else { 0 },
-        now: chrono::Utc::now().timestamp(),
+        ..EventSpec::new(as_of)
     };
+    let predict = a.predict.then_some(PredictSpec { horizon_days: a.horizon, discount_rate: a.discount_rate });
     // Outputs are claimed before the work, so an existing file fails fast.
     let out = AtomicOutput::create(&a.out, a.write.force)?;
     let traits_out = match &a.traits_out {
@@ -169,12 +157,7 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
         None => None,
     };
     let ds = Dataset::open(&a.events)?;
-    let state = events::accumulate(&ds, &spec)?;
-    let traits = if a.predict {
-        Some(state.fit_traits(PredictSpec { horizon_days: a.horizon, discount_rate: a.discount_rate })?)
-    } else {
-        None
-    };
+    let (state, traits) = events::features(&ds, &spec, predict)?;
     let meta = super::provenance("features", None, false);
     let mut pq = ParquetOutput::with_metadata(out, state.schema(traits.as_ref()), 131_072, meta)?;
     state.finish(traits.as_ref(), &mut |b| pq.write(&b))?;

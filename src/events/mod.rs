@@ -241,6 +241,25 @@ pub struct EventSpec {
 }
 
 impl EventSpec {
+    /// The defaults of the command line's flags, as of `as_of` (epoch seconds).
+    pub fn new(as_of: i64) -> EventSpec {
+        EventSpec {
+            id_col: "subscriber_id".into(),
+            time_col: "timestamp".into(),
+            type_col: "event".into(),
+            value_col: None,
+            category_col: None,
+            timezone_col: None,
+            timezone: Zone::Fixed(0),
+            types: EventTypes::default(),
+            as_of,
+            holdout_from: None,
+            time_unit: TimeUnit::Day,
+            categories: 10,
+            now: chrono::Utc::now().timestamp(),
+        }
+    }
+
     /// The last second whose events feed the features.
     pub fn calibration_end(&self) -> i64 {
         self.holdout_from.map_or(self.as_of, |h| h - 1)
@@ -638,6 +657,42 @@ pub struct EventState {
     pub categories: Vec<String>,
     pub summary: Summary,
 }
+
+/// The `features` job every front end calls: check the options, read the log into
+/// states, and fit the traits when asked. Write the rows with [`EventState::finish`].
+pub fn features(ds: &Dataset, spec: &EventSpec, predict: Option<PredictSpec>) -> Result<(EventState, Option<Traits>)> {
+    if spec.holdout_from.is_some() && predict.is_none() {
+        return Err(Error::Usage(
+            "a holdout checks the forecast: ask for the predictive traits too (--predict)".into(),
+        ));
+    }
+    if let Some(p) = predict {
+        if !(p.horizon_days.is_finite() && p.horizon_days > 0.0) {
+            return Err(Error::Usage(format!("the horizon {} must be a positive number of days", p.horizon_days)));
+        }
+        if !(p.discount_rate.is_finite() && p.discount_rate > -1.0) {
+            return Err(Error::Usage(format!("the discount rate {} must be above -1", p.discount_rate)));
+        }
+    }
+    if spec.categories > MAX_CATEGORIES {
+        return Err(Error::Usage(format!("at most {MAX_CATEGORIES} categories (one column each)")));
+    }
+    let state = accumulate(ds, spec)?;
+    let t0 = std::time::Instant::now();
+    let traits = predict.map(|p| state.fit_traits(p)).transpose()?;
+    if let Some(t) = &traits {
+        log::info!(
+            "fitted the traits of {} buyers ({} distinct (x, t_x, T)) in {:.2}s",
+            t.bgnbd.n_customers,
+            t.bgnbd.n_groups,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok((state, traits))
+}
+
+/// Top categories reported at most (one column each).
+pub const MAX_CATEGORIES: usize = 200;
 
 /// One decoded batch, converted: times, kinds, values, categories, local times of opens
 /// and clicks.
