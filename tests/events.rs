@@ -508,4 +508,9 @@ fn segment_names_speak_of_the_predictive_traits() {
     assert_eq!(generate_name(&[d("p_alive", -1.2), d("days_since_last_open", 0.9)]), "at-risk, lapsed customers");
     assert_eq!(generate_name(&[d("fatigued", 2.0), d("open_rate_trend", -1.0)]), "fatigued, cooling customers");
     assert_eq!(generate_name(&[d("expected_purchases_90d", 1.0)]), "likely-to-buy customers");
+    assert_eq!(
+        generate_name(&[d("median_engagement_gap_days", -1.0), d("max_sends_per_week", 1.0)]),
+        "habitual, send-tolerant customers"
+    );
+    assert_eq!(generate_name(&[d("median_purchase_gap_days", 0.8)]), "slow-repurchasing customers");
 }

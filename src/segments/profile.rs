@@ -406,6 +406,12 @@ fn phrase(feature: &str, high: bool) -> String {
         ("warming", "cooling")
     } else if has(&["unsubscribed"]) {
         ("unsubscribed", "subscribed")
+    } else if has(&["engagement_gap"]) {
+        ("sporadic", "habitual")
+    } else if has(&["purchase_gap"]) {
+        ("slow-repurchasing", "quick-repurchasing")
+    } else if has(&["max_sends"]) {
+        ("send-tolerant", "send-sensitive")
     } else if has(&["recen", "days_since"]) {
         ("lapsed", "recent")
     } else if has(&["freq", "orders", "invoices", "purchases"]) {
