@@ -268,8 +268,7 @@ pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
     crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &out_refs, a.write.json)?;
     let created = !a.out_dir.exists();
     if created {
-        std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::output(&a.out_dir, e))?;
-        crate::io::output::register_dir(&a.out_dir);
+        crate::io::output::create_dir(&a.out_dir).map_err(|e| Error::output(&a.out_dir, e))?;
     }
     let result = segment_into(&a, &cfg);
     if result.is_err() && created {

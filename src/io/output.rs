@@ -41,18 +41,19 @@ pub fn stdout_closed() -> bool {
 /// what a signal handler must remove.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-fn live_add(p: &Path) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
-}
-
 fn live_remove(p: &Path) {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|q| q != p);
 }
 
-/// A directory created for outputs (by `segment --out-dir`): removed, when still
-/// empty, if a signal ends the run. Call [`forget_dir`] once the outputs are in it.
-pub fn register_dir(p: &Path) {
-    live_add(p);
+/// Create a directory for outputs (`segment --out-dir`, with its parents): removed,
+/// when still empty, if a signal ends the run. It is created and registered under the
+/// lock [`cleanup_on_signal`] takes, so no signal falls in between. Call [`forget_dir`]
+/// once the outputs are in it.
+pub fn create_dir(p: &Path) -> std::io::Result<()> {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::create_dir_all(p)?;
+    live.push(p.to_path_buf());
+    Ok(())
 }
 
 pub fn forget_dir(p: &Path) {
@@ -157,6 +158,9 @@ impl AtomicOutput {
             Target::Atomic { dest, tmp, .. } if tmp.is_none() => {
                 let dir = parent_dir(dest);
                 let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                // The file is created and registered under the lock `cleanup_on_signal`
+                // takes, so a signal landing in between still finds it and removes it.
+                let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
                 let t = tempfile::Builder::new()
                     .prefix(&format!(".{name}."))
                     .suffix(".partial")
@@ -164,7 +168,8 @@ impl AtomicOutput {
                     .map_err(|e| Error::output(&self.path, format!("cannot write in {}: {e}", dir.display())))?;
                 // The lock tells a later run that this file's writer is alive.
                 let _ = t.as_file().try_lock();
-                live_add(t.path());
+                live.push(t.path().to_path_buf());
+                drop(live);
                 *tmp = Some(t);
             }
             Target::InPlace { file } if file.is_none() => {
