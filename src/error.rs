@@ -16,8 +16,12 @@ pub enum ExitCode {
     BadInput = 3,
     /// An output cannot be written (directory missing, no permission, disk full).
     Output = 4,
+    /// Stopped by SIGHUP (128 + 1).
+    HungUp = 129,
     /// Stopped by SIGINT (as shells report it: 128 + 2).
     Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15), as orchestrators stop a job.
+    Terminated = 143,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub enum Error {
     /// The caller asked the work to stop (Ctrl-C in Python, a cancelled job).
     #[error("interrupted")]
     Interrupted,
+    /// A signal stopped the work at a clean point; `message` says where, and how to go on.
+    #[error("{message}")]
+    Stopped { signal: i32, message: String },
 }
 
 impl Error {
@@ -53,6 +60,9 @@ impl Error {
             Error::Output { .. } => ExitCode::Output,
             Error::Runtime(_) => ExitCode::Runtime,
             Error::Interrupted => ExitCode::Interrupted,
+            Error::Stopped { signal: 1, .. } => ExitCode::HungUp,
+            Error::Stopped { signal: 15, .. } => ExitCode::Terminated,
+            Error::Stopped { .. } => ExitCode::Interrupted,
         }
     }
 }

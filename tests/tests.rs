@@ -12,5 +12,6 @@ mod hostile;
 mod kernels;
 mod kmeans;
 pub mod report;
+mod resume;
 mod segments;
 mod sklearn;

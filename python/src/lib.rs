@@ -34,7 +34,7 @@ fn to_py(e: microseg::Error) -> PyErr {
     match e {
         E::Usage(_) | E::Input { .. } | E::Data(_) | E::OutputExists(_) => InvalidInputError::new_err(msg),
         E::Output { .. } => PyOSError::new_err(msg),
-        E::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        E::Interrupted | E::Stopped { .. } => PyKeyboardInterrupt::new_err(msg),
         _ => PyRuntimeError::new_err(msg),
     }
 }
@@ -314,6 +314,7 @@ fn fit(
                 ("pruned", AlgorithmChoice::Pruned),
             ],
         )?,
+        checkpoint: None,
     };
     cfg.check().map_err(to_py)?;
     let ds = dataset(data, "<table>")?;

@@ -93,6 +93,18 @@ pub(crate) struct FitOpts {
     /// the same model bit for bit. auto: Hamerly below k = 128, pruned from 128 on.
     #[arg(long, value_enum, default_value = "auto")]
     algorithm: AlgorithmArg,
+    /// Save the fit's state in this directory (created if missing) as it goes; the same
+    /// command run again resumes from it and writes the model an uninterrupted fit
+    /// writes, byte for byte. Removed once the outputs are written. k-means only.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// Save the state every N iterations (and at the end of each run, and when a signal
+    /// stops the fit) [default: 10].
+    #[arg(long, value_name = "N", requires = "checkpoint")]
+    checkpoint_every: Option<usize>,
+    /// ... or once this many seconds have passed since the last save [default: 60].
+    #[arg(long, value_name = "S", requires = "checkpoint")]
+    checkpoint_seconds: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +181,14 @@ impl FitOpts {
                 AlgorithmArg::Hamerly => AlgorithmChoice::Hamerly,
                 AlgorithmArg::Pruned => AlgorithmChoice::Pruned,
             },
+            checkpoint: self.checkpoint.as_ref().map(|dir| {
+                let d = pipeline::CheckpointSpec::new(dir);
+                pipeline::CheckpointSpec {
+                    every: self.checkpoint_every.unwrap_or(d.every),
+                    seconds: self.checkpoint_seconds.unwrap_or(d.seconds),
+                    ..d
+                }
+            }),
         }
     }
 
@@ -184,17 +204,55 @@ impl FitOpts {
     }
 }
 
-/// Fit with a progress bar on a terminal.
+/// Fit with a progress bar on a terminal; a signal stops it at the end of an iteration.
 fn fit_model(inputs: &[PathBuf], cfg: &FitConfig, backend: &dyn Backend) -> Result<(Model, FitReport)> {
     let ds = Dataset::open(inputs)?;
     let bar = progress_bar(cfg.max_iter as u64);
-    let res = pipeline::fit_with_progress(&ds, cfg, backend, &mut |info: &kmeans::IterInfo| {
-        bar.set_position(info.iteration as u64);
-        bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
-        true
+    stoppable(cfg, |on_iter| {
+        pipeline::fit_with_progress(&ds, cfg, backend, &mut |info: &kmeans::IterInfo| {
+            bar.set_position(info.iteration as u64);
+            bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
+            on_iter(info)
+        })
+    })
+    .inspect(|_| bar.finish_and_clear())
+    .inspect_err(|_| bar.finish_and_clear())
+}
+
+/// Run `work` (a fit, or the fit of `segment`) so that SIGTERM, SIGINT or SIGHUP stop it
+/// at the end of an iteration, its checkpoint written, with one line saying where
+/// ([`Error::Stopped`], exit 128 + the signal).
+fn stoppable<T>(
+    cfg: &FitConfig,
+    work: impl FnOnce(&mut dyn FnMut(&kmeans::IterInfo) -> bool) -> Result<T>,
+) -> Result<T> {
+    let guard = super::Iterating::enter();
+    let mut last: Option<(usize, usize)> = None;
+    let res = work(&mut |info| {
+        last = Some((info.run, info.iteration));
+        guard.stop_requested().is_none()
     });
-    bar.finish_and_clear();
-    res
+    let Some(sig) = guard.leave() else {
+        return res;
+    };
+    if let Err(e) = &res
+        && !matches!(e, Error::Interrupted)
+    {
+        // A real failure outranks the stop.
+        return res;
+    }
+    let runs = if matches!(cfg.init, InitSpec::File(_) | InitSpec::Centroids(_)) { 1 } else { cfg.n_init };
+    let at = match (res.is_ok(), last) {
+        (true, _) => "after the fit, before its outputs were written".to_string(),
+        (false, Some((run, it))) if runs > 1 => format!("at iteration {it} of run {} of {runs}", run + 1),
+        (false, Some((_, it))) => format!("at iteration {it}"),
+        (false, None) => "before the first iteration".to_string(),
+    };
+    let next = match &cfg.checkpoint {
+        Some(c) => format!("the state is saved in {}: run the same command again to resume", c.dir.display()),
+        None => "nothing was written (with --checkpoint DIR a rerun would resume)".to_string(),
+    };
+    Err(Error::Stopped { signal: sig, message: format!("stopped by {} {at}; {next}", super::signal_name(sig)) })
 }
 
 /// The fit's report as the `--json` line of `command`.
@@ -246,6 +304,9 @@ pub(crate) fn run_fit(a: FitArgs) -> Result<()> {
     let backend = super::backend::open(&a.opts.backend)?;
     let (model, report) = fit_model(&a.inputs, &cfg, backend.as_ref())?;
     write_json(out, &model)?;
+    if let Some(c) = &cfg.checkpoint {
+        c.remove();
+    }
     log(format!("wrote the model to {}", a.model.display()));
     if a.write.json {
         let mut s = summary(&report, "fit")?;
@@ -298,9 +359,11 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
     let meta = super::provenance("segment", None, assign_cfg.pseudonymize.is_some());
     let mut sink = ParquetOutput::pending(assign_out, 1 << 20, meta)?;
     let bar = progress_bar(cfg.max_iter as u64);
-    let done = pipeline::segment(&ds, cfg, &a.outcomes, assign_cfg, backend.as_ref(), &mut sink, &mut |info| {
-        bar.set_position(info.iteration as u64);
-        true
+    let done = stoppable(cfg, |on_iter| {
+        pipeline::segment(&ds, cfg, &a.outcomes, assign_cfg, backend.as_ref(), &mut sink, &mut |info| {
+            bar.set_position(info.iteration as u64);
+            on_iter(info)
+        })
     });
     bar.finish_and_clear();
     let pipeline::Segmented { model, fit: report, profile, assigned } = done?;
@@ -310,6 +373,9 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
     write_json(profile_out, &profile)?;
     super::segments::write_html(report_out, &html)?;
     write_json(model_out, &model)?;
+    if let Some(c) = &cfg.checkpoint {
+        c.remove();
+    }
     for s in &profile.segments {
         log(format!("segment {}: {} ({})", s.id, s.name, crate::segments::report::pct(s.share)));
     }

@@ -343,19 +343,85 @@ fn quiet_display_probe() {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP remove this run's temporary files and exit 128 + the
-/// signal (130, 143, 129), as shells report a killed command.
+/// What the signal thread and a running fit share: whether a fit is iterating (it then
+/// stops itself at the end of the iteration) and the signal that asked it to.
+struct StopState {
+    iterating: bool,
+    signal: i32,
+}
+
+static STOP: std::sync::Mutex<StopState> = std::sync::Mutex::new(StopState { iterating: false, signal: 0 });
+
+fn stop_state() -> std::sync::MutexGuard<'static, StopState> {
+    STOP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP exit 128 + the signal (130, 143, 129), as shells report a
+/// killed command. While a fit iterates, the first one stops it at the end of the
+/// iteration (its checkpoint saved, see [`Iterating`]); otherwise, or at a second
+/// signal, the run ends at once, its temporary files removed.
 fn handle_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
     };
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            let mut st = stop_state();
+            if st.iterating && st.signal == 0 {
+                st.signal = sig;
+                drop(st);
+                log::info!("{}: stopping at the end of this iteration (send it again to stop now)", signal_name(sig));
+                continue;
+            }
             crate::io::output::cleanup_on_signal();
+            stderr_line(&format!(
+                "microseg: stopped by {} (exit {}); nothing was committed, temporary files removed",
+                signal_name(sig),
+                128 + sig
+            ));
             std::process::exit(128 + sig);
         }
     });
+}
+
+/// Held while a fit iterates: a signal then asks it to stop at the end of the
+/// iteration (through [`Iterating::stop_requested`]) instead of ending the process.
+pub(crate) struct Iterating(());
+
+impl Iterating {
+    pub(crate) fn enter() -> Self {
+        stop_state().iterating = true;
+        Iterating(())
+    }
+
+    /// The signal received since [`Iterating::enter`], if any.
+    pub(crate) fn stop_requested(&self) -> Option<i32> {
+        Some(stop_state().signal).filter(|s| *s != 0)
+    }
+
+    /// Leave the iterations: the signal received meanwhile, if any (the caller then
+    /// stops; a signal from now on ends the process at once).
+    pub(crate) fn leave(self) -> Option<i32> {
+        let mut st = stop_state();
+        st.iterating = false;
+        Some(st.signal).filter(|s| *s != 0)
+    }
+}
+
+impl Drop for Iterating {
+    fn drop(&mut self) {
+        stop_state().iterating = false;
+    }
 }
 
 /// A panic is a bug, but it still ends with a message and the runtime exit code (1),
@@ -426,6 +492,14 @@ pub fn main() -> std::process::ExitCode {
             while let Some(s) = src {
                 causes.push(s.to_string());
                 src = s.source();
+            }
+            if let Error::Stopped { message, .. } = &e {
+                // Not a failure: one line saying where the work stopped.
+                stderr_line(&format!("microseg: {message}"));
+                if JSON_MODE.load(Ordering::Relaxed) {
+                    report_json(e.exit_code() as u8, message, &[]);
+                }
+                return std::process::ExitCode::from(e.exit_code() as u8);
             }
             report_error(e.exit_code() as u8, &e.to_string(), &causes);
             std::process::ExitCode::from(e.exit_code() as u8)

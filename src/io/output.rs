@@ -254,6 +254,12 @@ fn commit_file(tmp: NamedTempFile, dest: &Path, force: bool, shown: &Path) -> Re
         return Err(Error::output(shown, "is no longer a regular file; nothing was written"));
     }
     let res = if force { tmp.persist(dest) } else { tmp.persist_noclobber(dest) };
+    if res.is_ok()
+        && let Ok(d) = File::open(parent_dir(dest))
+    {
+        // The rename itself is durable once the directory is synced.
+        let _ = d.sync_all();
+    }
     res.map(|_| ()).map_err(|e| {
         if e.error.kind() == std::io::ErrorKind::AlreadyExists {
             Error::OutputExists(shown.to_path_buf())

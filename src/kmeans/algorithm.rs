@@ -85,6 +85,87 @@ pub fn fit_cancellable<B: Backend + ?Sized>(
     params: &KMeansParams,
     on_iter: &mut dyn FnMut(&IterInfo) -> bool,
 ) -> Result<KMeansFit> {
+    fit_resumable(backend, x, weights, params, None, on_iter, &mut |_, _| Ok(()))
+}
+
+/// Why a fit hands its state to the saver of [`fit_resumable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateEvent {
+    /// The end of an iteration that did not end the run.
+    Iteration,
+    /// A run has ended (its result is in `best` when it is the best so far).
+    RunEnd,
+    /// `on_iter` asked the fit to stop: the last state before [`Error::Interrupted`].
+    Stopping,
+}
+
+/// A run that has ended, enough to rebuild its result exactly: its final centroids
+/// (the labels, statistics and inertia are one exact pass against them).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DoneRun {
+    pub run: usize,
+    pub centroids: Vec<f32>,
+    pub iterations: usize,
+    pub converged: bool,
+    pub relocations: usize,
+    pub full_evaluations: u64,
+}
+
+/// The state of a fit between two iterations: what a checkpoint holds. The labels are
+/// not kept: they are the exact assignment to `labels_from`, recomputed on resume, so a
+/// resumed fit makes the same decisions, and the same model, as one never stopped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    /// The run in progress (0-based; `n_init` once every run has ended).
+    pub run: usize,
+    /// Iterations done in this run.
+    pub iteration: usize,
+    /// The run's stopping rule has fired: what is left is the final exact pass.
+    pub converged: bool,
+    /// Centroids the next iteration assigns to (None: the run has not started).
+    pub centroids: Option<Vec<f32>>,
+    /// Centroids the current labels were assigned to (the previous iteration's).
+    pub labels_from: Option<Vec<f32>>,
+    pub relocations: usize,
+    pub full_evaluations: u64,
+    /// The best run that has ended so far (lowest inertia, first on ties).
+    pub best: Option<DoneRun>,
+}
+
+impl Resume {
+    fn check(&self, k: usize, dim: usize, runs: usize) -> Result<()> {
+        let bad = |what: &str| Err(Error::Runtime(format!("the checkpoint's state is inconsistent: {what}")));
+        let ok_len =
+            |v: &Option<Vec<f32>>| v.as_ref().is_none_or(|c| c.len() == k * dim && c.iter().all(|x| x.is_finite()));
+        if self.run > runs || (self.run == runs && self.best.is_none()) {
+            return bad("run number");
+        }
+        if !ok_len(&self.centroids) || !ok_len(&self.labels_from) {
+            return bad("centroids of another shape");
+        }
+        if self.centroids.is_some() != self.labels_from.is_some() || (self.centroids.is_some() && self.iteration == 0) {
+            return bad("centroids without their iteration");
+        }
+        if self.best.as_ref().is_some_and(|b| b.centroids.len() != k * dim || b.run >= runs) {
+            return bad("best run");
+        }
+        Ok(())
+    }
+}
+
+/// As [`fit_cancellable`], resumable: `resume` (from a checkpoint) continues a fit where
+/// it stopped, and `on_state` sees the state after every iteration and run, and before
+/// an interruption, to save what it chooses. A fit resumed from any of those states
+/// gives the model of a fit never stopped, bit for bit (on backends with exact labels).
+pub fn fit_resumable<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    weights: Option<&[f32]>,
+    params: &KMeansParams,
+    resume: Option<Resume>,
+    on_iter: &mut dyn FnMut(&IterInfo) -> bool,
+    on_state: &mut dyn FnMut(&Resume, StateEvent) -> Result<()>,
+) -> Result<KMeansFit> {
     let usable = weights.map_or(x.n(), |w| w.iter().filter(|v| **v > 0.0).count());
     params.check(usable, x.dim)?;
     if let Some(w) = weights {
@@ -92,13 +173,24 @@ pub fn fit_cancellable<B: Backend + ?Sized>(
     }
     let tol_scaled = tolerance(x, params.tol);
     let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
+    if let Some(r) = &resume {
+        r.check(params.k, x.dim, runs)?;
+    }
     // The matrix is borrowed, hence unchanged, for the whole fit.
     backend.retain(&x.data, x.dim)?;
-    let result = fit_runs(backend, x, weights, params, tol_scaled, runs, on_iter);
+    let mut ctl = Control { on_iter, on_state };
+    let result = fit_runs(backend, x, weights, params, tol_scaled, runs, resume, &mut ctl);
     backend.release();
     result
 }
 
+/// The caller's hooks: progress (and the request to stop), and the state saver.
+struct Control<'a> {
+    on_iter: &'a mut dyn FnMut(&IterInfo) -> bool,
+    on_state: &'a mut dyn FnMut(&Resume, StateEvent) -> Result<()>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fit_runs<B: Backend + ?Sized>(
     backend: &B,
     x: &Matrix,
@@ -106,22 +198,92 @@ fn fit_runs<B: Backend + ?Sized>(
     params: &KMeansParams,
     tol_scaled: f64,
     runs: usize,
-    on_iter: &mut dyn FnMut(&IterInfo) -> bool,
+    resume: Option<Resume>,
+    ctl: &mut Control<'_>,
 ) -> Result<KMeansFit> {
-    let mut best: Option<KMeansFit> = None;
+    let (first_run, mut best_done, mut best) = match &resume {
+        Some(r) => {
+            let fit = match &r.best {
+                Some(d) => Some(rebuild(backend, x, weights, params.k, d, tol_scaled)?),
+                None => None,
+            };
+            (r.run, r.best.clone(), fit)
+        }
+        None => (0, None, None),
+    };
+    let mut resume = resume.filter(|r| r.centroids.is_some());
     let mut init_seconds = 0.0;
-    for run in 0..runs {
+    for run in first_run..runs {
         let t0 = Instant::now();
-        let start = initial_centroids(x, weights, params, run);
+        let start = match resume.take() {
+            Some(r) => Start::Resumed(r),
+            None => Start::Fresh(initial_centroids(x, weights, params, run)),
+        };
         init_seconds += t0.elapsed().as_secs_f64();
-        let fit = run_once(backend, x, weights, params, start, tol_scaled, run, on_iter)?;
+        let fit = run_once(backend, x, weights, params, start, tol_scaled, run, &best_done, ctl)?;
         if best.as_ref().is_none_or(|b| fit.inertia < b.inertia) {
+            best_done = Some(DoneRun {
+                run,
+                centroids: fit.centroids.data.clone(),
+                iterations: fit.iterations,
+                converged: fit.converged,
+                relocations: fit.relocations,
+                full_evaluations: fit.full_evaluations,
+            });
             best = Some(fit);
         }
+        let state = Resume {
+            run: run + 1,
+            iteration: 0,
+            converged: false,
+            centroids: None,
+            labels_from: None,
+            relocations: 0,
+            full_evaluations: 0,
+            best: best_done.clone(),
+        };
+        (ctl.on_state)(&state, StateEvent::RunEnd)?;
     }
-    let mut best = best.unwrap();
+    let mut best = best.expect("a fit has at least one run");
     best.init_seconds = init_seconds;
     Ok(best)
+}
+
+/// The result of an ended run from its final centroids: the same exact pass that
+/// ended it.
+fn rebuild<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    w: Option<&[f32]>,
+    k: usize,
+    d: &DoneRun,
+    tol_scaled: f64,
+) -> Result<KMeansFit> {
+    let c = Centroids::new(d.centroids.clone(), x.dim);
+    let mut nearest = vec![Nearest::default(); x.n()];
+    backend.assign(&x.data, &c, &mut nearest)?;
+    let stats = backend.reduce(&x.data, w, &nearest, k)?;
+    let inertia = stats.inertia();
+    Ok(KMeansFit {
+        centroids: c,
+        nearest,
+        stats,
+        inertia,
+        iterations: d.iterations,
+        converged: d.converged,
+        relocations: d.relocations,
+        best_run: d.run,
+        tol_scaled,
+        iteration_seconds: 0.0,
+        init_seconds: 0.0,
+        full_evaluations: d.full_evaluations,
+    })
+}
+
+/// Where a run begins: its initial centroids, or a saved state.
+enum Start {
+    Fresh(Centroids),
+    Resumed(Resume),
 }
 
 fn initial_centroids(x: &Matrix, w: Option<&[f32]>, p: &KMeansParams, run: usize) -> Centroids {
@@ -173,25 +335,42 @@ fn run_once<B: Backend + ?Sized>(
     x: &Matrix,
     w: Option<&[f32]>,
     p: &KMeansParams,
-    start: Centroids,
+    start: Start,
     tol_scaled: f64,
     run: usize,
-    on_iter: &mut dyn FnMut(&IterInfo) -> bool,
+    best: &Option<DoneRun>,
+    ctl: &mut Control<'_>,
 ) -> Result<KMeansFit> {
     let n = x.n();
     let k = p.k;
-    let mut c = start;
-    let mut prev_c: Option<Centroids> = None;
+    let dim = x.dim;
     let mut nearest = vec![Nearest { label: u32::MAX, dist: 0.0, second: 0.0 }; n];
-    let mut labels_old: Vec<u32> = Vec::new();
-    let mut bounds: Option<Bounds> = None;
-    let mut last_searched = 0.0f64;
+    let mut prev_c: Option<Centroids> = None;
     let mut relocations = 0usize;
     let mut converged = false;
     let mut iterations = 0;
     let mut full_evals = 0u64;
+    let mut c = match start {
+        Start::Fresh(c) => c,
+        Start::Resumed(r) => {
+            // The labels of the last iteration done: the exact assignment to the
+            // centroids it used, as every algorithm here computes them.
+            let from = Centroids::new(r.labels_from.expect("checked"), dim);
+            backend.assign(&x.data, &from, &mut nearest)?;
+            prev_c = Some(from);
+            relocations = r.relocations;
+            full_evals = r.full_evaluations;
+            iterations = r.iteration;
+            converged = r.converged;
+            Centroids::new(r.centroids.expect("checked"), dim)
+        }
+    };
+    let mut labels_old: Vec<u32> = Vec::new();
+    let mut bounds: Option<Bounds> = None;
+    let mut last_searched = 0.0f64;
     let t_iter = Instant::now();
-    for it in 0..p.max_iter {
+    let first = if converged { p.max_iter } else { iterations };
+    for it in first..p.max_iter {
         let t0 = Instant::now();
         // Bounds stop paying when most points fail them (large k, centroids still
         // drifting): then run full passes, trying the bounds again every 4th iteration.
@@ -241,7 +420,8 @@ fn run_once<B: Backend + ?Sized>(
         let shift: f64 = (0..k).map(|j| exact_sq_dist(new_c.row(j), c.row(j))).sum();
         prev_c = Some(std::mem::replace(&mut c, new_c));
         iterations = it + 1;
-        let go_on = on_iter(&IterInfo {
+        converged = changed == 0 || shift <= tol_scaled;
+        let go_on = (ctl.on_iter)(&IterInfo {
             run,
             iteration: iterations,
             changed,
@@ -249,11 +429,23 @@ fn run_once<B: Backend + ?Sized>(
             full_evaluations: evaluated,
             seconds: t0.elapsed().as_secs_f64(),
         });
+        if !go_on || (!converged && iterations < p.max_iter) {
+            let state = Resume {
+                run,
+                iteration: iterations,
+                converged,
+                centroids: Some(c.data.clone()),
+                labels_from: prev_c.as_ref().map(|pc| pc.data.clone()),
+                relocations,
+                full_evaluations: full_evals,
+                best: best.clone(),
+            };
+            (ctl.on_state)(&state, if go_on { StateEvent::Iteration } else { StateEvent::Stopping })?;
+        }
         if !go_on {
             return Err(Error::Interrupted);
         }
-        if changed == 0 || shift <= tol_scaled {
-            converged = true;
+        if converged {
             break;
         }
     }

@@ -7,5 +7,7 @@ pub mod hyperparams;
 pub mod init;
 mod pruned;
 
-pub use algorithm::{IterInfo, KMeansFit, centroids_from, fit, fit_cancellable, tolerance};
+pub use algorithm::{
+    DoneRun, IterInfo, KMeansFit, Resume, StateEvent, centroids_from, fit, fit_cancellable, fit_resumable, tolerance,
+};
 pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams, Metric};

@@ -104,6 +104,8 @@ pub struct FitConfig {
     pub covariance: crate::gmm::CovarianceType,
     /// Added to the diagonal of a mixture's covariances (default 1e-6).
     pub reg_covar: f64,
+    /// Save the fit's state there as it goes, and resume from what is there.
+    pub checkpoint: Option<super::CheckpointSpec>,
 }
 
 impl Default for FitConfig {
@@ -131,6 +133,7 @@ impl Default for FitConfig {
             method: Method::KMeans,
             covariance: crate::gmm::CovarianceType::Diag,
             reg_covar: 1e-6,
+            checkpoint: None,
         }
     }
 }
@@ -173,6 +176,16 @@ impl FitConfig {
             .check_settings()?;
         }
         KMeansParams::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
+        if let Some(c) = &self.checkpoint {
+            if self.method == Method::Gmm {
+                return Err(Error::Usage(
+                    "--checkpoint saves k-means fits; a mixture (--method gmm) is not checkpointed yet: leave \
+                     --checkpoint out"
+                        .into(),
+                ));
+            }
+            c.check()?;
+        }
         if self.embedding_weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
             return Err(Error::Usage("--embedding-weight must be a positive number".into()));
         }
@@ -431,18 +444,43 @@ pub fn fit_with_progress(
         gmm_section = Some(section);
         fit
     } else {
-        kmeans::fit_cancellable(backend, &table.matrix, table.weights.as_deref(), &params, &mut |info| {
-            log::debug!(
-                "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
-                info.run + 1,
-                info.iteration,
-                info.changed,
-                100.0 * info.full_evaluations as f64 / n as f64,
-                info.shift,
-                info.seconds
-            );
-            on_iter(info)
-        })?
+        let mut ckpt = match &cfg.checkpoint {
+            Some(spec) => {
+                let identity = super::checkpoint::Identity {
+                    engine_version: crate::ENGINE_VERSION.into(),
+                    input_fingerprint: input_fingerprint.clone(),
+                    options: fit_options(cfg, &params, &cols, backend),
+                };
+                Some(super::checkpoint::Checkpointer::open(spec, identity)?)
+            }
+            None => None,
+        };
+        let resume = ckpt.as_mut().and_then(|c| c.1.take());
+        let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
+        let mut save = |state: &kmeans::Resume, ev: kmeans::StateEvent| match ckpt.as_mut() {
+            Some((c, _)) => c.offer(state, ev, runs),
+            None => Ok(()),
+        };
+        kmeans::fit_resumable(
+            backend,
+            &table.matrix,
+            table.weights.as_deref(),
+            &params,
+            resume,
+            &mut |info| {
+                log::debug!(
+                    "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
+                    info.run + 1,
+                    info.iteration,
+                    info.changed,
+                    100.0 * info.full_evaluations as f64 / n as f64,
+                    info.shift,
+                    info.seconds
+                );
+                on_iter(info)
+            },
+            &mut save,
+        )?
     };
     let fit_seconds = t_fit.elapsed().as_secs_f64();
     let per_iter = {
@@ -555,6 +593,45 @@ pub fn fit_with_progress(
         threads: rayon::current_num_threads(),
     };
     Ok((model, report))
+}
+
+/// Every option that changes a k-means fit, as text: what a checkpoint must match.
+fn fit_options(
+    cfg: &FitConfig,
+    params: &KMeansParams,
+    cols: &[features::FeatureColumn],
+    backend: &dyn Backend,
+) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let init = match &params.init {
+        InitMethod::Given(c) => {
+            let digest = Sha256::digest(bytemuck::cast_slice::<f32, u8>(&c.data));
+            format!("given centroids sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+        other => other.name().to_string(),
+    };
+    let names: Vec<&str> = cols.iter().map(|c| c.column.as_str()).collect();
+    let mut o = std::collections::BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        o.insert(format!("--{k}"), v);
+    };
+    put("k", params.k.to_string());
+    put("features", names.join(","));
+    put("log1p", cfg.log1p.join(","));
+    put("scale", format!("{:?}", cfg.scale).to_lowercase());
+    put("missing", format!("{:?}", cfg.missing).to_lowercase());
+    put("weight-col", cfg.weight_col.clone().unwrap_or_default());
+    put("init", init);
+    put("init-sample", params.init_sample.to_string());
+    put("n-init", params.n_init.to_string());
+    put("max-iter", params.max_iter.to_string());
+    put("tol", format!("{:e}", params.tol));
+    put("seed", params.seed.to_string());
+    put("metric", format!("{:?}", params.metric).to_lowercase());
+    put("embedding-weight", cfg.embedding_weight.map_or(String::new(), |w| format!("{w:e}")));
+    put("algorithm", params.algorithm.name().into());
+    put("backend", backend.name().into());
+    o
 }
 
 fn check_sensitive(cols: &[features::FeatureColumn], allow: bool) -> Result<()> {

@@ -6,6 +6,7 @@
 
 mod assign;
 mod audit;
+pub mod checkpoint;
 pub mod choose_k;
 pub mod fit;
 mod similarity;
@@ -14,6 +15,7 @@ pub use assign::{
     AssignConfig, AssignReport, AssignedBatch, BatchSink, assign, id_column, profile, segment_names, stream_assigned,
 };
 pub use audit::{AuditConfig, audit, fingerprint_of};
+pub use checkpoint::CheckpointSpec;
 pub use choose_k::{ChooseKConfig, ChooseKReport, choose_k};
 pub use fit::{AlgorithmChoice, FitConfig, FitReport, InitSpec, fit, fit_array, fit_with_progress, read_centroids};
 pub use similarity::{
