@@ -51,7 +51,15 @@ impl Error {
         Error::Input { path: path.into(), msg: msg.into() }
     }
     pub fn output(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
-        Error::Output { path: path.into(), msg: msg.to_string() }
+        let mut msg = msg.to_string();
+        // ENOSPC, EFBIG, EDQUOT: say what happened and that nothing was damaged.
+        if ["os error 28", "os error 27", "os error 122"].iter().any(|c| msg.contains(c)) {
+            msg.push_str(
+                " (the disk is full or a file-size limit was reached; nothing was written there and an \
+                 existing file is unchanged: free space or raise the limit, then rerun)",
+            );
+        }
+        Error::Output { path: path.into(), msg }
     }
     pub fn exit_code(&self) -> ExitCode {
         match self {

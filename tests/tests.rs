@@ -7,6 +7,7 @@ mod backend;
 mod choose_k;
 mod cli;
 mod events;
+mod faults;
 mod gmm;
 mod hostile;
 mod kernels;

@@ -370,7 +370,11 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
 /// iteration (its checkpoint saved, see [`Iterating`]); otherwise, or at a second
 /// signal, the run ends at once, its temporary files removed.
 fn handle_signals() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
+    // A file-size limit (ulimit -f) would otherwise kill the process mid-write, leaving
+    // its temporary file: with a handler the write fails (EFBIG), the output is
+    // abandoned cleanly and the run exits 4.
+    let _ = signal_hook::flag::register(SIGXFSZ, std::sync::Arc::new(AtomicBool::new(false)));
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
     };
