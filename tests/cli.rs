@@ -360,11 +360,15 @@ fn several_files_and_a_directory_read_as_one_table() {
     std::fs::create_dir(d.path().join("parts")).unwrap();
     table(&d.path().join("parts"), "a.parquet", 100);
     table(&d.path().join("parts"), "b.parquet", 50);
-    let o = run(&["fit", "parts", "--k", "2", "--model", "dir.json", "--json"], d.path());
+    // Both parts number their rows from 0: the ids repeat across the files.
+    let o = run(&["fit", "parts", "--k", "2", "--model", "dir.json", "--json", "--allow-duplicate-ids"], d.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["n_rows"], 150);
-    let o = run(&["fit", "parts/a.parquet", "parts/b.parquet", "--k", "2", "--model", "files.json"], d.path());
+    let o = run(
+        &["fit", "parts/a.parquet", "parts/b.parquet", "--k", "2", "--model", "files.json", "--allow-duplicate-ids"],
+        d.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let a: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("dir.json")).unwrap()).unwrap();
     let b: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("files.json")).unwrap()).unwrap();

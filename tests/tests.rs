@@ -4,6 +4,7 @@ mod util;
 
 mod api;
 mod backend;
+mod catalogue;
 mod choose_k;
 mod cli;
 mod events;

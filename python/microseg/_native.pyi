@@ -58,6 +58,7 @@ def fit(
     seed: int = 0,
     previous: Optional[NativeModel] = None,
     allow_sensitive: bool = False,
+    allow_duplicate_ids: bool = False,
     metric: str = "euclidean",
     embedding_weight: Optional[float] = None,
     algorithm: str = "auto",

@@ -231,7 +231,7 @@ fn loads(text: &str) -> PyResult<NativeModel> {
     init_sample = 0, n_init = 1, max_iter = None, tol = None, seed = 0, previous = None,
     allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
     backend_name = None, allow_software_gpu = false, method = "kmeans", covariance = "diag",
-    reg_covar = 1e-6, kernel = None
+    reg_covar = 1e-6, kernel = None, allow_duplicate_ids = false
 ))]
 #[allow(clippy::too_many_arguments)]
 fn fit(
@@ -263,6 +263,7 @@ fn fit(
     covariance: &str,
     reg_covar: f64,
     kernel: Option<String>,
+    allow_duplicate_ids: bool,
 ) -> PyResult<(NativeModel, String)> {
     let method = parse("method", method, &[("kmeans", Method::KMeans), ("gmm", Method::Gmm)])?;
     let defaults = FitConfig::for_method(method, k);
@@ -315,6 +316,7 @@ fn fit(
             ],
         )?,
         checkpoint: None,
+        allow_duplicate_ids,
     };
     cfg.check().map_err(to_py)?;
     let ds = dataset(data, "<table>")?;

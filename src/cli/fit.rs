@@ -93,6 +93,10 @@ pub(crate) struct FitOpts {
     /// the same model bit for bit. auto: Hamerly below k = 128, pruned from 128 on.
     #[arg(long, value_enum, default_value = "auto")]
     algorithm: AlgorithmArg,
+    /// Train on every row even where the id column names a subscriber twice (refused by
+    /// default: it usually means a join gone wrong upstream).
+    #[arg(long)]
+    allow_duplicate_ids: bool,
     /// Save the fit's state in this directory (created if missing) as it goes; the same
     /// command run again resumes from it and writes the model an uninterrupted fit
     /// writes, byte for byte. Removed once the outputs are written. k-means only.
@@ -181,6 +185,7 @@ impl FitOpts {
                 AlgorithmArg::Hamerly => AlgorithmChoice::Hamerly,
                 AlgorithmArg::Pruned => AlgorithmChoice::Pruned,
             },
+            allow_duplicate_ids: self.allow_duplicate_ids,
             checkpoint: self.checkpoint.as_ref().map(|dir| {
                 let d = pipeline::CheckpointSpec::new(dir);
                 pipeline::CheckpointSpec {

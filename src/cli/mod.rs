@@ -77,7 +77,7 @@ pub const THREADS_ENV: &str = "MICROSEG_THREADS";
 #[command(name = "microseg", version, about = "Subscriber tables (Parquet) to micro-segments", long_about = None)]
 #[command(after_help = "Exit codes: 0 success, 1 runtime failure, 2 usage error (including an existing \
 output without --force), 3 bad input data, 4 output cannot be written; drift: 10 watch, 11 retrain, \
-12 too few rows for a verdict; 130/143 interrupted (SIGINT/SIGTERM).")]
+12 too few rows for a verdict; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM (a fit stops at the end of an iteration; with --checkpoint the same command resumes).")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -106,6 +106,8 @@ pub struct FitConfig {
     pub reg_covar: f64,
     /// Save the fit's state there as it goes, and resume from what is there.
     pub checkpoint: Option<super::CheckpointSpec>,
+    /// Train on rows whose id repeats (refused by default).
+    pub allow_duplicate_ids: bool,
 }
 
 impl Default for FitConfig {
@@ -134,6 +136,7 @@ impl Default for FitConfig {
             covariance: crate::gmm::CovarianceType::Diag,
             reg_covar: 1e-6,
             checkpoint: None,
+            allow_duplicate_ids: false,
         }
     }
 }
@@ -321,6 +324,11 @@ pub struct Prepared {
 pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
     let ds = source;
     let id_col = resolve_id(ds, cfg.id_col.as_deref(), &["subscriber_id"])?;
+    if let Some(id) = &id_col
+        && !cfg.allow_duplicate_ids
+    {
+        super::check_unique_ids(ds, id)?;
+    }
     if let Some(w) = &cfg.weight_col {
         ds.column_type(w)?;
     }
