@@ -433,3 +433,28 @@ fn exact_top_k_similarity_has_recall_one_on_real_embeddings() {
         }
     }
 }
+
+/// Mini-batch k-means: seeded (the same model twice), close to the full fit on blobs,
+/// and the model says which algorithm made it.
+#[test]
+fn minibatch_is_seeded_and_close_to_the_full_fit() {
+    use microseg::backend::cpu::{CpuBackend, Kernel};
+    use microseg::kmeans::{KMeansParams, MiniBatchParams};
+    let x = crate::util::blobs(40_000, 6, 10, 9.0, 21);
+    let be = CpuBackend::new(Kernel::Auto);
+    let p = KMeansParams { max_iter: 5, tol: 0.0, ..KMeansParams::new(10) };
+    let full = microseg::kmeans::fit(&be, &x, None, &p, &mut |_| {}).unwrap();
+    let mb = MiniBatchParams { batch_size: 512, max_no_improvement: 0, ..Default::default() };
+    let a = microseg::kmeans::fit_minibatch(&be, &x, None, &p, &mb, &mut |_| true).unwrap();
+    let b = microseg::kmeans::fit_minibatch(&be, &x, None, &p, &mb, &mut |_| true).unwrap();
+    assert_eq!(a.centroids.data, b.centroids.data, "not seeded");
+    assert!(a.inertia <= full.inertia * 1.02, "mini-batch {} vs full {}", a.inertia, full.inertia);
+    // Five passes of 40,000 rows in batches of 512.
+    assert_eq!(a.iterations, (5 * 40_000usize).div_ceil(512));
+    // Early stopping ends it sooner; a stop request ends it at once.
+    let early = MiniBatchParams { batch_size: 512, ..Default::default() };
+    let e = microseg::kmeans::fit_minibatch(&be, &x, None, &p, &early, &mut |_| true).unwrap();
+    assert!(e.converged && e.iterations < a.iterations);
+    let stopped = microseg::kmeans::fit_minibatch(&be, &x, None, &p, &mb, &mut |_| false);
+    assert!(matches!(stopped, Err(microseg::Error::Interrupted)));
+}

@@ -194,6 +194,8 @@ def fit(
     previous: Optional[Model] = None,
     allow_sensitive: bool = False,
     allow_duplicate_ids: bool = False,
+    batch_size: int = 1024,
+    max_no_improvement: int = 10,
     metric: str = "euclidean",
     embedding_weight: Optional[float] = None,
     algorithm: str = "auto",
@@ -226,7 +228,7 @@ def fit(
         "spherical" or "tied"; reg_covar: added to every covariance's diagonal.
     previous: a previous Model of the same features; segment ids and names are kept.
     metric: "euclidean" or "cosine" (spherical k-means).
-    algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit).
+    algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit), or "minibatch" (approximate, scikit-learn's MiniBatchKMeans; batch_size rows per step).
     backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
     kernel: the CPU distance kernel, "auto", "gemm", "f32-avx2", "f32-avx512",
         "int8-avx2" or "int8-vnni" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
@@ -260,6 +262,8 @@ def fit(
         previous=None if previous is None else previous._native,
         allow_sensitive=allow_sensitive,
         allow_duplicate_ids=allow_duplicate_ids,
+        batch_size=batch_size,
+        max_no_improvement=max_no_improvement,
         metric=metric,
         embedding_weight=embedding_weight,
         algorithm=algorithm,

@@ -59,6 +59,8 @@ def fit(
     previous: Optional[NativeModel] = None,
     allow_sensitive: bool = False,
     allow_duplicate_ids: bool = False,
+    batch_size: int = 1024,
+    max_no_improvement: int = 10,
     metric: str = "euclidean",
     embedding_weight: Optional[float] = None,
     algorithm: str = "auto",

@@ -231,7 +231,8 @@ fn loads(text: &str) -> PyResult<NativeModel> {
     init_sample = 0, n_init = 1, max_iter = None, tol = None, seed = 0, previous = None,
     allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
     backend_name = None, allow_software_gpu = false, method = "kmeans", covariance = "diag",
-    reg_covar = 1e-6, kernel = None, allow_duplicate_ids = false
+    reg_covar = 1e-6, kernel = None, allow_duplicate_ids = false, batch_size = 1024,
+    max_no_improvement = 10
 ))]
 #[allow(clippy::too_many_arguments)]
 fn fit(
@@ -264,6 +265,8 @@ fn fit(
     reg_covar: f64,
     kernel: Option<String>,
     allow_duplicate_ids: bool,
+    batch_size: usize,
+    max_no_improvement: usize,
 ) -> PyResult<(NativeModel, String)> {
     let method = parse("method", method, &[("kmeans", Method::KMeans), ("gmm", Method::Gmm)])?;
     let defaults = FitConfig::for_method(method, k);
@@ -313,10 +316,19 @@ fn fit(
                 ("lloyd", AlgorithmChoice::Lloyd),
                 ("hamerly", AlgorithmChoice::Hamerly),
                 ("pruned", AlgorithmChoice::Pruned),
+                ("minibatch", AlgorithmChoice::MiniBatch),
             ],
         )?,
         checkpoint: None,
         allow_duplicate_ids,
+        batch_size,
+        max_no_improvement,
+    };
+    // Mini-batch: scikit-learn's MiniBatchKMeans defaults unless given.
+    let cfg = if cfg.algorithm == AlgorithmChoice::MiniBatch {
+        FitConfig { max_iter: max_iter.unwrap_or(100), tol: tol.unwrap_or(0.0), ..cfg }
+    } else {
+        cfg
     };
     cfg.check().map_err(to_py)?;
     let ds = dataset(data, "<table>")?;

@@ -155,8 +155,11 @@ def test_the_gil_is_released_while_rust_works(table):
     done = threading.Event()
 
     def fit():
-        microseg.fit(big, k=64, max_iter=30, tol=0.0)
-        done.set()
+        try:
+            # The table repeated: every id 40 times.
+            microseg.fit(big, k=64, max_iter=30, tol=0.0, allow_duplicate_ids=True)
+        finally:
+            done.set()
 
     t = threading.Thread(target=fit)
     t.start()

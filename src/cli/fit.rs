@@ -93,6 +93,13 @@ pub(crate) struct FitOpts {
     /// the same model bit for bit. auto: Hamerly below k = 128, pruned from 128 on.
     #[arg(long, value_enum, default_value = "auto")]
     algorithm: AlgorithmArg,
+    /// --algorithm minibatch: rows drawn per step [default: 1024].
+    #[arg(long, value_name = "B")]
+    batch_size: Option<usize>,
+    /// --algorithm minibatch: stop after this many steps without improvement of the
+    /// smoothed batch inertia (0: run all --max-iter passes) [default: 10].
+    #[arg(long, value_name = "N")]
+    max_no_improvement: Option<usize>,
     /// Train on every row even where the id column names a subscriber twice (refused by
     /// default: it usually means a join gone wrong upstream).
     #[arg(long)]
@@ -154,6 +161,7 @@ impl FitOpts {
             MethodArg::Gmm => Method::Gmm,
         };
         let defaults = FitConfig::for_method(method, self.k);
+        let minibatch = self.algorithm == AlgorithmArg::Minibatch;
         FitConfig {
             method,
             covariance: covariance(self.covariance),
@@ -169,8 +177,12 @@ impl FitOpts {
             init: self.init.as_deref().map_or(InitSpec::KMeansPlusPlus, InitSpec::parse),
             init_sample: self.init_sample,
             n_init: self.n_init,
-            max_iter: self.max_iter.unwrap_or(defaults.max_iter),
-            tol: self.tol.unwrap_or(defaults.tol),
+            // Mini-batch: scikit-learn's MiniBatchKMeans defaults (100 passes at most, no
+            // tolerance: the smoothed inertia decides).
+            max_iter: self.max_iter.unwrap_or(if minibatch { 100 } else { defaults.max_iter }),
+            tol: self.tol.unwrap_or(if minibatch { 0.0 } else { defaults.tol }),
+            batch_size: self.batch_size.unwrap_or(defaults.batch_size),
+            max_no_improvement: self.max_no_improvement.unwrap_or(defaults.max_no_improvement),
             seed: self.seed,
             previous,
             allow_sensitive: self.allow_sensitive,
@@ -184,6 +196,7 @@ impl FitOpts {
                 AlgorithmArg::Lloyd => AlgorithmChoice::Lloyd,
                 AlgorithmArg::Hamerly => AlgorithmChoice::Hamerly,
                 AlgorithmArg::Pruned => AlgorithmChoice::Pruned,
+                AlgorithmArg::Minibatch => AlgorithmChoice::MiniBatch,
             },
             allow_duplicate_ids: self.allow_duplicate_ids,
             checkpoint: self.checkpoint.as_ref().map(|dir| {
@@ -199,6 +212,12 @@ impl FitOpts {
 
     /// The configuration with the previous model loaded; checked before any data is read.
     fn checked_config(&self) -> Result<FitConfig> {
+        if (self.batch_size.is_some() || self.max_no_improvement.is_some()) && self.algorithm != AlgorithmArg::Minibatch
+        {
+            return Err(Error::Usage(
+                "--batch-size and --max-no-improvement set mini-batch steps; add --algorithm minibatch".into(),
+            ));
+        }
         let cfg = self.config(None);
         cfg.check()?;
         if self.method != MethodArg::Gmm && (self.covariance != CovarianceArg::Diag || self.reg_covar != 1e-6) {

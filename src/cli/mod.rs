@@ -208,13 +208,15 @@ pub(crate) enum CovarianceArg {
     Tied,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 pub(crate) enum AlgorithmArg {
     /// Hamerly below k = 128, pruned from 128 on.
     Auto,
     Lloyd,
     Hamerly,
     Pruned,
+    /// Mini-batch k-means (approximate; scikit-learn's MiniBatchKMeans): --batch-size rows per step.
+    Minibatch,
 }
 
 /// Provenance written into every Parquet output's key-value metadata: the engine, the

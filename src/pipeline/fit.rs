@@ -58,6 +58,9 @@ pub enum AlgorithmChoice {
     Lloyd,
     Hamerly,
     Pruned,
+    /// Mini-batch k-means (scikit-learn's `MiniBatchKMeans`): approximate, much faster
+    /// on many rows; batches of [`FitConfig::batch_size`].
+    MiniBatch,
 }
 
 /// Everything a fit needs besides the data and the backend. Build it with
@@ -108,6 +111,11 @@ pub struct FitConfig {
     pub checkpoint: Option<super::CheckpointSpec>,
     /// Train on rows whose id repeats (refused by default).
     pub allow_duplicate_ids: bool,
+    /// Rows per step of `AlgorithmChoice::MiniBatch` (default 1024, as scikit-learn).
+    pub batch_size: usize,
+    /// Mini-batch: steps without improvement of the smoothed batch inertia before
+    /// stopping (default 10, as scikit-learn; 0: run all `max_iter` passes).
+    pub max_no_improvement: usize,
 }
 
 impl Default for FitConfig {
@@ -137,6 +145,8 @@ impl Default for FitConfig {
             reg_covar: 1e-6,
             checkpoint: None,
             allow_duplicate_ids: false,
+            batch_size: 1024,
+            max_no_improvement: 10,
         }
     }
 }
@@ -179,6 +189,17 @@ impl FitConfig {
             .check_settings()?;
         }
         KMeansParams::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
+        if self.algorithm == AlgorithmChoice::MiniBatch {
+            kmeans::MiniBatchParams { batch_size: self.batch_size, ..Default::default() }.check()?;
+            if self.n_init > 1 {
+                return Err(Error::Usage("--algorithm minibatch runs one start: leave --n-init out".into()));
+            }
+            if self.checkpoint.is_some() {
+                return Err(Error::Usage(
+                    "--checkpoint saves full fits; --algorithm minibatch is not checkpointed: leave one out".into(),
+                ));
+            }
+        }
         if let Some(c) = &self.checkpoint {
             if self.method == Method::Gmm {
                 return Err(Error::Usage(
@@ -430,7 +451,7 @@ pub fn fit_with_progress(
             "fitting k={} on {n} × {dim} ({} backend, {}, init {}, {} threads)",
             cfg.k,
             backend.name(),
-            algorithm.name(),
+            if cfg.algorithm == AlgorithmChoice::MiniBatch { "minibatch" } else { algorithm.name() },
             params.init.name(),
             rayon::current_num_threads()
         );
@@ -464,31 +485,41 @@ pub fn fit_with_progress(
             None => None,
         };
         let resume = ckpt.as_mut().and_then(|c| c.1.take());
-        let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
-        let mut save = |state: &kmeans::Resume, ev: kmeans::StateEvent| match ckpt.as_mut() {
-            Some((c, _)) => c.offer(state, ev, runs),
-            None => Ok(()),
-        };
-        kmeans::fit_resumable(
-            backend,
-            &table.matrix,
-            table.weights.as_deref(),
-            &params,
-            resume,
-            &mut |info| {
-                log::debug!(
-                    "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
-                    info.run + 1,
-                    info.iteration,
-                    info.changed,
-                    100.0 * info.full_evaluations as f64 / n as f64,
-                    info.shift,
-                    info.seconds
-                );
-                on_iter(info)
-            },
-            &mut save,
-        )?
+        if cfg.algorithm == AlgorithmChoice::MiniBatch {
+            let mb = kmeans::MiniBatchParams {
+                batch_size: cfg.batch_size,
+                max_no_improvement: cfg.max_no_improvement,
+                ..Default::default()
+            };
+            log::info!("mini-batch steps of {} rows (scikit-learn's MiniBatchKMeans rules)", mb.batch_size.min(n));
+            kmeans::fit_minibatch(backend, &table.matrix, table.weights.as_deref(), &params, &mb, &mut on_iter)?
+        } else {
+            let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
+            let mut save = |state: &kmeans::Resume, ev: kmeans::StateEvent| match ckpt.as_mut() {
+                Some((c, _)) => c.offer(state, ev, runs),
+                None => Ok(()),
+            };
+            kmeans::fit_resumable(
+                backend,
+                &table.matrix,
+                table.weights.as_deref(),
+                &params,
+                resume,
+                &mut |info| {
+                    log::debug!(
+                        "run {} iteration {}: {} labels changed, {:.1}% of points searched, shift {:.3e}, {:.3}s",
+                        info.run + 1,
+                        info.iteration,
+                        info.changed,
+                        100.0 * info.full_evaluations as f64 / n as f64,
+                        info.shift,
+                        info.seconds
+                    );
+                    on_iter(info)
+                },
+                &mut save,
+            )?
+        }
     };
     let fit_seconds = t_fit.elapsed().as_secs_f64();
     let per_iter = {
@@ -566,7 +597,11 @@ pub fn fit_with_progress(
             // Hamerly and pruned are exact accelerations of Lloyd's iterations, with the
             // same result bit for bit: the model names the algorithm, the fit's report the
             // variant, so the same data and options make the same model file.
-            algorithm: if cfg.method == Method::Gmm { "em".into() } else { "lloyd".into() },
+            algorithm: match (cfg.method, cfg.algorithm) {
+                (Method::Gmm, _) => "em".into(),
+                (_, AlgorithmChoice::MiniBatch) => "minibatch".into(),
+                _ => "lloyd".into(),
+            },
             max_iter: cfg.max_iter,
             tol: cfg.tol,
             tol_scaled: fit.tol_scaled,
@@ -596,7 +631,11 @@ pub fn fit_with_progress(
         empty_segments,
         model_fingerprint: model.fingerprint(),
         backend: backend.name(),
-        algorithm: if cfg.method == Method::Gmm { "em" } else { algorithm.name() },
+        algorithm: match (cfg.method, cfg.algorithm) {
+            (Method::Gmm, _) => "em",
+            (_, AlgorithmChoice::MiniBatch) => "minibatch",
+            _ => algorithm.name(),
+        },
         kernel: backend.as_cpu().map_or("gpu", |b| b.kernel.resolve(cfg.k, dim).name()),
         threads: rayon::current_num_threads(),
     };
@@ -662,7 +701,7 @@ fn check_sensitive(cols: &[features::FeatureColumn], allow: bool) -> Result<()> 
 
 fn resolve_algorithm(cfg: &FitConfig, dim: usize, backend: &dyn Backend) -> Result<Algorithm> {
     let algorithm = match cfg.algorithm {
-        AlgorithmChoice::Lloyd => Algorithm::Lloyd,
+        AlgorithmChoice::Lloyd | AlgorithmChoice::MiniBatch => Algorithm::Lloyd,
         AlgorithmChoice::Auto => Algorithm::auto_for(cfg.k, dim, backend),
         AlgorithmChoice::Hamerly => Algorithm::Hamerly,
         AlgorithmChoice::Pruned => Algorithm::Pruned,
