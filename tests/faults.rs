@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use tempfile::TempDir;
-
 use crate::util::{all_rows, bin, fitted, listing, ok, run, stderr};
 
 fn segments_of(path: &Path) -> Vec<u32> {

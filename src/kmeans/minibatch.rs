@@ -144,7 +144,7 @@ pub fn fit_minibatch<B: Backend + ?Sized>(
                 stop = true;
             }
         }
-        if steps % report_every == 0 || stop || steps == n_steps {
+        if steps.is_multiple_of(report_every) || stop || steps == n_steps {
             let go_on = on_iter(&IterInfo {
                 run: 0,
                 iteration: steps as usize,
