@@ -458,3 +458,32 @@ fn minibatch_is_seeded_and_close_to_the_full_fit() {
     let stopped = microseg::kmeans::fit_minibatch(&be, &x, None, &p, &mb, &mut |_| false);
     assert!(matches!(stopped, Err(microseg::Error::Interrupted)));
 }
+
+/// Mini-batch then a few exact iterations (`refine`): at the full fit's objective or
+/// below, from far fewer full passes.
+#[test]
+fn minibatch_refined_reaches_the_full_fit() {
+    use microseg::backend::cpu::{CpuBackend, Kernel};
+    use microseg::pipeline::{AlgorithmChoice, FitConfig, fit_array};
+    let x = crate::util::blobs(60_000, 8, 30, 7.0, 5);
+    let view = ndarray::ArrayView2::from_shape((x.n(), x.dim), &x.data).unwrap();
+    let be = CpuBackend::new(Kernel::Auto);
+    let base = FitConfig { k: 30, scale: microseg::features::Scale::None, ..Default::default() };
+    let (full, fr) = fit_array(view, None, &base, &be).unwrap();
+    let cfg = FitConfig {
+        algorithm: AlgorithmChoice::MiniBatch,
+        batch_size: 2048,
+        reassignment_ratio: 0.0,
+        refine: 15,
+        max_iter: 100,
+        tol: 0.0,
+        ..base.clone()
+    };
+    let (mb, mr) = fit_array(view, None, &cfg, &be).unwrap();
+    assert_eq!(mb.manifest.algorithm, "minibatch");
+    assert!(mr.inertia <= fr.inertia * 1.01, "refined mini-batch {} vs full {}", mr.inertia, fr.inertia);
+    assert_eq!(full.manifest.algorithm, "lloyd");
+    // --refine belongs to mini-batch.
+    let bad = FitConfig { refine: 3, ..base };
+    assert!(fit_array(view, None, &bad, &be).is_err());
+}

@@ -61,6 +61,8 @@ def fit(
     allow_duplicate_ids: bool = False,
     batch_size: int = 1024,
     max_no_improvement: int = 10,
+    refine: int = 0,
+    reassignment_ratio: float = 0.01,
     metric: str = "euclidean",
     embedding_weight: Optional[float] = None,
     algorithm: str = "auto",

@@ -100,6 +100,14 @@ pub(crate) struct FitOpts {
     /// smoothed batch inertia (0: run all --max-iter passes) [default: 10].
     #[arg(long, value_name = "N")]
     max_no_improvement: Option<usize>,
+    /// --algorithm minibatch: then up to N exact Lloyd iterations from the mini-batch
+    /// centroids (0: the mini-batch result as scikit-learn gives it) [default: 0].
+    #[arg(long, value_name = "N")]
+    refine: Option<usize>,
+    /// --algorithm minibatch: re-seed clusters lighter than this share of the heaviest
+    /// (0: never; with --refine, 0 often lands lower) [default: 0.01].
+    #[arg(long, value_name = "R")]
+    reassignment_ratio: Option<f64>,
     /// Train on every row even where the id column names a subscriber twice (refused by
     /// default: it usually means a join gone wrong upstream).
     #[arg(long)]
@@ -183,6 +191,8 @@ impl FitOpts {
             tol: self.tol.unwrap_or(if minibatch { 0.0 } else { defaults.tol }),
             batch_size: self.batch_size.unwrap_or(defaults.batch_size),
             max_no_improvement: self.max_no_improvement.unwrap_or(defaults.max_no_improvement),
+            refine: self.refine.unwrap_or(defaults.refine),
+            reassignment_ratio: self.reassignment_ratio.unwrap_or(defaults.reassignment_ratio),
             seed: self.seed,
             previous,
             allow_sensitive: self.allow_sensitive,
@@ -212,10 +222,16 @@ impl FitOpts {
 
     /// The configuration with the previous model loaded; checked before any data is read.
     fn checked_config(&self) -> Result<FitConfig> {
-        if (self.batch_size.is_some() || self.max_no_improvement.is_some()) && self.algorithm != AlgorithmArg::Minibatch
+        if (self.batch_size.is_some()
+            || self.max_no_improvement.is_some()
+            || self.refine.is_some()
+            || self.reassignment_ratio.is_some())
+            && self.algorithm != AlgorithmArg::Minibatch
         {
             return Err(Error::Usage(
-                "--batch-size and --max-no-improvement set mini-batch steps; add --algorithm minibatch".into(),
+                "--batch-size, --max-no-improvement, --refine and --reassignment-ratio set mini-batch steps; add \
+                 --algorithm minibatch"
+                    .into(),
             ));
         }
         let cfg = self.config(None);

@@ -39,7 +39,7 @@ impl MiniBatchParams {
             return Err(Error::Usage("--batch-size must be at least 1".into()));
         }
         if !(self.reassignment_ratio.is_finite() && self.reassignment_ratio >= 0.0) {
-            return Err(Error::Usage("the reassignment ratio must be 0 or more".into()));
+            return Err(Error::Usage("--reassignment-ratio must be a number, 0 or more".into()));
         }
         Ok(())
     }

@@ -116,6 +116,12 @@ pub struct FitConfig {
     /// Mini-batch: steps without improvement of the smoothed batch inertia before
     /// stopping (default 10, as scikit-learn; 0: run all `max_iter` passes).
     pub max_no_improvement: usize,
+    /// Mini-batch: then up to this many exact Lloyd iterations from its centroids (0:
+    /// scikit-learn's result as it is).
+    pub refine: usize,
+    /// Mini-batch: clusters lighter than this share of the heaviest are re-seeded
+    /// (default 0.01, as scikit-learn; 0: never).
+    pub reassignment_ratio: f64,
 }
 
 impl Default for FitConfig {
@@ -147,6 +153,8 @@ impl Default for FitConfig {
             allow_duplicate_ids: false,
             batch_size: 1024,
             max_no_improvement: 10,
+            refine: 0,
+            reassignment_ratio: 0.01,
         }
     }
 }
@@ -189,8 +197,16 @@ impl FitConfig {
             .check_settings()?;
         }
         KMeansParams::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
+        if self.refine > 0 && self.algorithm != AlgorithmChoice::MiniBatch {
+            return Err(Error::Usage("--refine follows a mini-batch fit; add --algorithm minibatch".into()));
+        }
         if self.algorithm == AlgorithmChoice::MiniBatch {
-            kmeans::MiniBatchParams { batch_size: self.batch_size, ..Default::default() }.check()?;
+            kmeans::MiniBatchParams {
+                batch_size: self.batch_size,
+                reassignment_ratio: self.reassignment_ratio,
+                ..Default::default()
+            }
+            .check()?;
             if self.n_init > 1 {
                 return Err(Error::Usage("--algorithm minibatch runs one start: leave --n-init out".into()));
             }
@@ -489,10 +505,37 @@ pub fn fit_with_progress(
             let mb = kmeans::MiniBatchParams {
                 batch_size: cfg.batch_size,
                 max_no_improvement: cfg.max_no_improvement,
-                ..Default::default()
+                reassignment_ratio: cfg.reassignment_ratio,
             };
             log::info!("mini-batch steps of {} rows (scikit-learn's MiniBatchKMeans rules)", mb.batch_size.min(n));
-            kmeans::fit_minibatch(backend, &table.matrix, table.weights.as_deref(), &params, &mb, &mut on_iter)?
+            let (x, w) = (&table.matrix, table.weights.as_deref());
+            let f = kmeans::fit_minibatch(backend, x, w, &params, &mb, &mut on_iter)?;
+            if cfg.refine == 0 {
+                f
+            } else {
+                log::info!(
+                    "mini-batch after {} steps: inertia {:.6e}; refining with up to {} exact iterations",
+                    f.iterations,
+                    f.inertia,
+                    cfg.refine
+                );
+                let exact = KMeansParams {
+                    init: InitMethod::Given(f.centroids.clone()),
+                    max_iter: cfg.refine,
+                    tol: if cfg.tol > 0.0 { cfg.tol } else { 1e-4 },
+                    n_init: 1,
+                    algorithm: Algorithm::auto_for(cfg.k, dim, backend),
+                    ..params.clone()
+                };
+                let r = kmeans::fit_cancellable(backend, x, w, &exact, &mut on_iter)?;
+                kmeans::KMeansFit {
+                    iterations: f.iterations + r.iterations,
+                    relocations: f.relocations + r.relocations,
+                    full_evaluations: f.full_evaluations + r.full_evaluations,
+                    init_seconds: f.init_seconds,
+                    ..r
+                }
+            }
         } else {
             let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
             let mut save = |state: &kmeans::Resume, ev: kmeans::StateEvent| match ckpt.as_mut() {
