@@ -341,6 +341,42 @@ const CASES: &[Case] = &[
         &["--as-of"],
     ),
     ("choose-k range backwards", &["choose-k", "in.parquet", "--k", "9..3"], 2, &["--k"]),
+    // update.
+    (
+        "update of a mixture",
+        &["update", "--model", "gmm.json", "more.parquet", "--out", "o.json"],
+        2,
+        &["k-means", "gmm"],
+    ),
+    ("update with no decay", &["update", "--model", "m.json", "more.parquet", "--decay", "0", "--out", "o.json"], 2, &[
+        "--decay",
+    ]),
+    (
+        "update with two forgetting rules",
+        &["update", "--model", "m.json", "more.parquet", "--decay", "0.5", "--half-life-rows", "9", "--out", "o.json"],
+        2,
+        &["--half-life-rows"],
+    ),
+    (
+        "update by days without the days",
+        &["update", "--model", "m.json", "more.parquet", "--half-life-days", "30", "--out", "o.json"],
+        2,
+        &["--elapsed-days"],
+    ),
+    (
+        "update with other columns",
+        &["update", "--model", "m.json", "other.parquet", "--out", "o.json"],
+        3,
+        &["other.parquet", "spend"],
+    ),
+    ("update onto its own model", &["update", "--model", "m.json", "more.parquet", "--out", "m.json", "--force"], 2, &["m.json"]),
+    (
+        "update onto an existing file",
+        &["update", "--model", "m.json", "more.parquet", "--out", "exists.parquet"],
+        2,
+        &["exists.parquet", "--force"],
+    ),
+    ("update with NaN", &["update", "--model", "m.json", "nan.parquet", "--out", "o.json"], 3, &["nan.parquet", "visits"]),
 ];
 
 #[test]

@@ -56,18 +56,6 @@ fn criteria_match_scikit_learn_metrics() {
     assert!(rel(db, exp["davies_bouldin"].as_f64().unwrap()) < 1e-6, "DB {db} vs {}", exp["davies_bouldin"]);
 }
 
-fn dataset(x: &Matrix) -> microseg::io::Dataset {
-    use arrow::array::{ArrayRef, Float32Array};
-    use arrow::datatypes::{DataType, Field, Schema};
-    use std::sync::Arc;
-    let fields: Vec<Field> = (0..x.dim).map(|j| Field::new(format!("x{j}"), DataType::Float32, false)).collect();
-    let cols: Vec<ArrayRef> = (0..x.dim)
-        .map(|j| Arc::new(Float32Array::from_iter_values((0..x.n()).map(|i| x.row(i)[j]))) as ArrayRef)
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let b = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).unwrap();
-    microseg::io::Dataset::from_batches("blobs", schema, vec![b]).unwrap()
-}
 
 /// Gaussian blobs (unit variance, unequal sizes) whose centres are drawn at random
 /// and kept only when at least `gap` apart.
@@ -121,7 +109,7 @@ fn recovers_the_number_of_separated_and_overlapping_blobs() {
             sample: 4000,
             silhouette_sample: 1500,
         };
-        let r = choose_k::choose_k(&dataset(&x), &cfg, &CpuBackend::default(), &mut |_, _| true).unwrap();
+        let r = choose_k::choose_k(&crate::util::matrix_dataset(&x), &cfg, &CpuBackend::default(), &mut |_, _| true).unwrap();
         assert_eq!(r.recommendation.k, true_k, "k={true_k} d={d}: {}", r.recommendation.note);
         // A criterion may differ (the silhouette prefers 2 when two blobs sit closer
         // than the third); the report then says so.

@@ -17,3 +17,4 @@ pub mod report;
 mod resume;
 mod segments;
 mod sklearn;
+mod update;

@@ -169,3 +169,17 @@ pub fn fitted(n: usize, k: &str) -> tempfile::TempDir {
     ok(&run(&["fit", "in.parquet", "--k", k, "--model", "m.json", "--quiet"], d.path()));
     d
 }
+
+/// A matrix as an in-memory table, columns x0, x1, ...
+pub fn matrix_dataset(x: &Matrix) -> microseg::io::Dataset {
+    use arrow::array::{ArrayRef, Float32Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let fields: Vec<Field> = (0..x.dim).map(|j| Field::new(format!("x{j}"), DataType::Float32, false)).collect();
+    let cols: Vec<ArrayRef> = (0..x.dim)
+        .map(|j| Arc::new(Float32Array::from_iter_values((0..x.n()).map(|i| x.row(i)[j]))) as ArrayRef)
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let b = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).unwrap();
+    microseg::io::Dataset::from_batches("blobs", schema, vec![b]).unwrap()
+}

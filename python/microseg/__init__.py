@@ -165,6 +165,41 @@ class Model:
             )
         )
 
+    def update(
+        self,
+        data: Any,
+        *,
+        decay: Optional[float] = None,
+        half_life_rows: Optional[float] = None,
+        half_life_days: Optional[float] = None,
+        elapsed_days: Optional[float] = None,
+        as_of: Optional[str] = None,
+        max_iter: int = 10,
+        max_growth: float = 1.5,
+        min_share: Optional[float] = None,
+        backend: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> "Model":
+        """Fold new rows into a k-means model without refitting (``microseg update``):
+        segment ids and names are kept, the past is decayed by ``decay`` (1 keeps it all),
+        ``half_life_rows`` or ``half_life_days`` (with ``elapsed_days``, or ``as_of`` after
+        an update that recorded one). The new model's ``report`` says what moved and which
+        segments grew too wide or too small. This model is not changed."""
+        native, report = self._native.update(
+            _arrow(data),
+            decay=decay,
+            half_life_rows=half_life_rows,
+            half_life_days=half_life_days,
+            elapsed_days=elapsed_days,
+            as_of=as_of,
+            max_iter=max_iter,
+            max_growth=max_growth,
+            min_share=min_share,
+            backend_name=backend,
+            allow_software_gpu=allow_software_gpu,
+        )
+        return Model(native, json.loads(report))
+
     def save(self, path: "os.PathLike[str] | str", *, overwrite: bool = True) -> None:
         """Write the model file atomically (a temporary file renamed into place)."""
         self._native.save(os.fspath(path), overwrite=overwrite)

@@ -1,6 +1,6 @@
 """Type stubs of the compiled module (the documented API is in microseg/__init__.py)."""
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 __version__: str
 
@@ -36,6 +36,20 @@ class NativeModel:
         backend_name: Optional[str] = None,
         allow_software_gpu: bool = False,
     ) -> str: ...
+    def update(
+        self,
+        data: Any,
+        decay: Optional[float] = None,
+        half_life_rows: Optional[float] = None,
+        half_life_days: Optional[float] = None,
+        elapsed_days: Optional[float] = None,
+        as_of: Optional[str] = None,
+        max_iter: int = 10,
+        max_growth: float = 1.5,
+        min_share: Optional[float] = None,
+        backend_name: Optional[str] = None,
+        allow_software_gpu: bool = False,
+    ) -> Tuple[NativeModel, str]: ...
 
 def load(path: str) -> NativeModel: ...
 def loads(text: str) -> NativeModel: ...

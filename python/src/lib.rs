@@ -206,6 +206,53 @@ impl NativeModel {
         let r = py.detach(move || pipeline::drift(&model, &ds, t, be.as_ref())).map_err(to_py)?;
         serde_json::to_string(&r).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
+
+    /// Fold new rows into the model; returns the updated model and the JSON text of the
+    /// report of what moved (as `microseg update --report` writes it).
+    #[pyo3(signature = (data, decay = None, half_life_rows = None, half_life_days = None, elapsed_days = None, as_of = None, max_iter = 10, max_growth = 1.5, min_share = None, backend_name = None, allow_software_gpu = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        decay: Option<f64>,
+        half_life_rows: Option<f64>,
+        half_life_days: Option<f64>,
+        elapsed_days: Option<f64>,
+        as_of: Option<String>,
+        max_iter: usize,
+        max_growth: f64,
+        min_share: Option<f64>,
+        backend_name: Option<String>,
+        allow_software_gpu: bool,
+    ) -> PyResult<(NativeModel, String)> {
+        use microseg::pipeline::{Forgetting, UpdateConfig};
+        let forgetting = match (decay, half_life_rows, half_life_days) {
+            (d, None, None) => Forgetting::Decay(d.unwrap_or(1.0)),
+            (None, Some(h), None) => Forgetting::HalfLifeRows(h),
+            (None, None, Some(h)) => {
+                let elapsed = match (elapsed_days, as_of.as_deref()) {
+                    (Some(e), _) => Some(e),
+                    (None, Some(t)) => pipeline::update::elapsed_days(&self.model, t).map_err(to_py)?,
+                    (None, None) => None,
+                };
+                let elapsed = elapsed.ok_or_else(|| {
+                    PyValueError::new_err(
+                        "half_life_days needs elapsed_days, or as_of after an update that recorded one",
+                    )
+                })?;
+                Forgetting::HalfLifeDays { half_life: h, elapsed }
+            }
+            _ => return Err(PyValueError::new_err("give one of decay, half_life_rows and half_life_days")),
+        };
+        let ds = dataset(data, "<table>")?;
+        let be = backend(backend_name.as_deref(), allow_software_gpu)?;
+        let model = self.model.clone();
+        let cfg = UpdateConfig { forgetting, max_iter, max_growth, min_share, as_of };
+        let (m, r) = py.detach(move || pipeline::update_model(&model, &ds, &cfg, be.as_ref())).map_err(to_py)?;
+        let report = serde_json::to_string(&r).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok((NativeModel { model: Arc::new(m) }, report))
+    }
 }
 
 /// Read a model file (or `-`, standard input).

@@ -11,6 +11,7 @@ mod fit;
 mod generate;
 mod segments;
 mod similarity;
+mod update;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -113,6 +114,9 @@ enum Command {
     /// BIC/AIC, silhouette, Calinski–Harabasz, Davies–Bouldin); recommend one.
     #[command(name = "choose-k")]
     ChooseK(choose_k::ChooseKArgs),
+    /// Fold new rows into a k-means model without refitting: ids and names kept, the past
+    /// decayed (--decay, --half-life-rows, --half-life-days), what moved reported.
+    Update(update::UpdateArgs),
     /// Per-segment profiles (means, quantiles, distinctions, names, outcomes) as JSON.
     Profile(segments::ProfileArgs),
     /// Drift of new data against the model: PSI, distances, a verdict and exit code.
@@ -304,6 +308,7 @@ impl Command {
             Command::Info(a) => a.json,
             Command::Bench(a) => a.json,
             Command::ChooseK(a) => a.write.json,
+            Command::Update(a) => a.write.json,
         }
     }
 }
@@ -330,6 +335,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Similar(a) => similarity::run_similar(a),
         Command::Drift(a) => return segments::run_drift(a),
         Command::Bench(a) => bench::run_bench(a),
+        Command::Update(a) => update::run_update(a),
     }
     .map(|_| 0)
 }

@@ -472,6 +472,19 @@ pub fn load_training(
     weight_col: Option<&str>,
     missing: MissingPolicy,
 ) -> Result<TrainingTable> {
+    load_table(ds, cols, weight_col, missing, None)
+}
+
+/// [`load_training`] for rows a fitted model takes in (`microseg update`): under
+/// `--missing mean` the gaps are filled with `fill`, the model's training means, not
+/// the new rows' own.
+pub fn load_table(
+    ds: &Dataset,
+    cols: &[FeatureColumn],
+    weight_col: Option<&str>,
+    missing: MissingPolicy,
+    fill: Option<&[f32]>,
+) -> Result<TrainingTable> {
     let dim = dim_of(cols);
     let n_meta = ds.n_rows() as usize;
     let mut names: Vec<String> = cols.iter().map(|c| c.column.clone()).collect();
@@ -551,7 +564,10 @@ pub fn load_training(
         return Err(Error::input(ds.display_name(), format!("the input {why}; nothing to cluster")));
     }
     let mut matrix = Matrix::new(data, dim);
-    let impute = if missing == MissingPolicy::Mean {
+    let impute = if let (MissingPolicy::Mean, Some(fill)) = (missing, fill) {
+        fill_missing(&mut matrix, fill);
+        Some(fill.to_vec())
+    } else if missing == MissingPolicy::Mean {
         let means = column_means(&matrix, true);
         for (j, m) in means.iter().enumerate() {
             if !m.is_finite() {

@@ -145,6 +145,38 @@ impl Baseline {
             margins.iter().filter(|m| (**m as f64) < low_margin).count() as f64 / margins.len().max(1) as f64;
         Baseline { features, mean_distance, low_margin, low_margin_share }
     }
+
+    /// Fold new rows (model space, with their assignment to the updated centroids) into
+    /// the baseline, the past counting as `past_rows` rows (already decayed): each
+    /// histogram's shares over its training bins, the mean distance and the share of
+    /// low margins become the weighted blend of both. The bins and the low-margin
+    /// threshold stay those of the fit, so drift reports stay comparable.
+    pub fn fold(&mut self, x: &[f32], dim: usize, nearest: &[crate::backend::Nearest], past_rows: f64) {
+        let n = nearest.len();
+        if n == 0 {
+            return;
+        }
+        let step = n.div_ceil(BASELINE_ROWS).max(1);
+        let sampled = n.div_ceil(step) as f64;
+        let (a, b) = (past_rows / (past_rows + n as f64), n as f64 / (past_rows + n as f64));
+        for (j, h) in self.features.iter_mut().enumerate() {
+            let bins = h.shares.len();
+            let mut counts = vec![0u64; bins];
+            for i in (0..n).step_by(step) {
+                counts[h.bin(x[i * dim + j] as f64).min(bins - 1)] += 1;
+            }
+            for (s, c) in h.shares.iter_mut().zip(&counts) {
+                *s = a * *s + b * (*c as f64 / sampled);
+            }
+        }
+        let mean_distance = nearest.iter().map(|nr| (nr.dist.max(0.0) as f64).sqrt()).sum::<f64>() / n as f64;
+        self.mean_distance = a * self.mean_distance + b * mean_distance;
+        let margins: Vec<f32> = (0..n).step_by(step).filter_map(|i| margin(&nearest[i])).collect();
+        if !margins.is_empty() {
+            let low = margins.iter().filter(|m| (**m as f64) < self.low_margin).count() as f64 / margins.len() as f64;
+            self.low_margin_share = a * self.low_margin_share + b * low;
+        }
+    }
 }
 
 /// Second-best minus best distance (not squared), when there is a runner-up.

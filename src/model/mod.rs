@@ -121,6 +121,36 @@ pub struct Model {
     /// The mixture of a `gmm` model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gmm: Option<GmmSection>,
+    /// Batches of new rows folded in by `microseg update`, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<UpdateRecord>,
+}
+
+/// One `microseg update`: what was folded in and how much of the past it kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    pub engine_version: String,
+    /// SHA-256 of the new rows as read (as the manifest's `input_fingerprint`).
+    pub input_fingerprint: String,
+    /// The fingerprint of the model the update started from.
+    pub previous_model: String,
+    pub rows_read: u64,
+    pub rows_used: u64,
+    pub rows_dropped: u64,
+    /// Sum of the new rows' weights (= rows used without weights).
+    pub weight: f64,
+    /// The factor the previous statistics were multiplied by before the new rows were added.
+    pub decay: f64,
+    /// How the decay was given: "decay", "half-life-rows" or "half-life-days".
+    pub forgetting: String,
+    /// The date of the new data (`--as-of`), which the next `--half-life-days` counts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+    pub iterations: usize,
+    pub converged: bool,
+    /// Mean squared distance of the new rows to the centroids before and after.
+    pub new_rows_mse_before: f64,
+    pub new_rows_mse_after: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +173,10 @@ pub struct Segment {
     pub centroid: Vec<f32>,
     /// The centroid in the input's units (transforms undone).
     pub centroid_original: Vec<f64>,
+    /// The segment's `rms_distance` when its model was fitted, kept through updates so a
+    /// segment widening little by little is still seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_rms_distance: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +243,7 @@ impl Model {
                             if l { v.exp_m1() } else { v }
                         })
                         .collect(),
+                    fit_rms_distance: None,
                 }
             })
             .collect()

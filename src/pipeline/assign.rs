@@ -18,7 +18,7 @@ use crate::model::Model;
 use crate::segments::profile::{Profile, ProfileBuilder};
 
 /// Check that the input has every model column with the same shape.
-fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
+pub(crate) fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
     for c in &model.feature_columns {
         let dt = ds.schema.field_with_name(&c.column).map(|f| f.data_type().clone()).map_err(|_| {
             Error::input(&ds.files[0], format!("the model's feature column '{}' is missing from the input", c.column))

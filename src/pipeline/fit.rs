@@ -607,6 +607,7 @@ pub fn fit_with_progress(
     let model = Model {
         baseline,
         lineage,
+        updates: Vec::new(),
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         method: cfg.method,
