@@ -190,6 +190,10 @@ fn the_command_writes_the_model_and_report_and_chains_dates() {
         p,
     ));
     let m2 = json(&p.join("m2.json"));
+    let schema = json(&crate::util::repo().join("schemas/model.schema.json"));
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(&m2).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "the updated model breaks schemas/model.schema.json: {errors:?}");
     assert!((m2["updates"][1]["decay"].as_f64().unwrap() - 0.5).abs() < 1e-12);
     assert_eq!(m2["updates"][1]["forgetting"], "half-life-days");
     // The later commands take the updated model.
