@@ -105,6 +105,14 @@ fn fixtures(p: &Path) {
         std::fs::set_permissions(p.join("readonly"), std::fs::Permissions::from_mode(0o555)).unwrap();
     }
     std::fs::write(p.join("exists.parquet"), "keep me").unwrap();
+    // Files on which the parquet crate panics, found by fuzzing (a choice byte, then the file).
+    for (seed, name) in [
+        ("parquet_features/regression-fc9e086c288c", "nodict.parquet"),
+        ("event_reader/regression-d3eec40a662e", "badfooter.parquet"),
+    ] {
+        let bytes = std::fs::read(crate::util::repo().join("fuzz/seeds").join(seed)).unwrap();
+        std::fs::write(p.join(name), &bytes[1..]).unwrap();
+    }
 }
 
 /// (what, arguments, exit code, what stderr must say)
@@ -300,6 +308,18 @@ const CASES: &[Case] = &[
         4,
         &["exists.parquet", "not a directory"],
     ),
+    (
+        "a dictionary page missing (a parquet crate panic)",
+        &["fit", "nodict.parquet", "--k", "2", "--model", "o.json"],
+        3,
+        &["nodict.parquet", "corrupt"],
+    ),
+    (
+        "negative column offsets (a parquet crate panic)",
+        &["features", "--events", "badfooter.parquet", "--as-of", "2024-01-01", "--out", "o.parquet"],
+        3,
+        &["badfooter.parquet", "corrupt"],
+    ),
     // Flags.
     ("k zero", &["fit", "in.parquet", "--k", "0", "--model", "o.json"], 2, &["--k"]),
     ("negative tolerance", &["fit", "in.parquet", "--k", "2", "--tol=-1", "--model", "o.json"], 2, &["--tol"]),
@@ -348,9 +368,12 @@ const CASES: &[Case] = &[
         2,
         &["k-means", "gmm"],
     ),
-    ("update with no decay", &["update", "--model", "m.json", "more.parquet", "--decay", "0", "--out", "o.json"], 2, &[
-        "--decay",
-    ]),
+    (
+        "update with no decay",
+        &["update", "--model", "m.json", "more.parquet", "--decay", "0", "--out", "o.json"],
+        2,
+        &["--decay"],
+    ),
     (
         "update with two forgetting rules",
         &["update", "--model", "m.json", "more.parquet", "--decay", "0.5", "--half-life-rows", "9", "--out", "o.json"],
@@ -369,14 +392,24 @@ const CASES: &[Case] = &[
         3,
         &["other.parquet", "spend"],
     ),
-    ("update onto its own model", &["update", "--model", "m.json", "more.parquet", "--out", "m.json", "--force"], 2, &["m.json"]),
+    (
+        "update onto its own model",
+        &["update", "--model", "m.json", "more.parquet", "--out", "m.json", "--force"],
+        2,
+        &["m.json"],
+    ),
     (
         "update onto an existing file",
         &["update", "--model", "m.json", "more.parquet", "--out", "exists.parquet"],
         2,
         &["exists.parquet", "--force"],
     ),
-    ("update with NaN", &["update", "--model", "m.json", "nan.parquet", "--out", "o.json"], 3, &["nan.parquet", "visits"]),
+    (
+        "update with NaN",
+        &["update", "--model", "m.json", "nan.parquet", "--out", "o.json"],
+        3,
+        &["nan.parquet", "visits"],
+    ),
 ];
 
 #[test]

@@ -56,7 +56,6 @@ fn criteria_match_scikit_learn_metrics() {
     assert!(rel(db, exp["davies_bouldin"].as_f64().unwrap()) < 1e-6, "DB {db} vs {}", exp["davies_bouldin"]);
 }
 
-
 /// Gaussian blobs (unit variance, unequal sizes) whose centres are drawn at random
 /// and kept only when at least `gap` apart.
 fn gaussian_blobs(n: usize, d: usize, k: usize, gap: f64, seed: u64) -> Matrix {
@@ -109,7 +108,8 @@ fn recovers_the_number_of_separated_and_overlapping_blobs() {
             sample: 4000,
             silhouette_sample: 1500,
         };
-        let r = choose_k::choose_k(&crate::util::matrix_dataset(&x), &cfg, &CpuBackend::default(), &mut |_, _| true).unwrap();
+        let r = choose_k::choose_k(&crate::util::matrix_dataset(&x), &cfg, &CpuBackend::default(), &mut |_, _| true)
+            .unwrap();
         assert_eq!(r.recommendation.k, true_k, "k={true_k} d={d}: {}", r.recommendation.note);
         // A criterion may differ (the silhouette prefers 2 when two blobs sit closer
         // than the third); the report then says so.

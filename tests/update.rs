@@ -30,13 +30,15 @@ fn inertia(model: &Model, x: &Matrix) -> f64 {
 /// For each centroid of `a`, the distance to the nearest of `b`; the largest of them.
 fn worst_match(a: &Model, b: &Model) -> f64 {
     let (ca, cb) = (a.centroids(), b.centroids());
-    (0..ca.k).map(|i| (0..cb.k).map(|j| d2(ca.row(i), cb.row(j))).fold(f64::INFINITY, f64::min).sqrt()).fold(0.0, f64::max)
+    (0..ca.k)
+        .map(|i| (0..cb.k).map(|j| d2(ca.row(i), cb.row(j))).fold(f64::INFINITY, f64::min).sqrt())
+        .fold(0.0, f64::max)
 }
 
 /// Shuffle rows (blobs cycles through its clusters; a stream arrives in any order).
 fn shuffled(x: Matrix, seed: u64) -> Matrix {
-    use rand::seq::SliceRandom;
     use rand::SeedableRng;
+    use rand::seq::SliceRandom;
     let mut order: Vec<usize> = (0..x.n()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     Matrix::new(order.iter().flat_map(|&i| x.row(i).iter().copied()).collect(), x.dim)
@@ -123,7 +125,8 @@ fn ids_names_and_lineage_are_kept_and_changes_reported() {
     // New rows: the segment nearest the first point of the batch gets them widened ×4,
     // and the one of the second point gets none.
     let centroids = model.centroids();
-    let nearest = |row: &[f32]| (0..k).min_by(|a, b| d2(row, centroids.row(*a)).total_cmp(&d2(row, centroids.row(*b)))).unwrap();
+    let nearest =
+        |row: &[f32]| (0..k).min_by(|a, b| d2(row, centroids.row(*a)).total_cmp(&d2(row, centroids.row(*b)))).unwrap();
     let mut fresh = chunk(&x, per, 2 * per);
     let wide = nearest(fresh.row(0));
     let gone = (0..k).find(|j| *j != wide).unwrap();
@@ -173,7 +176,19 @@ fn the_command_writes_the_model_and_report_and_chains_dates() {
     ok(&run(&["fit", "a.parquet", "--k", "3", "--model", "m.json", "--quiet"], p));
     let before = std::fs::read(p.join("m.json")).unwrap();
     let o = run(
-        &["update", "--model", "m.json", "b.parquet", "--out", "m1.json", "--report", "r.json", "--as-of", "2026-01-01", "--json"],
+        &[
+            "update",
+            "--model",
+            "m.json",
+            "b.parquet",
+            "--out",
+            "m1.json",
+            "--report",
+            "r.json",
+            "--as-of",
+            "2026-01-01",
+            "--json",
+        ],
         p,
     );
     ok(&o);
@@ -186,7 +201,19 @@ fn the_command_writes_the_model_and_report_and_chains_dates() {
     assert_eq!(json(&p.join("r.json"))["segments"].as_array().unwrap().len(), 3);
     // Thirty days later with a thirty-day half-life: the past weighs half.
     ok(&run(
-        &["update", "--model", "m1.json", "b.parquet", "--out", "m2.json", "--half-life-days", "30", "--as-of", "2026-01-31", "--quiet"],
+        &[
+            "update",
+            "--model",
+            "m1.json",
+            "b.parquet",
+            "--out",
+            "m2.json",
+            "--half-life-days",
+            "30",
+            "--as-of",
+            "2026-01-31",
+            "--quiet",
+        ],
         p,
     ));
     let m2 = json(&p.join("m2.json"));
@@ -202,7 +229,18 @@ fn the_command_writes_the_model_and_report_and_chains_dates() {
     assert!(matches!(o.status.code(), Some(0 | 10 | 11)), "{}", String::from_utf8_lossy(&o.stderr));
     // A date before the last update's is refused.
     let o = run(
-        &["update", "--model", "m2.json", "b.parquet", "--out", "m3.json", "--half-life-days", "30", "--as-of", "2025-12-01"],
+        &[
+            "update",
+            "--model",
+            "m2.json",
+            "b.parquet",
+            "--out",
+            "m3.json",
+            "--half-life-days",
+            "30",
+            "--as-of",
+            "2025-12-01",
+        ],
         p,
     );
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
@@ -216,7 +254,8 @@ fn cosine_models_keep_unit_centroids() {
     let cfg = FitConfig { metric: microseg::model::Metric::Cosine, ..config(3, 8) };
     let (model, _) = pipeline::fit(&matrix_dataset(&chunk(&x, 0, 3_000)), &cfg, &cpu).unwrap();
     let (up, r) =
-        pipeline::update_model(&model, &matrix_dataset(&chunk(&x, 3_000, 6_000)), &UpdateConfig::default(), &cpu).unwrap();
+        pipeline::update_model(&model, &matrix_dataset(&chunk(&x, 3_000, 6_000)), &UpdateConfig::default(), &cpu)
+            .unwrap();
     assert!(r.converged);
     for s in &up.segments {
         let norm = s.centroid.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();

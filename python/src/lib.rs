@@ -597,6 +597,8 @@ fn features<'py>(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A corrupt Parquet file is an InvalidInputError, without a panic message on stderr.
+    microseg::io::filter_contained_panics();
     m.add_function(wrap_pyfunction!(fit, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;

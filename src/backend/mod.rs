@@ -4,6 +4,7 @@
 //! implementation of the same trait. Backends know nothing of files or models.
 
 pub mod cpu;
+pub mod fallback;
 pub mod wgpu;
 
 use serde::Serialize;
@@ -225,13 +226,17 @@ pub fn open_with_kernel(choice: BackendChoice, allow_software: bool, kernel: cpu
         )));
     }
     let cpu = || Box::new(cpu::CpuBackend::new(kernel));
+    // A GPU that fails mid-job hands over to the CPU (see `fallback`).
+    let with_fallback = |b: wgpu::WgpuBackend| -> Result<Box<dyn Backend>> {
+        Ok(Box::new(fallback::Fallback::new(Box::new(b), cpu::CpuBackend::new(kernel))?))
+    };
     match choice {
         BackendChoice::Cpu => Ok(cpu()),
-        BackendChoice::Gpu => Ok(Box::new(open_gpu(allow_software)?)),
+        BackendChoice::Gpu => with_fallback(open_gpu(allow_software)?),
         BackendChoice::Auto => match wgpu::WgpuBackend::open(allow_software)? {
             Some(b) => {
                 log_adapter(&b, "; --backend cpu to stay on the CPU");
-                Ok(Box::new(b))
+                with_fallback(b)
             }
             None => {
                 log::info!("no GPU adapter found; using the CPU backend");

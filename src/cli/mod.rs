@@ -441,12 +441,7 @@ impl Drop for Iterating {
 fn handle_panics() {
     std::panic::set_hook(Box::new(|info| {
         crate::io::output::cleanup_on_signal();
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = crate::io::panic_message(info.payload());
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         report_error(
             ExitCode::Runtime as u8,
@@ -455,6 +450,7 @@ fn handle_panics() {
         );
         std::process::exit(ExitCode::Runtime as i32);
     }));
+    crate::io::filter_contained_panics();
 }
 
 /// The error on stderr (with its causes), and with `--json` one JSON line on stdout.

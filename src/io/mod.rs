@@ -329,6 +329,59 @@ pub fn read_text(path: &Path, what: &str) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| Error::input(path, format!("not a {what}: the file is not UTF-8 text")))
 }
 
+thread_local! {
+    /// How deep this thread is in [`contain`]ed code.
+    static CONTAINED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread runs [`contain`]ed code: a panic there is a dependency's answer
+/// to a corrupt file or a failed device, turned into an error, not a bug of ours.
+pub fn in_contained() -> bool {
+    CONTAINED.with(|d| d.get() > 0)
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Keep the panic hook in place (whatever it is) quiet for panics inside [`contain`],
+/// which become errors. Front ends call it after setting their own hook.
+pub fn filter_contained_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !in_contained() {
+            previous(info)
+        }
+    }));
+}
+
+/// Run `f`, which calls into a dependency that may panic on bad input or a failed
+/// device (the parquet crate on some corrupt files, wgpu on a lost device); a panic
+/// comes back as its message.
+pub fn contain<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    CONTAINED.with(|d| d.set(d.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|d| d.set(d.get() - 1));
+    r.map_err(|payload| panic_message(payload.as_ref()))
+}
+
+/// Run Parquet decoding of `path`. The parquet crate panics on some corrupt files
+/// (found by fuzzing: a dictionary page missing, negative column offsets in the
+/// footer): such a panic becomes a clear input error naming the file.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    contain(f).unwrap_or_else(|msg| {
+        Err(Error::input(
+            path,
+            format!("is corrupt: the Parquet decoder failed ({msg}); rewrite the file or leave it out"),
+        ))
+    })
+}
+
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> {
     let source = if output::is_stdio(path) {
         Source::Stdin(stdin_bytes()?)
@@ -353,8 +406,10 @@ fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> 
     if parquet::file::reader::Length::len(&source) == 0 {
         return Err(Error::input(path, "the file is empty (0 bytes), not a Parquet file"));
     }
-    ParquetRecordBatchReaderBuilder::try_new(source)
-        .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
+    guarded(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(source)
+            .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
+    })
 }
 
 fn check_same_schema(first: &SchemaRef, s: &SchemaRef, path: &Path, first_path: &Path) -> Result<()> {
@@ -434,7 +489,7 @@ impl<'a> Iterator for Batches<'a> {
             }
             let path = &self.ds.files[self.file];
             if self.reader.is_none() {
-                match self.open_reader(path) {
+                match guarded(path, || self.open_reader(path)) {
                     Ok(r) => self.reader = Some(r),
                     Err(e) => {
                         self.file = self.ds.files.len();
@@ -442,7 +497,15 @@ impl<'a> Iterator for Batches<'a> {
                     }
                 }
             }
-            match self.reader.as_mut().unwrap().next() {
+            let reader = self.reader.as_mut().unwrap();
+            let next = match guarded(path, || Ok(reader.next())) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.file = self.ds.files.len();
+                    return Some(Err(e));
+                }
+            };
+            match next {
                 Some(Ok(batch)) => {
                     // The projection yields file order; put columns in the order asked.
                     return Some(project(&batch, self.columns, path).map(|batch| SourcedBatch { path, batch }));

@@ -9,8 +9,8 @@ mod audit;
 pub mod checkpoint;
 pub mod choose_k;
 pub mod fit;
-pub mod update;
 mod similarity;
+pub mod update;
 
 pub use assign::{
     AssignConfig, AssignReport, AssignedBatch, BatchSink, assign, id_column, profile, segment_names, stream_assigned,
@@ -18,11 +18,11 @@ pub use assign::{
 pub use audit::{AuditConfig, audit, fingerprint_of};
 pub use checkpoint::CheckpointSpec;
 pub use choose_k::{ChooseKConfig, ChooseKReport, choose_k};
-pub use update::{Forgetting, UpdateConfig, UpdateReport, update_model};
 pub use fit::{AlgorithmChoice, FitConfig, FitReport, InitSpec, fit, fit_array, fit_with_progress, read_centroids};
 pub use similarity::{
     NeighborsConfig, NeighborsReport, SeedMode, Seeds, SimilarConfig, SimilarReport, neighbors, similar,
 };
+pub use update::{Forgetting, UpdateConfig, UpdateReport, update_model};
 
 use crate::backend::{Backend, Centroids, ClusterStats, Nearest};
 use crate::error::{Error, Result};

@@ -66,9 +66,11 @@ impl Forgetting {
             Forgetting::HalfLifeDays { half_life, .. } if !(half_life > 0.0 && half_life.is_finite()) => {
                 bad("--half-life-days", half_life, "a positive number of days")
             }
-            Forgetting::HalfLifeDays { elapsed, .. } if !(elapsed >= 0.0 && elapsed.is_finite()) => Err(Error::Usage(
-                format!("{elapsed} days elapsed since the model's data: it must be >= 0 (is --as-of before the last update's?)"),
-            )),
+            Forgetting::HalfLifeDays { elapsed, .. } if !(elapsed >= 0.0 && elapsed.is_finite()) => {
+                Err(Error::Usage(format!(
+                    "{elapsed} days elapsed since the model's data: it must be >= 0 (is --as-of before the last update's?)"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -206,7 +208,12 @@ fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Fold `source`'s rows into `model`: the updated model and what moved.
-pub fn update_model(model: &Model, source: &Dataset, cfg: &UpdateConfig, backend: &dyn Backend) -> Result<(Model, UpdateReport)> {
+pub fn update_model(
+    model: &Model,
+    source: &Dataset,
+    cfg: &UpdateConfig,
+    backend: &dyn Backend,
+) -> Result<(Model, UpdateReport)> {
     if model.method != Method::KMeans {
         return Err(Error::Usage(format!(
             "update folds rows into k-means models; this is a {} model: refit it on the new data \
@@ -371,7 +378,9 @@ pub fn update_model(model: &Model, source: &Dataset, cfg: &UpdateConfig, backend
 pub fn elapsed_days(model: &Model, as_of: &str) -> Result<Option<f64>> {
     let parse = |s: &str| {
         crate::events::parse_time(s).map(|t| t.1).ok_or_else(|| {
-            Error::Usage(format!("--as-of '{s}' is not a time: give a date (2024-06-30), an ISO 8601 time or epoch seconds"))
+            Error::Usage(format!(
+                "--as-of '{s}' is not a time: give a date (2024-06-30), an ISO 8601 time or epoch seconds"
+            ))
         })
     };
     let now = parse(as_of)?;
