@@ -349,8 +349,8 @@ const CASES: &[Case] = &[
         &["--checkpoint"],
     ),
     (
-        "checkpoint of a mixture",
-        &["fit", "in.parquet", "--k", "2", "--method", "gmm", "--checkpoint", "ck", "--model", "o.json"],
+        "checkpoint of a mini-batch fit",
+        &["fit", "in.parquet", "--k", "2", "--algorithm", "minibatch", "--checkpoint", "ck", "--model", "o.json"],
         2,
         &["--checkpoint"],
     ),

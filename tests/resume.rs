@@ -102,17 +102,54 @@ fn kill_9_anywhere_then_rerun_gives_the_same_model() {
     let d = TempDir::new().unwrap();
     let p = d.path();
     let reference = big_table_and_reference(p);
+    kill_and_rerun(p, FIT, &reference, 4, 300..2500);
+}
+
+/// The same for a Gaussian mixture: EM resumed from its checkpoint (the k-means start
+/// of an interrupted run begins again) writes the uninterrupted model.
+#[test]
+#[cfg(unix)]
+fn kill_9_during_a_mixture_fit_then_rerun_gives_the_same_model() {
+    let d = TempDir::new().unwrap();
+    let p = d.path();
+    ok(&run(&["generate", "--rows", "200000", "--dims", "6", "--clusters", "8", "--out", "g.parquet", "--quiet"], p));
+    const GMM: &[&str] = &[
+        "fit",
+        "g.parquet",
+        "--k",
+        "8",
+        "--method",
+        "gmm",
+        "--covariance",
+        "full",
+        "--tol",
+        "0",
+        "--max-iter",
+        "40",
+        "--n-init",
+        "2",
+        "--backend",
+        "cpu",
+    ];
+    let mut args = GMM.to_vec();
+    args.extend(["--model", "ref.json", "--quiet"]);
+    ok(&run(&args, p));
+    let reference = std::fs::read(p.join("ref.json")).unwrap();
+    kill_and_rerun(p, GMM, &reference, 3, 200..1800);
+}
+
+fn kill_and_rerun(p: &Path, fit: &[&str], reference: &[u8], rounds: u64, after_ms: std::ops::Range<u64>) {
     let mut resumed_from_checkpoint = 0;
-    for seed in 0..4u64 {
+    for seed in 0..rounds {
         let _ = std::fs::remove_file(p.join("m.json"));
-        let mut args = FIT.to_vec();
+        let mut args = fit.to_vec();
         args.extend(["--model", "m.json", "--checkpoint", "ck", "--checkpoint-every", "1", "--quiet"]);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         // Up to three kills per round, each at a random time; then a run to the end.
         for _ in 0..3 {
             let had = p.join("ck/fit.checkpoint.json").exists();
             let mut child = bin().args(&args).current_dir(p).spawn().unwrap();
-            std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+            std::thread::sleep(Duration::from_millis(rng.random_range(after_ms.clone())));
             let _ = child.kill();
             let status = child.wait().unwrap();
             if status.success() {
@@ -130,6 +167,52 @@ fn kill_9_anywhere_then_rerun_gives_the_same_model() {
         assert!(listing(&p.join("ck")).is_empty(), "round {seed}: {:?} left", listing(&p.join("ck")));
     }
     assert!(resumed_from_checkpoint > 0, "no kill landed after a checkpoint: the test proved nothing");
+}
+
+/// Every state a mixture fit hands out (EM iterations, ends of runs, across restarts
+/// and covariance types), resumed through JSON: the same mixture, labels, posteriors
+/// and likelihoods, bit for bit.
+#[test]
+fn resuming_a_mixture_from_any_state_gives_the_same_fit() {
+    use microseg::gmm::{self, CovarianceType, GmmParams, GmmResume};
+    let x = blobs(3_000, 3, 4, 4.0, 5);
+    let be = CpuBackend::new(Kernel::Auto);
+    for covariance in [CovarianceType::Full, CovarianceType::Diag] {
+        let p = GmmParams { n_init: 2, tol: 1e-9, max_iter: 30, covariance, ..GmmParams::new(5) };
+        let mut states: Vec<(GmmResume, StateEvent)> = Vec::new();
+        let full = gmm::fit_resumable(&be, &x, None, &p, None, &mut |_| true, &mut |s, e| {
+            states.push((s.clone(), e));
+            Ok(())
+        })
+        .unwrap();
+        assert!(states.iter().filter(|(_, e)| *e == StateEvent::RunEnd).count() == 2);
+        assert!(states.len() > 6, "{covariance:?}: only {} states", states.len());
+        for (i, (s, _)) in states.iter().enumerate() {
+            let s: GmmResume = serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap();
+            let r = gmm::fit_resumable(&be, &x, None, &p, Some(s), &mut |_| true, &mut |_, _| Ok(())).unwrap();
+            let what = format!("{covariance:?}, state {i}");
+            assert_eq!(r.mixture, full.mixture, "{what}: mixture");
+            assert_eq!((&r.labels, &r.probability), (&full.labels, &full.probability), "{what}: posteriors");
+            assert_eq!(r.log_likelihood.to_bits(), full.log_likelihood.to_bits(), "{what}: likelihood");
+            assert_eq!(
+                (r.iterations, r.converged, r.best_run, &r.emptied),
+                (full.iterations, full.converged, full.best_run, &full.emptied),
+                "{what}: counters"
+            );
+        }
+        // Stopped at iteration 4 of the first run: the state is handed out, then resumed.
+        let mut last = None;
+        let err = gmm::fit_resumable(&be, &x, None, &p, None, &mut |i| i.init || i.iteration < 4, &mut |s, e| {
+            last = Some((s.clone(), e));
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, microseg::Error::Interrupted));
+        let (state, event) = last.unwrap();
+        assert_eq!((event, state.iteration), (StateEvent::Stopping, 4));
+        let r = gmm::fit_resumable(&be, &x, None, &p, Some(state), &mut |_| true, &mut |_, _| Ok(())).unwrap();
+        assert_eq!(r.mixture, full.mixture);
+    }
 }
 
 /// SIGTERM (and SIGINT) during a fit: exit 143 (130) at the end of the iteration under
@@ -288,8 +371,10 @@ fn checkpoints_of_another_fit_are_refused() {
     assert_fails(&o, 2, &["--checkpoint"], p, &names);
     let o = run(&["fit", "a.parquet", "--k", "3", "--checkpoint", "a.parquet", "--model", "x.json"], p);
     assert_fails(&o, 4, &["a.parquet", "not a directory"], p, &names);
-    let o = run(&["fit", "a.parquet", "--k", "3", "--method", "gmm", "--checkpoint", "ck2", "--model", "x.json"], p);
-    assert_fails(&o, 2, &["--checkpoint", "gmm"], p, &names);
+    // A mixture's command finds the k-means checkpoint: another fit.
+    std::fs::write(p.join("ck/fit.checkpoint.json"), &kept).unwrap();
+    let o = run(&["fit", "a.parquet", "--k", "3", "--method", "gmm", "--checkpoint", "ck", "--model", "x.json"], p);
+    assert_fails(&o, 2, &["another fit", "--method was kmeans there and is gmm here"], p, &names);
     // The right checkpoint resumes to the uninterrupted model.
     std::fs::write(p.join("ck/fit.checkpoint.json"), &kept).unwrap();
     ok(&with("a.parquet", &[], "resumed.json"));

@@ -9,7 +9,8 @@ use super::stats::{self, GaussianTerms, Mixture, MixtureStats, Resp};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::features::Matrix;
-use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams};
+use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams, StateEvent};
+use serde::{Deserialize, Serialize};
 
 /// Rows per E-step call: the backend's preference rounded up to a multiple of the
 /// statistics' chunk (so the statistics are summed in the same order whatever the
@@ -90,29 +91,119 @@ pub fn fit_cancellable<B: Backend + ?Sized>(
     params: &GmmParams,
     on_iter: &mut dyn FnMut(&EmIter) -> bool,
 ) -> Result<GmmFit> {
+    fit_resumable(backend, x, weights, params, None, on_iter, &mut |_, _| Ok(()))
+}
+
+/// An EM run that has ended, enough to rebuild its result exactly (the final E-step
+/// against its mixture gives the labels and posteriors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GmmDone {
+    pub run: usize,
+    pub mixture: Mixture,
+    pub lower_bound: f64,
+    pub iterations: usize,
+    pub converged: bool,
+    pub emptied: Vec<(usize, usize)>,
+}
+
+/// Where a mixture fit is, between two EM iterations: what a checkpoint holds. A run
+/// interrupted during its k-means start begins that start again (it is seeded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GmmResume {
+    /// The run in progress (0-based; `n_init` once every run has ended).
+    pub run: usize,
+    /// EM iterations done in this run.
+    pub iteration: usize,
+    /// The run's stopping rule has fired: what is left is the final E-step.
+    pub converged: bool,
+    /// The mixture after `iteration` M-steps (None: the run's EM has not started).
+    pub mixture: Option<Mixture>,
+    /// The mean log-likelihood of the last E-step (None before the first).
+    pub lower_bound: Option<f64>,
+    pub emptied: Vec<(usize, usize)>,
+    /// The best run that has ended so far.
+    pub best: Option<GmmDone>,
+}
+
+impl GmmResume {
+    fn start() -> Self {
+        GmmResume {
+            run: 0,
+            iteration: 0,
+            converged: false,
+            mixture: None,
+            lower_bound: None,
+            emptied: Vec::new(),
+            best: None,
+        }
+    }
+}
+
+/// As [`fit_cancellable`], from a saved state (`resume`), handing the state to
+/// `on_state` after every EM iteration, at the end of every run and before an
+/// interruption. A fit resumed from any state it handed out ends as the uninterrupted
+/// fit does, bit for bit.
+pub fn fit_resumable<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    weights: Option<&[f32]>,
+    params: &GmmParams,
+    resume: Option<GmmResume>,
+    on_iter: &mut dyn FnMut(&EmIter) -> bool,
+    on_state: &mut dyn FnMut(&GmmResume, StateEvent) -> Result<()>,
+) -> Result<GmmFit> {
     let usable = weights.map_or(x.n(), |w| w.iter().filter(|v| **v > 0.0).count());
     params.check(usable, x.dim)?;
     if let Some(w) = weights {
         assert_eq!(w.len(), x.n(), "one weight per row");
     }
     let runs = if matches!(params.init, GmmInit::Given(_)) { 1 } else { params.n_init };
+    let mut state = resume.unwrap_or_else(GmmResume::start);
+    if state.run > runs || state.mixture.as_ref().is_some_and(|m| (m.k, m.dim) != (params.k, x.dim)) {
+        return Err(Error::Data(format!(
+            "the saved state (run {}, a mixture of another shape) does not fit this fit of {runs} runs, k = {}",
+            state.run, params.k
+        )));
+    }
     backend.retain(&x.data, x.dim)?;
     let result = (|| {
-        let mut best: Option<GmmFit> = None;
+        let mut best: Option<(GmmFit, GmmDone)> = match state.best.take() {
+            Some(d) => Some((finish(backend, x, weights, params, &d)?, d)),
+            None => None,
+        };
         let mut init_seconds = 0.0;
-        for run in 0..runs {
-            let t0 = Instant::now();
-            let (labels, shift) = initial_labels(backend, x, weights, params, run, on_iter)?;
-            init_seconds += t0.elapsed().as_secs_f64();
-            // The k-means start retains and releases the matrix itself.
-            backend.retain(&x.data, x.dim)?;
-            let f = run_once(backend, x, weights, params, &labels, &shift, run, on_iter)?;
+        for run in state.run..runs {
+            let start = if state.run == run && state.mixture.is_some() {
+                std::mem::replace(&mut state, GmmResume::start())
+            } else {
+                let t0 = Instant::now();
+                let (labels, shift) = initial_labels(backend, x, weights, params, run, on_iter)?;
+                init_seconds += t0.elapsed().as_secs_f64();
+                // The k-means start retains and releases the matrix itself.
+                backend.retain(&x.data, x.dim)?;
+                let full = is_full(params.covariance);
+                let st = stats::accumulate(&x.data, x.dim, params.k, weights, &shift, Resp::Hard(&labels), None, full);
+                let (mix, first_empty) = stats::m_step(&st, &shift, params.covariance, params.reg_covar, None);
+                GmmResume {
+                    run,
+                    mixture: Some(mix),
+                    emptied: first_empty.into_iter().map(|j| (j, 0)).collect(),
+                    ..GmmResume::start()
+                }
+            };
+            let best_done = best.as_ref().map(|b| b.1.clone());
+            let t_em = Instant::now();
+            let done = run_em(backend, x, weights, params, start, best_done, on_iter, on_state)?;
+            let mut f = finish(backend, x, weights, params, &done)?;
+            f.em_seconds = t_em.elapsed().as_secs_f64();
             // scikit-learn keeps the first run with the highest lower bound.
-            if best.as_ref().is_none_or(|b| f.lower_bound > b.lower_bound) {
-                best = Some(f);
+            if best.as_ref().is_none_or(|b| f.lower_bound > b.0.lower_bound) {
+                best = Some((f, done));
             }
+            let ended = GmmResume { run: run + 1, best: best.as_ref().map(|b| b.1.clone()), ..GmmResume::start() };
+            on_state(&ended, StateEvent::RunEnd)?;
         }
-        let mut best = best.unwrap();
+        let (mut best, _) = best.expect("at least one run");
         best.init_seconds = init_seconds;
         Ok(best)
     })();
@@ -202,28 +293,39 @@ pub fn e_pass<B: Backend + ?Sized>(
     Ok(total)
 }
 
+/// EM iterations of one run from `state` (its mixture after `state.iteration` M-steps)
+/// until the change of the mean log-likelihood falls under `tol` or `max_iter`.
 #[allow(clippy::too_many_arguments)]
-fn run_once<B: Backend + ?Sized>(
+fn run_em<B: Backend + ?Sized>(
     backend: &B,
     x: &Matrix,
     w: Option<&[f32]>,
     p: &GmmParams,
-    labels: &[u32],
-    shift: &[f64],
-    run: usize,
+    state: GmmResume,
+    best: Option<GmmDone>,
     on_iter: &mut dyn FnMut(&EmIter) -> bool,
-) -> Result<GmmFit> {
-    let (d, k) = (x.dim, p.k);
+    on_state: &mut dyn FnMut(&GmmResume, StateEvent) -> Result<()>,
+) -> Result<GmmDone> {
     let full = is_full(p.covariance);
-    let st = stats::accumulate(&x.data, d, k, w, shift, Resp::Hard(labels), None, full);
-    let (mut mix, first_empty) = stats::m_step(&st, shift, p.covariance, p.reg_covar, None);
-    let mut emptied: Vec<(usize, usize)> = first_empty.into_iter().map(|j| (j, 0)).collect();
+    let run = state.run;
+    let mut mix = state.mixture.expect("a run's EM starts from a mixture");
+    let mut emptied = state.emptied;
+    let mut lower = state.lower_bound.unwrap_or(f64::NEG_INFINITY);
+    let mut converged = state.converged;
+    let mut iterations = state.iteration;
     let mut terms = mix.terms()?;
-    let t_em = Instant::now();
-    let mut lower = f64::NEG_INFINITY;
-    let mut converged = false;
-    let mut iterations = 0;
-    for it in 1..=p.max_iter {
+    let snapshot = |mix: &Mixture, it: usize, lower: f64, converged: bool, emptied: &[(usize, usize)]| GmmResume {
+        run,
+        iteration: it,
+        converged,
+        mixture: Some(mix.clone()),
+        lower_bound: Some(lower),
+        emptied: emptied.to_vec(),
+        best: best.clone(),
+    };
+    let mut it = iterations;
+    while !converged && it < p.max_iter {
+        it += 1;
         let t0 = Instant::now();
         let st = e_pass(backend, x, w, &terms, full, None)?;
         let ll = st.log_likelihood / st.total_weight;
@@ -242,6 +344,7 @@ fn run_once<B: Backend + ?Sized>(
         let change = ll - lower;
         lower = ll;
         iterations = it;
+        converged = change.abs() < p.tol;
         if !on_iter(&EmIter {
             run,
             iteration: it,
@@ -250,11 +353,11 @@ fn run_once<B: Backend + ?Sized>(
             change,
             seconds: t0.elapsed().as_secs_f64(),
         }) {
+            on_state(&snapshot(&mix, it, lower, converged, &emptied), StateEvent::Stopping)?;
             return Err(Error::Interrupted);
         }
-        if change.abs() < p.tol {
-            converged = true;
-            break;
+        if !converged {
+            on_state(&snapshot(&mix, it, lower, converged, &emptied), StateEvent::Iteration)?;
         }
     }
     if !converged {
@@ -266,7 +369,20 @@ fn run_once<B: Backend + ?Sized>(
             p.tol
         );
     }
-    // The final E-step: labels and posteriors consistent with the final parameters.
+    Ok(GmmDone { run, mixture: mix, lower_bound: lower, iterations, converged, emptied })
+}
+
+/// The final E-step of a run: labels and posteriors consistent with its mixture.
+fn finish<B: Backend + ?Sized>(
+    backend: &B,
+    x: &Matrix,
+    w: Option<&[f32]>,
+    p: &GmmParams,
+    done: &GmmDone,
+) -> Result<GmmFit> {
+    let t_em = Instant::now();
+    let k = p.k;
+    let terms = done.mixture.terms()?;
     let n = x.n();
     let mut out_labels = vec![0u32; n];
     let mut prob = vec![0.0f32; n];
@@ -277,7 +393,7 @@ fn run_once<B: Backend + ?Sized>(
         x,
         w,
         &terms,
-        full,
+        is_full(p.covariance),
         Some(&mut |lo, r, _| {
             for (i, row) in r.chunks_exact(k).enumerate() {
                 let [(a, pa), (b, pb)] = top_two(row);
@@ -289,18 +405,18 @@ fn run_once<B: Backend + ?Sized>(
         }),
     )?;
     Ok(GmmFit {
-        mixture: mix,
+        mixture: done.mixture.clone(),
         labels: out_labels,
         probability: prob,
         second,
         second_probability: second_prob,
         log_likelihood: st.log_likelihood / st.total_weight,
-        lower_bound: lower,
+        lower_bound: done.lower_bound,
         total_weight: st.total_weight,
-        iterations,
-        converged,
-        best_run: run,
-        emptied,
+        iterations: done.iterations,
+        converged: done.converged,
+        best_run: done.run,
+        emptied: done.emptied.clone(),
         init_seconds: 0.0,
         em_seconds: t_em.elapsed().as_secs_f64(),
     })

@@ -15,6 +15,6 @@ pub mod hyperparams;
 pub mod linalg;
 pub mod stats;
 
-pub use algorithm::{EmIter, GmmFit, fit, fit_cancellable};
+pub use algorithm::{EmIter, GmmDone, GmmFit, GmmResume, fit, fit_cancellable, fit_resumable};
 pub use hyperparams::{CovarianceType, GmmInit, GmmParams};
 pub use stats::{GaussianTerms, Mixture, MixtureStats, TermsKind};

@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::gmm::GmmResume;
 use crate::io::output::{AtomicOutput, write_json};
 use crate::kmeans::{Resume, StateEvent};
 
@@ -82,7 +83,34 @@ struct CheckpointFile {
     identity: Identity,
     /// Where the fit was: "run r iteration i", for people reading the file.
     position: String,
-    kmeans: Resume,
+    /// The state of a k-means fit, or of a mixture's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kmeans: Option<Resume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gmm: Option<GmmResume>,
+}
+
+/// The state a checkpoint holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    KMeans(Resume),
+    Gmm(GmmResume),
+}
+
+impl Saved {
+    pub fn kmeans(self) -> Option<Resume> {
+        match self {
+            Saved::KMeans(r) => Some(r),
+            Saved::Gmm(_) => None,
+        }
+    }
+
+    pub fn gmm(self) -> Option<GmmResume> {
+        match self {
+            Saved::Gmm(r) => Some(r),
+            Saved::KMeans(_) => None,
+        }
+    }
 }
 
 /// Saves a fit's state as often as its spec says.
@@ -95,19 +123,19 @@ pub struct Checkpointer {
     pub saved: Option<String>,
 }
 
-fn position(r: &Resume, runs: usize) -> String {
-    if r.run >= runs {
+fn position(run: usize, iteration: usize, runs: usize) -> String {
+    if run >= runs {
         return "after the last run".into();
     }
-    let run = if runs > 1 { format!("run {} of {runs}, ", r.run + 1) } else { String::new() };
-    format!("{run}iteration {}", r.iteration)
+    let r = if runs > 1 { format!("run {} of {runs}, ", run + 1) } else { String::new() };
+    format!("{r}iteration {iteration}")
 }
 
 impl Checkpointer {
     /// Open the spec's directory (created if missing) and read a checkpoint left there:
     /// the state to resume from when it belongs to this fit, an error when it belongs
     /// to another.
-    pub fn open(spec: &CheckpointSpec, identity: Identity) -> Result<(Self, Option<Resume>)> {
+    pub fn open(spec: &CheckpointSpec, identity: Identity) -> Result<(Self, Option<Saved>)> {
         spec.check()?;
         std::fs::create_dir_all(&spec.dir).map_err(|e| Error::output(&spec.dir, format!("cannot create: {e}")))?;
         let path = spec.path();
@@ -120,7 +148,7 @@ impl Checkpointer {
         Ok((me, resume))
     }
 
-    fn read(path: &Path, bytes: &[u8], want: &Identity) -> Result<Resume> {
+    fn read(path: &Path, bytes: &[u8], want: &Identity) -> Result<Saved> {
         let start_over = "remove it (or give another --checkpoint directory) to start over, or rerun the command \
                           it was written for to resume it";
         let f: CheckpointFile = serde_json::from_slice(bytes).map_err(|e| {
@@ -145,7 +173,11 @@ impl Checkpointer {
                 want.engine_version
             )));
         }
-        let keys: std::collections::BTreeSet<&String> = got.options.keys().chain(want.options.keys()).collect();
+        let mut keys: Vec<&String> = got.options.keys().chain(want.options.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        // The method first: with another method, every option of it differs too.
+        keys.sort_by_key(|k| *k != "--method");
         for key in keys {
             let (a, b) = (got.options.get(key), want.options.get(key));
             if a != b {
@@ -166,13 +198,29 @@ impl Checkpointer {
                 want.input_fingerprint
             )));
         }
+        let saved = match (f.kmeans, f.gmm) {
+            (Some(k), None) => Saved::KMeans(k),
+            (None, Some(g)) => Saved::Gmm(g),
+            _ => {
+                return Err(Error::input(path, "holds no fit state (or two); it is damaged: remove it to start over"));
+            }
+        };
         log::info!("resuming from the checkpoint {} ({})", path.display(), f.position);
-        Ok(f.kmeans)
+        Ok(saved)
     }
 
     /// Save `state` when due: at the end of a run, before an interruption, and after
     /// `every` iterations or `seconds` since the last save.
     pub fn offer(&mut self, state: &Resume, event: StateEvent, runs: usize) -> Result<()> {
+        self.offer_state(event, || (position(state.run, state.iteration, runs), Saved::KMeans(state.clone())))
+    }
+
+    /// As [`Checkpointer::offer`], for a mixture's state.
+    pub fn offer_gmm(&mut self, state: &GmmResume, event: StateEvent, runs: usize) -> Result<()> {
+        self.offer_state(event, || (position(state.run, state.iteration, runs), Saved::Gmm(state.clone())))
+    }
+
+    fn offer_state(&mut self, event: StateEvent, state: impl FnOnce() -> (String, Saved)) -> Result<()> {
         self.since += 1;
         let due = match event {
             StateEvent::RunEnd | StateEvent::Stopping => true,
@@ -184,12 +232,18 @@ impl Checkpointer {
             return Ok(());
         }
         let path = self.spec.path();
+        let (position, saved) = state();
+        let (kmeans, gmm) = match saved {
+            Saved::KMeans(k) => (Some(k), None),
+            Saved::Gmm(g) => (None, Some(g)),
+        };
         let file = CheckpointFile {
             format: CHECKPOINT_FORMAT.into(),
             format_version: CHECKPOINT_FORMAT_VERSION,
             identity: self.identity.clone(),
-            position: position(state, runs),
-            kmeans: state.clone(),
+            position,
+            kmeans,
+            gmm,
         };
         // Temporary file, fsync, rename, fsync of the directory: a kill at any point
         // leaves the previous checkpoint or this one, whole.

@@ -217,13 +217,6 @@ impl FitConfig {
             }
         }
         if let Some(c) = &self.checkpoint {
-            if self.method == Method::Gmm {
-                return Err(Error::Usage(
-                    "--checkpoint saves k-means fits; a mixture (--method gmm) is not checkpointed yet: leave \
-                     --checkpoint out"
-                        .into(),
-                ));
-            }
             c.check()?;
         }
         if self.embedding_weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
@@ -483,24 +476,31 @@ pub fn fit_with_progress(
         }
         progress(info)
     };
+    let mut ckpt = match &cfg.checkpoint {
+        Some(spec) => {
+            let identity = super::checkpoint::Identity {
+                engine_version: crate::ENGINE_VERSION.into(),
+                input_fingerprint: input_fingerprint.clone(),
+                options: fit_options(cfg, &params, &cols, backend),
+            };
+            Some(super::checkpoint::Checkpointer::open(spec, identity)?)
+        }
+        None => None,
+    };
+    let saved = ckpt.as_mut().and_then(|c| c.1.take());
+    let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
     let fit = if cfg.method == Method::Gmm {
-        let (fit, section) =
-            fit_mixture(cfg, &params, &table.matrix, table.weights.as_deref(), &transforms, backend, &mut on_iter)?;
+        let resume = saved.map(|s| s.gmm().ok_or_else(|| other_method(cfg))).transpose()?;
+        let mut save = |state: &crate::gmm::GmmResume, ev: kmeans::StateEvent| match ckpt.as_mut() {
+            Some((c, _)) => c.offer_gmm(state, ev, runs),
+            None => Ok(()),
+        };
+        let (x, w) = (&table.matrix, table.weights.as_deref());
+        let (fit, section) = fit_mixture(cfg, &params, x, w, &transforms, backend, resume, &mut on_iter, &mut save)?;
         gmm_section = Some(section);
         fit
     } else {
-        let mut ckpt = match &cfg.checkpoint {
-            Some(spec) => {
-                let identity = super::checkpoint::Identity {
-                    engine_version: crate::ENGINE_VERSION.into(),
-                    input_fingerprint: input_fingerprint.clone(),
-                    options: fit_options(cfg, &params, &cols, backend),
-                };
-                Some(super::checkpoint::Checkpointer::open(spec, identity)?)
-            }
-            None => None,
-        };
-        let resume = ckpt.as_mut().and_then(|c| c.1.take());
+        let resume = saved.map(|s| s.kmeans().ok_or_else(|| other_method(cfg))).transpose()?;
         if cfg.algorithm == AlgorithmChoice::MiniBatch {
             let mb = kmeans::MiniBatchParams {
                 batch_size: cfg.batch_size,
@@ -537,7 +537,6 @@ pub fn fit_with_progress(
                 }
             }
         } else {
-            let runs = if matches!(params.init, InitMethod::Given(_)) { 1 } else { params.n_init };
             let mut save = |state: &kmeans::Resume, ev: kmeans::StateEvent| match ckpt.as_mut() {
                 Some((c, _)) => c.offer(state, ev, runs),
                 None => Ok(()),
@@ -722,6 +721,11 @@ fn fit_options(
     put("embedding-weight", cfg.embedding_weight.map_or(String::new(), |w| format!("{w:e}")));
     put("algorithm", params.algorithm.name().into());
     put("backend", backend.name().into());
+    put("method", cfg.method.name().into());
+    if cfg.method == Method::Gmm {
+        put("covariance", cfg.covariance.name().into());
+        put("reg-covar", format!("{:e}", cfg.reg_covar));
+    }
     o
 }
 
@@ -762,6 +766,17 @@ fn resolve_algorithm(cfg: &FitConfig, dim: usize, backend: &dyn Backend) -> Resu
 
 /// EM for a Gaussian mixture, reported as the k-means fit it replaces (centroids are
 /// the means, rows go to their most probable component), with the mixture section.
+/// A checkpoint of the same options but the other method cannot happen (the method is
+/// one of the options); should the file say otherwise, it is refused.
+fn other_method(cfg: &FitConfig) -> Error {
+    Error::Usage(format!(
+        "the checkpoint in {} holds the state of another kind of fit than --method {}; remove it to start over",
+        cfg.checkpoint.as_ref().map_or(String::new(), |c| c.dir.display().to_string()),
+        cfg.method.name()
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fit_mixture(
     cfg: &FitConfig,
     params: &KMeansParams,
@@ -769,7 +784,9 @@ fn fit_mixture(
     w: Option<&[f32]>,
     transforms: &[features::FeatureTransform],
     backend: &dyn Backend,
+    resume: Option<crate::gmm::GmmResume>,
     progress: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
+    save: &mut dyn FnMut(&crate::gmm::GmmResume, kmeans::StateEvent) -> Result<()>,
 ) -> Result<(kmeans::KMeansFit, crate::model::GmmSection)> {
     use crate::backend::Nearest;
     use crate::backend::cpu::exact_sq_dist;
@@ -792,28 +809,36 @@ fn fit_mixture(
         cfg.reg_covar,
         cfg.tol
     );
-    let f = crate::gmm::fit_cancellable(backend, x, w, &gp, &mut |it| {
-        if it.init {
-            log::debug!("run {} k-means start, iteration {}: {:.3}s", it.run + 1, it.iteration, it.seconds);
-        } else {
-            log::debug!(
-                "run {} EM iteration {}: mean log-likelihood {:.8}, change {:.3e}, {:.3}s",
-                it.run + 1,
-                it.iteration,
-                it.log_likelihood,
-                it.change,
-                it.seconds
-            );
-        }
-        progress(&kmeans::IterInfo {
-            run: it.run,
-            iteration: it.iteration,
-            changed: 0,
-            shift: it.change,
-            full_evaluations: if it.init { 0 } else { x.n() as u64 },
-            seconds: it.seconds,
-        })
-    })?;
+    let f = crate::gmm::fit_resumable(
+        backend,
+        x,
+        w,
+        &gp,
+        resume,
+        &mut |it| {
+            if it.init {
+                log::debug!("run {} k-means start, iteration {}: {:.3}s", it.run + 1, it.iteration, it.seconds);
+            } else {
+                log::debug!(
+                    "run {} EM iteration {}: mean log-likelihood {:.8}, change {:.3e}, {:.3}s",
+                    it.run + 1,
+                    it.iteration,
+                    it.log_likelihood,
+                    it.change,
+                    it.seconds
+                );
+            }
+            progress(&kmeans::IterInfo {
+                run: it.run,
+                iteration: it.iteration,
+                changed: 0,
+                shift: it.change,
+                full_evaluations: if it.init { 0 } else { x.n() as u64 },
+                seconds: it.seconds,
+            })
+        },
+        save,
+    )?;
     let (k, d) = (cfg.k, x.dim);
     let mix = &f.mixture;
     let centroids = Centroids::new(mix.means.iter().map(|v| *v as f32).collect(), d);
