@@ -17,4 +17,5 @@ pub mod report;
 mod resume;
 mod segments;
 mod sklearn;
+mod stream;
 mod update;

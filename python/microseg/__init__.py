@@ -233,6 +233,8 @@ def fit(
     max_no_improvement: int = 10,
     refine: int = 0,
     reassignment_ratio: float = 0.01,
+    stream: bool = False,
+    shuffle_rows: int = 1 << 20,
     metric: str = "euclidean",
     embedding_weight: Optional[float] = None,
     algorithm: str = "auto",
@@ -266,6 +268,8 @@ def fit(
     previous: a previous Model of the same features; segment ids and names are kept.
     metric: "euclidean" or "cosine" (spherical k-means).
     algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit), or "minibatch" (approximate, scikit-learn's MiniBatchKMeans; batch_size rows per step).
+    stream: with "minibatch", read the data in batches on every pass instead of loading
+    it (data larger than memory; shuffle_rows rows in the shuffle buffer).
     backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
     kernel: the CPU distance kernel, "auto", "gemm", "f32-avx2", "f32-avx512",
         "int8-avx2" or "int8-vnni" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
@@ -303,6 +307,8 @@ def fit(
         max_no_improvement=max_no_improvement,
         refine=refine,
         reassignment_ratio=reassignment_ratio,
+        stream=stream,
+        shuffle_rows=shuffle_rows,
         metric=metric,
         embedding_weight=embedding_weight,
         algorithm=algorithm,

@@ -77,6 +77,8 @@ def fit(
     max_no_improvement: int = 10,
     refine: int = 0,
     reassignment_ratio: float = 0.01,
+    stream: bool = False,
+    shuffle_rows: int = 1048576,
     metric: str = "euclidean",
     embedding_weight: Optional[float] = None,
     algorithm: str = "auto",

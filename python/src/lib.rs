@@ -279,7 +279,7 @@ fn loads(text: &str) -> PyResult<NativeModel> {
     allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
     backend_name = None, allow_software_gpu = false, method = "kmeans", covariance = "diag",
     reg_covar = 1e-6, kernel = None, allow_duplicate_ids = false, batch_size = 1024,
-    max_no_improvement = 10, refine = 0, reassignment_ratio = 0.01
+    max_no_improvement = 10, refine = 0, reassignment_ratio = 0.01, stream = false, shuffle_rows = 1048576
 ))]
 #[allow(clippy::too_many_arguments)]
 fn fit(
@@ -316,6 +316,8 @@ fn fit(
     max_no_improvement: usize,
     refine: usize,
     reassignment_ratio: f64,
+    stream: bool,
+    shuffle_rows: usize,
 ) -> PyResult<(NativeModel, String)> {
     let method = parse("method", method, &[("kmeans", Method::KMeans), ("gmm", Method::Gmm)])?;
     let defaults = FitConfig::for_method(method, k);
@@ -374,6 +376,8 @@ fn fit(
         max_no_improvement,
         refine,
         reassignment_ratio,
+        stream,
+        shuffle_rows,
     };
     // Mini-batch: scikit-learn's MiniBatchKMeans defaults unless given.
     let cfg = if cfg.algorithm == AlgorithmChoice::MiniBatch {

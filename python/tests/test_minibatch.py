@@ -53,3 +53,24 @@ def test_minibatch_flags_are_checked():
         microseg.fit(table, k=3, algorithm="minibatch", batch_size=0)
     with pytest.raises(ValueError, match="n-init"):
         microseg.fit(table, k=3, algorithm="minibatch", n_init=3)
+
+
+def test_a_streamed_fit_is_the_cli_model_byte_for_byte(tmp_path):
+    import pathlib
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    import microseg
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    retail = repo / "datasets" / "online_retail_customers.parquet"
+    cli = repo / "target" / "release" / "microseg"
+    opts = ["--k", "5", "--algorithm", "minibatch", "--stream", "--batch-size", "256", "--refine", "3"]
+    r = subprocess.run(
+        [str(cli), "fit", str(retail), *opts, "--model", "cli.json", "--quiet"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    m = microseg.fit(pq.read_table(retail), k=5, algorithm="minibatch", stream=True, batch_size=256, refine=3)
+    m.save(tmp_path / "py.json")
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()

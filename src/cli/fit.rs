@@ -108,6 +108,14 @@ pub(crate) struct FitOpts {
     /// (0: never; with --refine, 0 often lands lower) [default: 0.01].
     #[arg(long, value_name = "R")]
     reassignment_ratio: Option<f64>,
+    /// --algorithm minibatch: read the input batch by batch on every pass instead of
+    /// loading it (data larger than memory): a pass to scan, one per epoch, one per
+    /// --refine iteration, one to finish.
+    #[arg(long)]
+    stream: bool,
+    /// --stream: rows in the shuffle buffer mini-batches are drawn from [default: 1048576].
+    #[arg(long, value_name = "ROWS", requires = "stream")]
+    shuffle_rows: Option<usize>,
     /// Train on every row even where the id column names a subscriber twice (refused by
     /// default: it usually means a join gone wrong upstream).
     #[arg(long)]
@@ -193,6 +201,8 @@ impl FitOpts {
             max_no_improvement: self.max_no_improvement.unwrap_or(defaults.max_no_improvement),
             refine: self.refine.unwrap_or(defaults.refine),
             reassignment_ratio: self.reassignment_ratio.unwrap_or(defaults.reassignment_ratio),
+            stream: self.stream,
+            shuffle_rows: self.shuffle_rows.unwrap_or(defaults.shuffle_rows),
             seed: self.seed,
             previous,
             allow_sensitive: self.allow_sensitive,

@@ -514,25 +514,7 @@ pub fn load_table(
         convert_batch(&sb.batch, cols, sb.path, &mut data[start..])?;
         let mut w_block: Option<Vec<f32>> = None;
         if let Some(wname) = weight_col {
-            let arr = cast(sb.batch.column(cols.len()), &DataType::Float32)
-                .map_err(|e| Error::input(sb.path, format!("weight column '{wname}': {e}")))?;
-            let arr = arr.as_primitive::<Float32Type>();
-            let mut wv = Vec::with_capacity(m);
-            for (i, v) in arr.iter().enumerate() {
-                match v {
-                    Some(x) if x.is_finite() && x >= 0.0 => wv.push(x),
-                    other => {
-                        return Err(Error::input(
-                            sb.path,
-                            format!(
-                                "weight column '{wname}' has {} at batch row {i}; weights must be finite and >= 0",
-                                other.map(|x| x.to_string()).unwrap_or_else(|| "a null".into())
-                            ),
-                        ));
-                    }
-                }
-            }
-            w_block = Some(wv);
+            w_block = Some(batch_weights(sb.batch.column(cols.len()), wname, sb.path)?);
         }
         let complete = report.scan(&data[start..], cols, sb.path);
         if missing == MissingPolicy::Drop && complete.iter().any(|c| !c) {
@@ -589,6 +571,29 @@ pub fn load_table(
         return Err(Error::input(ds.display_name(), "the weights sum to zero; nothing to cluster"));
     }
     Ok(TrainingTable { matrix, weights, rows_read, rows_dropped, impute, missing: report })
+}
+
+/// A batch's weight column as f32, refused unless every weight is finite and >= 0.
+pub fn batch_weights(column: &arrow::array::ArrayRef, wname: &str, path: &Path) -> Result<Vec<f32>> {
+    let arr =
+        cast(column, &DataType::Float32).map_err(|e| Error::input(path, format!("weight column '{wname}': {e}")))?;
+    let arr = arr.as_primitive::<Float32Type>();
+    let mut wv = Vec::with_capacity(arr.len());
+    for (i, v) in arr.iter().enumerate() {
+        match v {
+            Some(x) if x.is_finite() && x >= 0.0 => wv.push(x),
+            other => {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "weight column '{wname}' has {} at batch row {i}; weights must be finite and >= 0",
+                        other.map(|x| x.to_string()).unwrap_or_else(|| "a null".into())
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(wv)
 }
 
 /// Replace non-finite values by the per-feature fill value, in place.
@@ -692,14 +697,33 @@ pub fn fit_transforms_weighted(
     impute: Option<&[f32]>,
     embedding_weight: Option<f64>,
 ) -> Vec<FeatureTransform> {
-    let names = feature_names(cols);
-    let scalars = cols.iter().filter(|c| c.width == 1).count();
-    let weight = embedding_weight.unwrap_or(scalars.max(1) as f64);
-    let (centers, scales) = match scale {
-        Scale::None => (vec![0.0; m.dim], vec![1.0; m.dim]),
+    let moments = match scale {
+        Scale::None => None,
         Scale::Standard => {
             let means = column_means(m, false);
             let vars = column_variances(m, &means);
+            Some((means, vars))
+        }
+    };
+    transforms_from(moments, m.dim, cols, impute, embedding_weight)
+}
+
+/// The transforms from the columns' (means, population variances) (`None`: no scaling),
+/// as [`fit_transforms_weighted`] fits them; a streamed fit merges the moments batch by
+/// batch ([`Moments`]).
+pub fn transforms_from(
+    moments: Option<(Vec<f64>, Vec<f64>)>,
+    dim: usize,
+    cols: &[FeatureColumn],
+    impute: Option<&[f32]>,
+    embedding_weight: Option<f64>,
+) -> Vec<FeatureTransform> {
+    let names = feature_names(cols);
+    let scalars = cols.iter().filter(|c| c.width == 1).count();
+    let weight = embedding_weight.unwrap_or(scalars.max(1) as f64);
+    let (centers, scales) = match moments {
+        None => (vec![0.0; dim], vec![1.0; dim]),
+        Some((means, vars)) => {
             // As scikit-learn's StandardScaler: a constant feature keeps scale 1.
             let mut sd: Vec<f64> = vars
                 .iter()
@@ -717,7 +741,7 @@ pub fn fit_transforms_weighted(
             (means, sd)
         }
     };
-    (0..m.dim)
+    (0..dim)
         .map(|j| FeatureTransform {
             name: names[j].clone(),
             center: centers[j],
@@ -725,6 +749,60 @@ pub fn fit_transforms_weighted(
             impute: impute.map(|f| f[j]),
         })
         .collect()
+}
+
+/// Per-column count, mean and sum of squared deviations, merged batch by batch (Chan et
+/// al.'s pairwise update): the moments of a table read once, in bounded memory. Values
+/// that are not finite are left out (missing values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments {
+    pub count: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub m2: Vec<f64>,
+}
+
+impl Moments {
+    pub fn new(dim: usize) -> Self {
+        Moments { count: vec![0.0; dim], mean: vec![0.0; dim], m2: vec![0.0; dim] }
+    }
+
+    /// Add a row-major block.
+    pub fn add(&mut self, block: &[f32]) {
+        let dim = self.count.len();
+        let mut b = Moments::new(dim);
+        let means = column_means_of(block, dim, true);
+        for row in block.chunks_exact(dim) {
+            for j in 0..dim {
+                let v = row[j];
+                if v.is_finite() {
+                    let d = v as f64 - means[j];
+                    b.count[j] += 1.0;
+                    b.m2[j] += d * d;
+                }
+            }
+        }
+        b.mean = means.iter().map(|m| if m.is_finite() { *m } else { 0.0 }).collect();
+        self.merge(&b);
+    }
+
+    pub fn merge(&mut self, o: &Moments) {
+        for j in 0..self.count.len() {
+            let (na, nb) = (self.count[j], o.count[j]);
+            if nb == 0.0 {
+                continue;
+            }
+            let n = na + nb;
+            let delta = o.mean[j] - self.mean[j];
+            self.mean[j] += delta * nb / n;
+            self.m2[j] += o.m2[j] + delta * delta * na * nb / n;
+            self.count[j] = n;
+        }
+    }
+
+    /// Population variances.
+    pub fn variances(&self) -> Vec<f64> {
+        self.m2.iter().zip(&self.count).map(|(m, n)| if *n > 0.0 { m / n } else { 0.0 }).collect()
+    }
 }
 
 /// Apply fitted transforms to a row-major block in place.

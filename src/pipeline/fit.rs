@@ -122,6 +122,11 @@ pub struct FitConfig {
     /// Mini-batch: clusters lighter than this share of the heaviest are re-seeded
     /// (default 0.01, as scikit-learn; 0: never).
     pub reassignment_ratio: f64,
+    /// Mini-batch: read the input in batches on every pass instead of loading it, for
+    /// data larger than memory (`pipeline::stream`).
+    pub stream: bool,
+    /// Streamed mini-batch: rows in the shuffle buffer the batches are drawn from.
+    pub shuffle_rows: usize,
 }
 
 impl Default for FitConfig {
@@ -155,6 +160,8 @@ impl Default for FitConfig {
             max_no_improvement: 10,
             refine: 0,
             reassignment_ratio: 0.01,
+            stream: false,
+            shuffle_rows: 1 << 20,
         }
     }
 }
@@ -197,6 +204,14 @@ impl FitConfig {
             .check_settings()?;
         }
         KMeansParams::check_settings(self.k, self.max_iter, self.tol, self.n_init)?;
+        if self.stream && (self.algorithm != AlgorithmChoice::MiniBatch || self.method != Method::KMeans) {
+            return Err(Error::Usage(
+                "--stream reads the input batch by batch for mini-batch k-means; add --algorithm minibatch".into(),
+            ));
+        }
+        if self.stream && self.shuffle_rows == 0 {
+            return Err(Error::Usage("--shuffle-rows must be at least 1".into()));
+        }
         if self.refine > 0 && self.algorithm != AlgorithmChoice::MiniBatch {
             return Err(Error::Usage("--refine follows a mini-batch fit; add --algorithm minibatch".into()));
         }
@@ -353,6 +368,42 @@ pub struct Prepared {
 /// `choose-k`, so both see the same matrix).
 pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
     let ds = source;
+    let (id_col, cols, init) = plan(ds, cfg)?;
+    let mut table = features::load_training(ds, &cols, cfg.weight_col.as_deref(), cfg.missing)?;
+    if table.rows_dropped > 0 {
+        log::info!("left out {} of {} rows with missing values (--missing drop)", table.rows_dropped, table.rows_read);
+    }
+    let input_fingerprint = features::data_fingerprint(&table.matrix, table.weights.as_deref());
+    let transforms = features::fit_transforms_weighted(
+        &table.matrix,
+        &cols,
+        cfg.scale,
+        table.impute.as_deref(),
+        cfg.embedding_weight,
+    );
+    features::apply_transforms(&mut table.matrix.data, &transforms);
+    features::check_range(&table.matrix.data, &cols, &transforms, Path::new(&ds.display_name()))?;
+    if cfg.metric == Metric::Cosine {
+        let keep = features::normalize_rows(&mut table.matrix, cfg.missing, &ds.display_name())?;
+        if let (Some(k), Some(w)) = (&keep, table.weights.as_mut()) {
+            let mut it = k.iter();
+            w.retain(|_| *it.next().unwrap());
+        }
+        if let Some(k) = keep {
+            let dropped = k.iter().filter(|v| !**v).count() as u64;
+            table.rows_dropped += dropped;
+            log::info!("left out {dropped} rows with a zero vector (--metric cosine, --missing drop)");
+        }
+    }
+    Ok(Prepared { id_col, cols, transforms, table, init, input_fingerprint })
+}
+
+/// What a fit decides before reading the features: the id column (its ids checked
+/// unique), the feature columns and the initialisation.
+pub(crate) fn plan(
+    ds: &Dataset,
+    cfg: &FitConfig,
+) -> Result<(Option<String>, Vec<features::FeatureColumn>, InitMethod)> {
     let id_col = resolve_id(ds, cfg.id_col.as_deref(), &["subscriber_id"])?;
     if let Some(id) = &id_col
         && !cfg.allow_duplicate_ids
@@ -391,33 +442,7 @@ pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
             InitMethod::Given(Centroids::new(c.clone(), dim))
         }
     };
-    let mut table = features::load_training(ds, &cols, cfg.weight_col.as_deref(), cfg.missing)?;
-    if table.rows_dropped > 0 {
-        log::info!("left out {} of {} rows with missing values (--missing drop)", table.rows_dropped, table.rows_read);
-    }
-    let input_fingerprint = features::data_fingerprint(&table.matrix, table.weights.as_deref());
-    let transforms = features::fit_transforms_weighted(
-        &table.matrix,
-        &cols,
-        cfg.scale,
-        table.impute.as_deref(),
-        cfg.embedding_weight,
-    );
-    features::apply_transforms(&mut table.matrix.data, &transforms);
-    features::check_range(&table.matrix.data, &cols, &transforms, Path::new(&ds.display_name()))?;
-    if cfg.metric == Metric::Cosine {
-        let keep = features::normalize_rows(&mut table.matrix, cfg.missing, &ds.display_name())?;
-        if let (Some(k), Some(w)) = (&keep, table.weights.as_mut()) {
-            let mut it = k.iter();
-            w.retain(|_| *it.next().unwrap());
-        }
-        if let Some(k) = keep {
-            let dropped = k.iter().filter(|v| !**v).count() as u64;
-            table.rows_dropped += dropped;
-            log::info!("left out {dropped} rows with a zero vector (--metric cosine, --missing drop)");
-        }
-    }
-    Ok(Prepared { id_col, cols, transforms, table, init, input_fingerprint })
+    Ok((id_col, cols, init))
 }
 
 /// Read, transform and fit; `progress` sees every iteration and stops the fit
@@ -429,6 +454,9 @@ pub fn fit_with_progress(
     progress: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
 ) -> Result<(Model, FitReport)> {
     cfg.check()?;
+    if cfg.stream {
+        return super::stream::fit_streamed(source, cfg, backend, progress);
+    }
     let t_read = Instant::now();
     let ds = source;
     let Prepared { id_col, cols, transforms, table, init, input_fingerprint } = prepare(ds, cfg)?;
@@ -578,6 +606,73 @@ pub fn fit_with_progress(
             fit.relocations
         );
     }
+    let baseline = crate::model::Baseline::fit(&table.matrix.data, dim, &fit.nearest);
+    assemble(Assembly {
+        cfg,
+        params: &params,
+        algorithm,
+        backend,
+        id_col,
+        cols,
+        transforms,
+        fit,
+        baseline,
+        gmm_section,
+        input_fingerprint,
+        rows_read: table.rows_read,
+        rows_dropped: table.rows_dropped,
+        n,
+        read_seconds,
+        fit_seconds,
+        per_iter,
+    })
+}
+
+/// What [`assemble`] makes a model and a report of.
+pub(crate) struct Assembly<'a> {
+    pub cfg: &'a FitConfig,
+    pub params: &'a KMeansParams,
+    pub algorithm: Algorithm,
+    pub backend: &'a dyn Backend,
+    pub id_col: Option<String>,
+    pub cols: Vec<features::FeatureColumn>,
+    pub transforms: Vec<features::FeatureTransform>,
+    /// Its `stats` count the rows used.
+    pub fit: kmeans::KMeansFit,
+    pub baseline: crate::model::Baseline,
+    pub gmm_section: Option<crate::model::GmmSection>,
+    pub input_fingerprint: String,
+    pub rows_read: u64,
+    pub rows_dropped: u64,
+    /// Rows used.
+    pub n: usize,
+    pub read_seconds: f64,
+    pub fit_seconds: f64,
+    pub per_iter: f64,
+}
+
+/// The model and the report of a finished fit (in memory or streamed).
+pub(crate) fn assemble(a: Assembly<'_>) -> Result<(Model, FitReport)> {
+    let Assembly {
+        cfg,
+        params,
+        algorithm,
+        backend,
+        id_col,
+        cols,
+        transforms,
+        fit,
+        baseline,
+        gmm_section,
+        input_fingerprint,
+        rows_read,
+        rows_dropped,
+        n,
+        read_seconds,
+        fit_seconds,
+        per_iter,
+    } = a;
+    let dim = features::dim_of(&cols);
     let empty_segments = fit.stats.count.iter().filter(|c| **c == 0).count();
     if empty_segments > 0 {
         log::warn!(
@@ -602,9 +697,8 @@ pub fn fit_with_progress(
         }
         None => None,
     };
-    let baseline = Some(crate::model::Baseline::fit(&table.matrix.data, dim, &fit.nearest));
     let model = Model {
-        baseline,
+        baseline: Some(baseline),
         lineage,
         updates: Vec::new(),
         format: FORMAT.into(),
@@ -625,9 +719,9 @@ pub fn fit_with_progress(
             engine_version: crate::ENGINE_VERSION.into(),
             inputs: Vec::new(),
             input_fingerprint,
-            rows_read: table.rows_read,
+            rows_read,
             rows_used: n as u64,
-            rows_dropped: table.rows_dropped,
+            rows_dropped,
             seed: cfg.seed,
             init: if cfg.method == Method::Gmm && !matches!(params.init, InitMethod::Given(_)) {
                 "k-means".into()
@@ -658,8 +752,8 @@ pub fn fit_with_progress(
     };
     let report = FitReport {
         n_rows: n,
-        rows_read: table.rows_read,
-        rows_dropped: table.rows_dropped,
+        rows_read,
+        rows_dropped,
         n_features: dim,
         k: cfg.k,
         iterations: fit.iterations,

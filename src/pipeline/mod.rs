@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod choose_k;
 pub mod fit;
 mod similarity;
+pub mod stream;
 pub mod update;
 
 pub use assign::{
