@@ -7,6 +7,7 @@ mod backend;
 mod catalogue;
 mod choose_k;
 mod cli;
+mod distributed;
 mod events;
 mod faults;
 mod gmm;

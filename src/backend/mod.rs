@@ -41,7 +41,7 @@ pub struct Nearest {
 
 /// Per-centroid statistics of one pass; they merge by addition, so chunks, files,
 /// devices or partitions can each produce one and the sum is the whole data's.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ClusterStats {
     pub k: usize,
     pub dim: usize,

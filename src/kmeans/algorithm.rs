@@ -286,7 +286,7 @@ enum Start {
     Resumed(Resume),
 }
 
-pub(crate) fn initial_centroids(x: &Matrix, w: Option<&[f32]>, p: &KMeansParams, run: usize) -> Centroids {
+pub fn initial_centroids(x: &Matrix, w: Option<&[f32]>, p: &KMeansParams, run: usize) -> Centroids {
     let mut rng = init::rng_for(p.seed, run);
     if let InitMethod::Given(c) = &p.init {
         let mut c = c.clone();

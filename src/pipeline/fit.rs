@@ -400,10 +400,7 @@ pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
 
 /// What a fit decides before reading the features: the id column (its ids checked
 /// unique), the feature columns and the initialisation.
-pub(crate) fn plan(
-    ds: &Dataset,
-    cfg: &FitConfig,
-) -> Result<(Option<String>, Vec<features::FeatureColumn>, InitMethod)> {
+pub fn plan(ds: &Dataset, cfg: &FitConfig) -> Result<(Option<String>, Vec<features::FeatureColumn>, InitMethod)> {
     let id_col = resolve_id(ds, cfg.id_col.as_deref(), &["subscriber_id"])?;
     if let Some(id) = &id_col
         && !cfg.allow_duplicate_ids
@@ -629,7 +626,7 @@ pub fn fit_with_progress(
 }
 
 /// What [`assemble`] makes a model and a report of.
-pub(crate) struct Assembly<'a> {
+pub struct Assembly<'a> {
     pub cfg: &'a FitConfig,
     pub params: &'a KMeansParams,
     pub algorithm: Algorithm,
@@ -652,7 +649,7 @@ pub(crate) struct Assembly<'a> {
 }
 
 /// The model and the report of a finished fit (in memory or streamed).
-pub(crate) fn assemble(a: Assembly<'_>) -> Result<(Model, FitReport)> {
+pub fn assemble(a: Assembly<'_>) -> Result<(Model, FitReport)> {
     let Assembly {
         cfg,
         params,

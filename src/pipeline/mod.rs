@@ -8,6 +8,7 @@ mod assign;
 mod audit;
 pub mod checkpoint;
 pub mod choose_k;
+pub mod distributed;
 pub mod fit;
 mod similarity;
 pub mod stream;
