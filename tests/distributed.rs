@@ -14,7 +14,7 @@ use crate::util::repo;
 /// The shipped table cut into `parts` partitions of uneven size (one of them empty).
 fn partitions(parts: usize) -> (Dataset, Vec<Dataset>) {
     let path = repo().join("datasets/online_retail_customers.parquet");
-    let whole = Dataset::open(&[path.clone()]).unwrap();
+    let whole = Dataset::open(std::slice::from_ref(&path)).unwrap();
     let f = std::fs::File::open(&path).unwrap();
     let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().with_batch_size(1 << 20);
     let schema = r.schema().clone();

@@ -419,3 +419,7 @@ def features(
         holdout_from=text(holdout_from),
     )
     return reader.read_all(), None if traits is None else json.loads(traits)
+
+
+# microseg.spark: k-means on Spark DataFrames (pyspark is imported only when it is used).
+from . import spark  # noqa: E402,F401

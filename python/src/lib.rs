@@ -4,6 +4,8 @@
 //! buffers. No pipeline logic lives here; `microseg/__init__.py` adds the Pythonic
 //! surface (numpy and pandas inputs, docstrings).
 
+mod spark;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -610,6 +612,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similar, m)?)?;
     m.add_function(wrap_pyfunction!(features, m)?)?;
     m.add_class::<NativeModel>()?;
+    m.add_class::<spark::SparkPlan>()?;
+    m.add_class::<spark::SparkPartition>()?;
+    m.add_function(wrap_pyfunction!(spark::spark_merge, m)?)?;
+    m.add_function(wrap_pyfunction!(spark::spark_empty, m)?)?;
+    m.add_function(wrap_pyfunction!(spark::spark_relocate, m)?)?;
+    m.add_function(wrap_pyfunction!(spark::spark_update, m)?)?;
     m.add("InvalidInputError", m.py().get_type::<InvalidInputError>())?;
     m.add("__version__", microseg::ENGINE_VERSION)?;
     Ok(())

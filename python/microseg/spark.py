@@ -1,0 +1,264 @@
+"""k-means on Spark DataFrames, and assignments through ``mapInArrow``.
+
+``fit`` runs the single-node fit's Lloyd iterations over the DataFrame's partitions:
+
+1. one job computes each partition's moments (count, mean, squared deviations: a few
+   numbers per feature), merged on the driver in partition order into the scaling;
+2. the start is the given centroids, or k-means++ on a seeded sample gathered to the
+   driver (as the single-node fit samples for large tables);
+3. all iterations run inside one barrier stage (``mapInArrow(..., barrier=True)``): each
+   task converts its partition to the f32 matrix once; every iteration the tasks
+   exchange their partition's statistics (k·d sums, weights, squared errors: kilobytes)
+   with ``BarrierTaskContext.allGather``, merge them in partition order (the same on
+   every task) and update the centroids with the library's code. Empty clusters take
+   the farthest rows of all partitions, as on one machine. Where barrier mode is not
+   available (dynamic allocation), ``barrier=False`` runs one job per iteration;
+4. a last pass gives the segments' statistics and the drift baseline's sample.
+
+The result is the same model file as ``microseg.fit`` writes, usable by the CLI
+(``assign``, ``profile``, ``drift``, ``report``). From a given start it equals the
+single-node fit's (same labels, centroids within rounding). The Rust work of each task
+releases the GIL and runs on ``spark.task.cpus`` threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional, Sequence
+
+import pyarrow as pa
+
+from . import Model, _native
+
+
+def _arrow_schema(df) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema)
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches([], schema=schema)
+
+
+def _table(batches, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def _cpus(ctx) -> int:
+    try:
+        return max(1, int(ctx.cpus()))
+    except Exception:  # noqa: BLE001 - older Spark: one core per task
+        return 1
+
+
+def fit(
+    df,
+    *,
+    k: int = 8,
+    features: Optional[Sequence[str]] = None,
+    exclude: Sequence[str] = (),
+    log1p: Sequence[str] = (),
+    scale: str = "standard",
+    missing: str = "error",
+    weight_col: Optional[str] = None,
+    id_col: Optional[str] = None,
+    init: str = "k-means++",
+    init_centroids: Any = None,
+    init_sample: int = 0,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    metric: str = "euclidean",
+    embedding_weight: Optional[float] = None,
+    allow_sensitive: bool = False,
+    barrier: bool = True,
+    num_workers: Optional[int] = None,
+) -> Model:
+    """Fit k-means on a Spark DataFrame; the options are ``microseg.fit``'s. The model's
+    ``report`` says what the fit did (iterations, inertia, seconds).
+
+    barrier: run the iterations in one barrier stage of ``num_workers`` tasks (default:
+    the task slots, ``defaultParallelism / spark.task.cpus``; more partitions are
+    repartitioned into that many, one shuffle). False: one job per iteration over the DataFrame's
+    own partitions, for clusters where barrier mode is unavailable (dynamic allocation)."""
+    if not isinstance(init, str):
+        init_centroids, init = init, "k-means++"
+    options = {
+        "k": k,
+        "features": list(features) if features is not None else None,
+        "exclude": list(exclude),
+        "log1p": list(log1p),
+        "scale": scale,
+        "missing": missing,
+        "weight_col": weight_col,
+        "id_col": id_col,
+        "init": init,
+        "init_centroids": None if init_centroids is None else [float(v) for row in init_centroids for v in row],
+        "init_sample": init_sample,
+        "max_iter": max_iter,
+        "tol": tol,
+        "seed": seed,
+        "metric": metric,
+        "embedding_weight": embedding_weight,
+        "allow_sensitive": allow_sensitive,
+    }
+    plan = _native.SparkPlan(_empty(_arrow_schema(df)), json.dumps(options))
+    sdf = df.select(*plan.columns())
+    if barrier:
+        # A barrier stage starts all its tasks at once: no more tasks than task slots.
+        # (coalesce is not allowed before a barrier stage; repartition shuffles once.)
+        sc = df.sparkSession.sparkContext
+        cpus = int(sc.getConf().get("spark.task.cpus", "1"))
+        slots = num_workers or max(1, sc.defaultParallelism // max(cpus, 1))
+        if sdf.rdd.getNumPartitions() > slots:
+            sdf = sdf.repartition(slots)
+    schema = _arrow_schema(sdf)
+    task_options = plan.task_options()
+    dim = plan.dim()
+
+    # 1. Moments, one small row per partition.
+    def moments(batches):
+        from pyspark import TaskContext
+
+        pid = TaskContext.get().partitionId()
+        p = _native.SparkPlan(_empty(schema), task_options)
+        m = p.moments(_table(batches, schema))
+        yield pa.RecordBatch.from_pydict({"pid": [pid], "m": [m]})
+
+    rows = sdf.mapInArrow(moments, "pid long, m string").collect()
+    parts = [json.loads(r.m) for r in sorted(rows, key=lambda r: r.pid)]
+    scaling = plan.scaling([r.m for r in sorted(rows, key=lambda r: r.pid)])
+    used = [p["rows_used"] for p in parts]
+    offsets = [sum(used[:i]) for i in range(len(used))]
+    total = sum(used)
+    tol_scaled = json.loads(scaling)["tol_scaled"]
+
+    # 2. The start.
+    if init_centroids is not None:
+        start = plan.initial_centroids(scaling)
+    else:
+        want = init_sample or max(64 * k, 10_000)
+        fraction = min(1.0, 1.2 * want / max(total, 1))
+        sample = sdf.sample(withReplacement=False, fraction=fraction, seed=seed).toArrow()
+        start = plan.initial_centroids(scaling, sample)
+
+    # 3. The iterations.
+    t0 = time.perf_counter()
+    if barrier:
+        result = _fit_barrier(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total)
+    else:
+        result = _fit_jobs(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total)
+    seconds = time.perf_counter() - t0
+    native, report = plan.assemble(
+        scaling,
+        result["centroids"],
+        result["finals"],
+        result["iterations"],
+        result["converged"],
+        result["relocations"],
+        seconds,
+    )
+    report = json.loads(report)
+    report["spark"] = {"partitions": df.rdd.getNumPartitions(), "tasks": len(parts), "barrier": barrier}
+    return Model(native, report)
+
+
+def _fit_barrier(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total):
+    def train(batches):
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        pid = ctx.partitionId()
+        p = _native.SparkPlan(_empty(schema), task_options)
+        part = p.partition(scaling, _table(batches, schema), offsets[pid], _cpus(ctx))
+
+        def gather(text):
+            # allGather orders the messages by partition; the id makes it certain.
+            got = [json.loads(m) for m in ctx.allGather(json.dumps([pid, text]))]
+            return [t for _, t in sorted(got, key=lambda m: m[0])]
+
+        c, iterations, converged, relocations = list(start), 0, False, 0
+        while iterations < max_iter:
+            merged = _native.spark_merge(gather(part.step(c, dim)))
+            empty = _native.spark_empty(merged)
+            if empty:
+                merged, moved = _native.spark_relocate(merged, gather(part.candidates(empty)))
+                relocations += moved
+            c, _, converged = _native.spark_update(merged, c, dim, metric, tol_scaled)
+            iterations += 1
+            if converged:
+                break
+        finals = gather(part.finish(c, dim, total))
+        if pid == 0:
+            out = {"centroids": c, "finals": finals, "iterations": iterations, "converged": converged,
+                   "relocations": relocations}
+            yield pa.RecordBatch.from_pydict({"result": [json.dumps(out)]})
+
+    rows = sdf.mapInArrow(train, "result string", barrier=True).collect()
+    return json.loads(rows[0].result)
+
+
+def _fit_jobs(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total):
+    """One Spark job per iteration (no barrier mode): each task converts its partition
+    again and assigns it to the previous centroids first, to count changed labels."""
+
+    def run(what, previous, c, m=0):
+        def task(batches):
+            from pyspark import TaskContext
+
+            ctx = TaskContext.get()
+            pid = ctx.partitionId()
+            p = _native.SparkPlan(_empty(schema), task_options)
+            part = p.partition(scaling, _table(batches, schema), offsets[pid], _cpus(ctx))
+            if previous is not None:
+                part.step(previous, dim)
+            if what == "step":
+                out = part.step(c, dim)
+            elif what == "candidates":
+                part.step(c, dim)
+                out = part.candidates(m)
+            else:
+                out = part.finish(c, dim, total)
+            yield pa.RecordBatch.from_pydict({"pid": [pid], "out": [out]})
+
+        rows = sdf.mapInArrow(task, "pid long, out string").collect()
+        return [r.out for r in sorted(rows, key=lambda r: r.pid)]
+
+    c, previous, iterations, converged, relocations = list(start), None, 0, False, 0
+    while iterations < max_iter:
+        merged = _native.spark_merge(run("step", previous, c))
+        empty = _native.spark_empty(merged)
+        if empty:
+            merged, moved = _native.spark_relocate(merged, run("candidates", previous, c, empty))
+            relocations += moved
+        previous = c
+        c, _, converged = _native.spark_update(merged, c, dim, metric, tol_scaled)
+        iterations += 1
+        if converged:
+            break
+    finals = run("finish", None, c)
+    return {"centroids": c, "finals": finals, "iterations": iterations, "converged": converged,
+            "relocations": relocations}
+
+
+def assign(df, model: Model, *, id_col: Optional[str] = None, explain: bool = False, profile: Optional[dict] = None):
+    """Every row of ``df`` through ``model``: a DataFrame of the id (or row number within
+    its partition), ``segment``, ``distance`` and ``margin`` (and ``explanation`` on
+    request), as ``microseg assign`` writes them. Runs as ``mapInArrow``."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    text = model.to_json()
+    profile_json = None if profile is None else json.dumps(profile)
+    schema = _arrow_schema(df)
+    probe = model._native.assign(_empty(schema), id_col=id_col, explain=explain, profile_json=profile_json)
+    out_schema = probe.schema
+
+    def task(batches):
+        m = _native.loads(text)
+        reader = m.assign(_table(batches, schema), id_col=id_col, explain=explain, profile_json=profile_json)
+        for b in reader:
+            yield b
+
+    return df.mapInArrow(task, from_arrow_schema(out_schema))

@@ -1,0 +1,122 @@
+"""microseg.spark on a real Spark (pyspark, local[2]): from a given start the fit equals
+the single-node fit (same labels, centroids within 1e-6 relative) on a DataFrame of 8
+partitions, in barrier mode and with one job per iteration; assign on Spark equals the
+CLI's assignments row for row; the model file serves the CLI."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import microseg
+
+pyspark = pytest.importorskip("pyspark", reason="pip install pyspark (scripts/test.sh installs it)")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RETAIL = REPO / "datasets" / "online_retail_customers.parquet"
+CLI = pathlib.Path(os.environ.get("MICROSEG_BIN", REPO / "target" / "release" / "microseg"))
+
+
+@pytest.fixture(scope="module")
+def spark():
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    # The workers run this interpreter (its environment has microseg and pyarrow).
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    s = (
+        SparkSession.builder.master("local[2]")
+        .appName("microseg-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        # A barrier stage that cannot start fails at once instead of retrying for minutes.
+        .config("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures", "1")
+        .getOrCreate()
+    )
+    s.sparkContext.setLogLevel("ERROR")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def table():
+    return pq.read_table(RETAIL)
+
+
+def start_centroids(table, k, seed):
+    """A k-means++ start in model space, as the single-node fit draws it."""
+    opts = {"k": k, "log1p": ["monetary", "frequency"], "seed": seed, "init_centroids": None}
+    plan = microseg._native.SparkPlan(table, json.dumps(opts))
+    scaling = plan.scaling([plan.moments(table)])
+    c = np.asarray(plan.initial_centroids(scaling, table), dtype=np.float32)
+    return c.reshape(k, -1)
+
+
+def assignments_by_id(t):
+    t = t.sort_by("subscriber_id") if "subscriber_id" in t.column_names else t
+    return t
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+def test_spark_fit_equals_the_single_node_fit_from_the_same_start(spark, table, barrier):
+    k = 7
+    start = start_centroids(table, k, seed=4)
+    single = microseg.fit(table, k=k, log1p=["monetary", "frequency"], init=start)
+    df = spark.read.parquet(str(RETAIL)).repartition(8)
+    assert df.rdd.getNumPartitions() == 8
+    dist = microseg.spark.fit(df, k=k, log1p=["monetary", "frequency"], init=start, barrier=barrier)
+    a, b = dist.to_dict(), single.to_dict()
+    assert a["manifest"]["iterations"] == b["manifest"]["iterations"]
+    assert a["manifest"]["rows_used"] == b["manifest"]["rows_used"] == table.num_rows
+    for sa, sb in zip(a["segments"], b["segments"]):
+        assert sa["size"] == sb["size"]
+        np.testing.assert_allclose(sa["centroid"], sb["centroid"], rtol=1e-6, atol=1e-6)
+    assert abs(a["manifest"]["objective"] / b["manifest"]["objective"] - 1) < 1e-6
+    # The same label for every subscriber.
+    la = pa.Table.from_batches(list(dist._native.assign(table, id_col="subscriber_id")))
+    lb = pa.Table.from_batches(list(single._native.assign(table, id_col="subscriber_id")))
+    assert la.column("segment").to_pylist() == lb.column("segment").to_pylist()
+    assert dist.report["spark"] == {"partitions": 8, "tasks": 2 if barrier else 8, "barrier": barrier}
+
+
+def test_a_kmeanspp_start_and_assign_on_spark_match_the_cli(spark, table, tmp_path):
+    df = spark.read.parquet(str(RETAIL)).repartition(8)
+    model = microseg.spark.fit(df, k=5, log1p=["monetary", "frequency"], seed=3)
+    assert model.report["converged"]
+    model.save(tmp_path / "m.json")
+    r = subprocess.run(
+        [str(CLI), "assign", "--model", "m.json", str(RETAIL), "--id-col", "subscriber_id", "--out", "cli.parquet", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    cli = pq.read_table(tmp_path / "cli.parquet").sort_by("subscriber_id")
+    out = microseg.spark.assign(df, model, id_col="subscriber_id").toArrow().sort_by("subscriber_id")
+    assert out.column_names == cli.column_names
+    assert out.column("subscriber_id").to_pylist() == cli.column("subscriber_id").to_pylist()
+    assert out.column("segment").to_pylist() == cli.column("segment").to_pylist()
+    np.testing.assert_allclose(
+        out.column("distance").to_numpy(), cli.column("distance").to_numpy(), rtol=1e-6
+    )
+    # The CLI's later commands read the model.
+    r = subprocess.run(
+        [str(CLI), "profile", "--model", "m.json", str(RETAIL), "--out", "p.json", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_bad_options_are_refused_before_any_job(spark):
+    df = spark.read.parquet(str(RETAIL))
+    with pytest.raises(ValueError, match="nope"):
+        microseg.spark.fit(df, k=3, features=["nope"])
+    with pytest.raises(ValueError):
+        microseg.spark.fit(df, k=0)
