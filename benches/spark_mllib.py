@@ -1,0 +1,87 @@
+"""microseg on Spark against Spark MLlib's KMeans and the single-node CLI, side by side:
+the same rows, the same start, the same number of Lloyd iterations.
+
+    .venv/bin/python benches/spark_mllib.py [ROWS] [DIMS] [K] [ITERATIONS]   (default 10^6 32 256 20)
+
+Data: `microseg generate` (unscaled, --scale none everywhere so all three iterate on the
+same values). The start: k rows drawn with a fixed seed. Spark on local[2]. Prints one
+JSON line per run and the ratios.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CLI = REPO / "target" / "release" / "microseg"
+
+
+def main() -> None:
+    n, d, k, iters = (int(a) for a in (sys.argv[1:] + ["1000000", "32", "256", "20"][len(sys.argv[1:]):]))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="microseg-spark-bench-"))
+    data = tmp / "x.parquet"
+    subprocess.run([CLI, "generate", "--rows", str(n), "--dims", str(d), "--clusters", str(k), "--out", data, "--quiet"], check=True)
+    table = pq.read_table(data)
+    cols = [c for c in table.column_names if c not in ("subscriber_id", "true_segment")]
+    x = np.column_stack([table.column(c).to_numpy().astype(np.float64) for c in cols])
+    rng = np.random.default_rng(7)
+    start = x[rng.choice(n, k, replace=False)].astype(np.float32)
+    pd_start = tmp / "start.csv"
+    np.savetxt(pd_start, start, delimiter=",", fmt="%.9g")
+    out = {}
+
+    # The single-node CLI.
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [CLI, "fit", data, "--k", str(k), "--scale", "none", "--init", pd_start, "--max-iter", str(iters), "--tol", "0",
+         "--algorithm", "lloyd", "--backend", "cpu", "--features", ",".join(cols), "--model", tmp / "cli.json", "--json", "--quiet"],
+        capture_output=True, text=True, check=True,
+    )
+    rep = json.loads(r.stdout)
+    out["cli"] = {"wall": time.perf_counter() - t0, "fit": rep["fit_seconds"], "iterations": rep["iterations"], "inertia": rep["inertia"]}
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+             .config("spark.driver.memory", "8g").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    df = spark.read.parquet(str(data)).select(*cols).repartition(8).cache()
+    df.count()
+
+    import microseg
+
+    t0 = time.perf_counter()
+    m = microseg.spark.fit(df, k=k, scale="none", init=start, max_iter=iters, tol=0.0)
+    out["microseg_spark"] = {"wall": time.perf_counter() - t0, "iterations": m.report["iterations"], "inertia": m.report["inertia"]}
+
+    from pyspark.mllib.clustering import KMeans, KMeansModel
+    from pyspark.mllib.linalg import Vectors
+
+    rdd = df.rdd.map(lambda row: Vectors.dense([float(v) for v in row])).cache()
+    rdd.count()
+    t0 = time.perf_counter()
+    model = KMeans.train(rdd, k, maxIterations=iters, initialModel=KMeansModel([c.astype(np.float64) for c in start]), epsilon=0.0)
+    wall = time.perf_counter() - t0
+    out["mllib"] = {"wall": wall, "inertia": float(model.computeCost(rdd))}
+    spark.stop()
+
+    for name, v in out.items():
+        print(json.dumps({"run": name, **v}))
+    print(json.dumps({
+        "microseg_spark_vs_mllib": out["microseg_spark"]["wall"] / out["mllib"]["wall"],
+        "microseg_spark_vs_cli_wall": out["microseg_spark"]["wall"] / out["cli"]["wall"],
+        "n": n, "d": d, "k": k, "iterations": iters,
+    }))
+
+
+if __name__ == "__main__":
+    main()
