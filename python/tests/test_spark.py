@@ -66,14 +66,14 @@ def assignments_by_id(t):
     return t
 
 
-@pytest.mark.parametrize("barrier", [True, False])
-def test_spark_fit_equals_the_single_node_fit_from_the_same_start(spark, table, barrier):
+@pytest.mark.parametrize("barrier,exchange", [(True, "driver"), (True, "allgather"), (False, "driver")])
+def test_spark_fit_equals_the_single_node_fit_from_the_same_start(spark, table, barrier, exchange):
     k = 7
     start = start_centroids(table, k, seed=4)
     single = microseg.fit(table, k=k, log1p=["monetary", "frequency"], init=start)
     df = spark.read.parquet(str(RETAIL)).repartition(8)
     assert df.rdd.getNumPartitions() == 8
-    dist = microseg.spark.fit(df, k=k, log1p=["monetary", "frequency"], init=start, barrier=barrier)
+    dist = microseg.spark.fit(df, k=k, log1p=["monetary", "frequency"], init=start, barrier=barrier, exchange=exchange)
     a, b = dist.to_dict(), single.to_dict()
     assert a["manifest"]["iterations"] == b["manifest"]["iterations"]
     assert a["manifest"]["rows_used"] == b["manifest"]["rows_used"] == table.num_rows
@@ -85,7 +85,9 @@ def test_spark_fit_equals_the_single_node_fit_from_the_same_start(spark, table, 
     la = pa.Table.from_batches(list(dist._native.assign(table, id_col="subscriber_id")))
     lb = pa.Table.from_batches(list(single._native.assign(table, id_col="subscriber_id")))
     assert la.column("segment").to_pylist() == lb.column("segment").to_pylist()
-    assert dist.report["spark"] == {"partitions": 8, "tasks": 2 if barrier else 8, "barrier": barrier}
+    assert dist.report["spark"] == {
+        "partitions": 8, "tasks": 2 if barrier else 8, "barrier": barrier, "exchange": exchange if barrier else "jobs"
+    }
 
 
 def test_a_kmeanspp_start_and_assign_on_spark_match_the_cli(spark, table, tmp_path):
@@ -120,3 +122,5 @@ def test_bad_options_are_refused_before_any_job(spark):
         microseg.spark.fit(df, k=3, features=["nope"])
     with pytest.raises(ValueError):
         microseg.spark.fit(df, k=0)
+    with pytest.raises(ValueError, match="exchange"):
+        microseg.spark.fit(df, k=3, exchange="carrier pigeon")
