@@ -46,6 +46,13 @@ def _table(batches, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema=schema)
 
 
+def _task_partition(ctx, batches, schema, task_options, scaling, offsets):
+    """A task's partition in model space, from its plan rebuilt in the task."""
+    pid = ctx.partitionId()
+    plan = _native.SparkPlan(_empty(schema), task_options)
+    return pid, plan.partition(scaling, _table(batches, schema), offsets[pid], _cpus(ctx))
+
+
 class _Gather:
     """A gather served by the driver over TCP: in each round every task sends one text
     and receives every task's text, in partition order (what ``allGather`` does, in
@@ -253,9 +260,7 @@ def _fit_barrier(sdf, schema, task_options, scaling, start, dim, metric, tol_sca
         from pyspark import BarrierTaskContext
 
         ctx = BarrierTaskContext.get()
-        pid = ctx.partitionId()
-        p = _native.SparkPlan(_empty(schema), task_options)
-        part = p.partition(scaling, _table(batches, schema), offsets[pid], _cpus(ctx))
+        pid, part = _task_partition(ctx, batches, schema, task_options, scaling, offsets)
         if address is not None:
             conn, channel = _connect(address)
 
@@ -304,10 +309,7 @@ def _fit_jobs(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled
         def task(batches):
             from pyspark import TaskContext
 
-            ctx = TaskContext.get()
-            pid = ctx.partitionId()
-            p = _native.SparkPlan(_empty(schema), task_options)
-            part = p.partition(scaling, _table(batches, schema), offsets[pid], _cpus(ctx))
+            pid, part = _task_partition(TaskContext.get(), batches, schema, task_options, scaling, offsets)
             if previous is not None:
                 part.step(previous, dim)
             if what == "step":

@@ -805,6 +805,14 @@ impl Moments {
     }
 }
 
+/// The mean variance of the features in model space (each column's variance over its
+/// scale squared): what k-means' relative tolerance multiplies, from moments rather than
+/// the matrix (`kmeans::tolerance`).
+pub fn model_space_variance(variances: &[f64], transforms: &[FeatureTransform]) -> f64 {
+    let v: f64 = variances.iter().zip(transforms).map(|(v, t)| v / t.scale.powi(2)).sum();
+    v / variances.len().max(1) as f64
+}
+
 /// Apply fitted transforms to a row-major block in place.
 pub fn apply_transforms(block: &mut [f32], transforms: &[FeatureTransform]) {
     let dim = transforms.len();

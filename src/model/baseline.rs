@@ -124,7 +124,7 @@ pub struct Baseline {
 }
 
 /// Rows sampled (by fixed stride) to fit histograms and margins.
-const BASELINE_ROWS: usize = 200_000;
+pub const BASELINE_ROWS: usize = 200_000;
 
 impl Baseline {
     /// From the training matrix (model space) and its final assignment.

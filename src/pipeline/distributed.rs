@@ -22,10 +22,8 @@ use crate::error::{Error, Result};
 use crate::features::{self, FeatureColumn, FeatureTransform, Matrix, MissingPolicy, Moments};
 use crate::io::Dataset;
 use crate::kmeans::{self, InitMethod, KMeansParams, Metric};
+use crate::model::baseline::BASELINE_ROWS;
 use crate::model::{Baseline, Model};
-
-/// Rows of the drift baseline (the single-node fit's stride).
-const BASELINE_ROWS: usize = 200_000;
 
 /// What every task needs to know of the fit.
 #[derive(Debug, Clone)]
@@ -228,12 +226,7 @@ impl Plan {
         let moments = (self.cfg.scale == features::Scale::Standard).then(|| (m.mean.clone(), variances.clone()));
         let transforms =
             features::transforms_from(moments, dim, &self.cols, impute.as_deref(), self.cfg.embedding_weight);
-        let tol_scaled = if self.cfg.tol == 0.0 {
-            0.0
-        } else {
-            let v: f64 = variances.iter().zip(&transforms).map(|(v, t)| v / t.scale.powi(2)).sum();
-            self.cfg.tol * v / dim as f64
-        };
+        let tol_scaled = self.cfg.tol * features::model_space_variance(&variances, &transforms);
         Ok(Scaling {
             transforms,
             tol_scaled,

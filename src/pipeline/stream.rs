@@ -23,10 +23,8 @@ use crate::features::{self, FeatureColumn, FeatureTransform, Matrix, MissingPoli
 use crate::io::Dataset;
 use crate::kmeans::minibatch::{MiniBatchParams, Stepper};
 use crate::kmeans::{self, IterInfo, KMeansParams, Metric};
+use crate::model::baseline::BASELINE_ROWS;
 use crate::model::{Baseline, Model};
-
-/// Rows held for the drift baseline (as the in-memory fit samples).
-const BASELINE_ROWS: usize = 200_000;
 
 /// One pass's reading: features converted, weights checked, missing values handled
 /// by the policy, and (once the transforms are known) taken into model space.
@@ -310,13 +308,8 @@ pub fn fit_streamed(
     let c = kmeans::algorithm::initial_centroids(&sample, sample_weights.as_deref(), &ip, 0);
     let init_seconds = t0.elapsed().as_secs_f64();
     drop(sample);
-    // Model-space variance of a feature: its variance over its scale squared.
-    let tol_scaled = if params.tol == 0.0 {
-        0.0
-    } else {
-        let v: f64 = variances.iter().zip(&transforms).map(|(v, t)| v / t.scale.powi(2)).sum();
-        params.tol * v / dim as f64
-    };
+    let variance = features::model_space_variance(&variances, &transforms);
+    let tol_scaled = params.tol * variance;
     reader.fill = impute.clone();
     reader.transforms = Some(&transforms);
 
@@ -378,12 +371,7 @@ pub fn fit_streamed(
 
     // Exact Lloyd iterations, a pass each.
     let mut refined = 0;
-    let refine_tol = if tol_scaled > 0.0 {
-        tol_scaled
-    } else {
-        let v: f64 = variances.iter().zip(&transforms).map(|(v, t)| v / t.scale.powi(2)).sum();
-        1e-4 * v / dim as f64
-    };
+    let refine_tol = if tol_scaled > 0.0 { tol_scaled } else { 1e-4 * variance };
     for it in 0..cfg.refine {
         let (stats, _) = stats_pass(&reader, backend, &c, n, None)?;
         let next = kmeans::centroids_from(&stats, &c, metric);

@@ -203,10 +203,6 @@ fn mse(nearest: &[Nearest], weights: Option<&[f32]>) -> f64 {
     if w > 0.0 { s / w } else { 0.0 }
 }
 
-fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum()
-}
-
 /// Fold `source`'s rows into `model`: the updated model and what moved.
 pub fn update_model(
     model: &Model,
@@ -275,7 +271,7 @@ pub fn update_model(
     let mut merged = ClusterStats::zeros(k, dim);
     let mut shifts = vec![0.0f64; k];
     for (j, s) in model.segments.iter().enumerate() {
-        shifts[j] = sq_dist(old.row(j), centroids.row(j)).sqrt();
+        shifts[j] = crate::backend::cpu::exact_sq_dist(old.row(j), centroids.row(j)).sqrt();
         merged.count[j] = (decay * s.size as f64).round() as u64 + fresh.count[j];
         merged.weight[j] = prior.weight[j] + fresh.weight[j];
         merged.sse[j] = decay * s.inertia + prior.weight[j] * shifts[j] * shifts[j] + fresh.sse[j];
