@@ -232,6 +232,7 @@ def fit(
     batch_size: int = 1024,
     max_no_improvement: int = 10,
     refine: int = 0,
+    split_merge: int = 2,
     reassignment_ratio: float = 0.01,
     stream: bool = False,
     shuffle_rows: int = 1 << 20,
@@ -268,6 +269,9 @@ def fit(
     previous: a previous Model of the same features; segment ids and names are kept.
     metric: "euclidean" or "cosine" (spherical k-means).
     algorithm: "auto", "lloyd", "hamerly" or "pruned" (same model bit for bit), or "minibatch" (approximate, scikit-learn's MiniBatchKMeans; batch_size rows per step).
+    refine: with "minibatch", then up to this many exact iterations; split_merge: in that many
+        rounds, each started by split/merge moves (a centroid sharing a cluster moves to one
+        that holds two), which reach a lower objective than the full fit in a fraction of its time.
     stream: with "minibatch", read the data in batches on every pass instead of loading
     it (data larger than memory; shuffle_rows rows in the shuffle buffer).
     backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
@@ -306,6 +310,7 @@ def fit(
         batch_size=batch_size,
         max_no_improvement=max_no_improvement,
         refine=refine,
+        split_merge=split_merge,
         reassignment_ratio=reassignment_ratio,
         stream=stream,
         shuffle_rows=shuffle_rows,

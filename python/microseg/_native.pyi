@@ -76,6 +76,7 @@ def fit(
     batch_size: int = 1024,
     max_no_improvement: int = 10,
     refine: int = 0,
+    split_merge: int = 2,
     reassignment_ratio: float = 0.01,
     stream: bool = False,
     shuffle_rows: int = 1048576,

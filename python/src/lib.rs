@@ -281,7 +281,7 @@ fn loads(text: &str) -> PyResult<NativeModel> {
     allow_sensitive = false, metric = "euclidean", embedding_weight = None, algorithm = "auto",
     backend_name = None, allow_software_gpu = false, method = "kmeans", covariance = "diag",
     reg_covar = 1e-6, kernel = None, allow_duplicate_ids = false, batch_size = 1024,
-    max_no_improvement = 10, refine = 0, reassignment_ratio = 0.01, stream = false, shuffle_rows = 1048576
+    max_no_improvement = 10, refine = 0, split_merge = 2, reassignment_ratio = 0.01, stream = false, shuffle_rows = 1048576
 ))]
 #[allow(clippy::too_many_arguments)]
 fn fit(
@@ -317,6 +317,7 @@ fn fit(
     batch_size: usize,
     max_no_improvement: usize,
     refine: usize,
+    split_merge: usize,
     reassignment_ratio: f64,
     stream: bool,
     shuffle_rows: usize,
@@ -377,6 +378,7 @@ fn fit(
         batch_size,
         max_no_improvement,
         refine,
+        split_merge,
         reassignment_ratio,
         stream,
         shuffle_rows,

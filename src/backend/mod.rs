@@ -122,6 +122,8 @@ pub trait Backend: Send + Sync {
 
     /// `points` will be passed, unchanged, to many passes (a fit's iterations) until
     /// `release`: a device backend may keep them resident instead of uploading each time.
+    /// Calls for the same matrix nest (a fit inside a job that retained it keeps what was
+    /// prepared); another matrix replaces the retained one.
     fn retain(&self, _points: &[f32], _dim: usize) -> Result<()> {
         Ok(())
     }

@@ -104,6 +104,12 @@ pub(crate) struct FitOpts {
     /// centroids (0: the mini-batch result as scikit-learn gives it) [default: 0].
     #[arg(long, value_name = "N")]
     refine: Option<usize>,
+    /// --refine: rounds of split/merge moves, each before its share of the exact
+    /// iterations: a cluster holding two centroids gives one up to a cluster that holds
+    /// two natural groups, where the split gains more than the merge costs (0: none;
+    /// not with --stream) [default: 2].
+    #[arg(long, value_name = "ROUNDS", requires = "refine")]
+    split_merge: Option<usize>,
     /// --algorithm minibatch: re-seed clusters lighter than this share of the heaviest
     /// (0: never; with --refine, 0 often lands lower) [default: 0.01].
     #[arg(long, value_name = "R")]
@@ -200,6 +206,7 @@ impl FitOpts {
             batch_size: self.batch_size.unwrap_or(defaults.batch_size),
             max_no_improvement: self.max_no_improvement.unwrap_or(defaults.max_no_improvement),
             refine: self.refine.unwrap_or(defaults.refine),
+            split_merge: self.split_merge.unwrap_or(defaults.split_merge),
             reassignment_ratio: self.reassignment_ratio.unwrap_or(defaults.reassignment_ratio),
             stream: self.stream,
             shuffle_rows: self.shuffle_rows.unwrap_or(defaults.shuffle_rows),
@@ -242,6 +249,11 @@ impl FitOpts {
                 "--batch-size, --max-no-improvement, --refine and --reassignment-ratio set mini-batch steps; add \
                  --algorithm minibatch"
                     .into(),
+            ));
+        }
+        if self.stream && self.split_merge.is_some_and(|r| r > 0) {
+            return Err(Error::Usage(
+                "--split-merge needs every row's segment in memory; --stream does not keep them: leave one out".into(),
             ));
         }
         let cfg = self.config(None);

@@ -179,8 +179,7 @@ pub fn fit_resumable<B: Backend + ?Sized>(
                 let t0 = Instant::now();
                 let (labels, shift) = initial_labels(backend, x, weights, params, run, on_iter)?;
                 init_seconds += t0.elapsed().as_secs_f64();
-                // The k-means start retains and releases the matrix itself.
-                backend.retain(&x.data, x.dim)?;
+                // The k-means start's retain and release nest inside this one.
                 let full = is_full(params.covariance);
                 let st = stats::accumulate(&x.data, x.dim, params.k, weights, &shift, Resp::Hard(&labels), None, full);
                 let (mix, first_empty) = stats::m_step(&st, &shift, params.covariance, params.reg_covar, None);

@@ -7,9 +7,11 @@ pub mod hyperparams;
 pub mod init;
 pub mod minibatch;
 mod pruned;
+mod splitmerge;
 
 pub use algorithm::{
     DoneRun, IterInfo, KMeansFit, Resume, StateEvent, centroids_from, fit, fit_cancellable, fit_resumable, tolerance,
 };
 pub use hyperparams::{Algorithm, DEFAULT_SEED, InitMethod, KMeansParams, Metric};
 pub use minibatch::{MiniBatchParams, fit_minibatch};
+pub use splitmerge::{Moves, split_merge};

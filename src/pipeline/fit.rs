@@ -119,6 +119,9 @@ pub struct FitConfig {
     /// Mini-batch: then up to this many exact Lloyd iterations from its centroids (0:
     /// scikit-learn's result as it is).
     pub refine: usize,
+    /// Mini-batch with `refine`: rounds of split/merge moves (`kmeans::split_merge`), each
+    /// before its share of the exact iterations (default 2; 0: none). In memory only.
+    pub split_merge: usize,
     /// Mini-batch: clusters lighter than this share of the heaviest are re-seeded
     /// (default 0.01, as scikit-learn; 0: never).
     pub reassignment_ratio: f64,
@@ -159,6 +162,7 @@ impl Default for FitConfig {
             batch_size: 1024,
             max_no_improvement: 10,
             refine: 0,
+            split_merge: 2,
             reassignment_ratio: 0.01,
             stream: false,
             shuffle_rows: 1 << 20,
@@ -534,33 +538,12 @@ pub fn fit_with_progress(
             };
             log::info!("mini-batch steps of {} rows (scikit-learn's MiniBatchKMeans rules)", mb.batch_size.min(n));
             let (x, w) = (&table.matrix, table.weights.as_deref());
-            let f = kmeans::fit_minibatch(backend, x, w, &params, &mb, &mut on_iter)?;
-            if cfg.refine == 0 {
-                f
-            } else {
-                log::info!(
-                    "mini-batch after {} steps: inertia {:.6e}; refining with up to {} exact iterations",
-                    f.iterations,
-                    f.inertia,
-                    cfg.refine
-                );
-                let exact = KMeansParams {
-                    init: InitMethod::Given(f.centroids.clone()),
-                    max_iter: cfg.refine,
-                    tol: if cfg.tol > 0.0 { cfg.tol } else { 1e-4 },
-                    n_init: 1,
-                    algorithm: Algorithm::auto_for(cfg.k, dim, backend),
-                    ..params.clone()
-                };
-                let r = kmeans::fit_cancellable(backend, x, w, &exact, &mut on_iter)?;
-                kmeans::KMeansFit {
-                    iterations: f.iterations + r.iterations,
-                    relocations: f.relocations + r.relocations,
-                    full_evaluations: f.full_evaluations + r.full_evaluations,
-                    init_seconds: f.init_seconds,
-                    ..r
-                }
-            }
+            // The exact passes (the mini-batch's last, the refinement's) share one
+            // preparation of the matrix.
+            backend.retain(&x.data, dim)?;
+            let fitted = minibatch_refined(cfg, &params, &mb, x, w, backend, &mut on_iter);
+            backend.release();
+            fitted?
         } else {
             let mut save = |state: &kmeans::Resume, ev: kmeans::StateEvent| match ckpt.as_mut() {
                 Some((c, _)) => c.offer(state, ev, runs),
@@ -774,6 +757,68 @@ pub fn assemble(a: Assembly<'_>) -> Result<(Model, FitReport)> {
         threads: rayon::current_num_threads(),
     };
     Ok((model, report))
+}
+
+/// Mini-batch steps, then up to `cfg.refine` exact iterations in rounds, each started by
+/// split/merge moves (`kmeans::split_merge`) on the statistics of the last exact pass.
+fn minibatch_refined(
+    cfg: &FitConfig,
+    params: &KMeansParams,
+    mb: &kmeans::MiniBatchParams,
+    x: &features::Matrix,
+    w: Option<&[f32]>,
+    backend: &dyn Backend,
+    on_iter: &mut dyn FnMut(&kmeans::IterInfo) -> bool,
+) -> Result<kmeans::KMeansFit> {
+    let mut done = kmeans::fit_minibatch(backend, x, w, params, mb, on_iter)?;
+    if cfg.refine == 0 {
+        return Ok(done);
+    }
+    log::info!(
+        "mini-batch after {} steps: inertia {:.6e}; refining with up to {} exact iterations",
+        done.iterations,
+        done.inertia,
+        cfg.refine
+    );
+    let mut left = cfg.refine;
+    let rounds = cfg.split_merge.min(cfg.refine);
+    let mut round = 0;
+    while left > 0 {
+        let mut start = done.centroids.clone();
+        let mut moved = 0;
+        if round < rounds {
+            let m = kmeans::split_merge(x, w, &mut start, &done.nearest, &done.stats, params.seed, round);
+            moved = m.count();
+            log::info!("split/merge round {}: {} moves, estimated gain {:.3e}", round + 1, moved, m.estimated_gain);
+        }
+        if round > 0 && moved == 0 && done.converged {
+            break;
+        }
+        // Each round of moves takes its share of the iterations; the last, what is left.
+        let budget = if round + 1 < rounds { (left / (rounds - round)).max(1) } else { left };
+        let exact = KMeansParams {
+            init: InitMethod::Given(start),
+            max_iter: budget,
+            tol: if cfg.tol > 0.0 { cfg.tol } else { 1e-4 },
+            n_init: 1,
+            algorithm: Algorithm::auto_for(cfg.k, x.dim, backend),
+            ..params.clone()
+        };
+        let r = kmeans::fit_cancellable(backend, x, w, &exact, on_iter)?;
+        left -= r.iterations.clamp(1, left);
+        round += 1;
+        done = kmeans::KMeansFit {
+            iterations: done.iterations + r.iterations,
+            relocations: done.relocations + r.relocations,
+            full_evaluations: done.full_evaluations + r.full_evaluations,
+            init_seconds: done.init_seconds,
+            ..r
+        };
+        if round >= rounds && done.converged {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 /// Every option that changes a k-means fit, as text: what a checkpoint must match.

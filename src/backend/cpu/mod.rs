@@ -147,6 +147,8 @@ pub struct CpuBackend {
 struct Retained {
     /// (address, length, dim) of the retained matrix.
     key: Option<(usize, usize, usize)>,
+    /// `retain` calls of that matrix not yet released (they nest).
+    depth: usize,
     #[cfg(target_arch = "x86_64")]
     codes: Option<std::sync::Arc<quant::RowCodes>>,
 }
@@ -288,12 +290,21 @@ impl Backend for CpuBackend {
 
     fn retain(&self, points: &[f32], dim: usize) -> Result<()> {
         let mut g = self.retained.lock().unwrap_or_else(|e| e.into_inner());
-        *g = Retained { key: Some((points.as_ptr() as usize, points.len(), dim)), ..Default::default() };
+        let key = Some((points.as_ptr() as usize, points.len(), dim));
+        if g.key == key {
+            g.depth += 1;
+        } else {
+            *g = Retained { key, depth: 1, ..Default::default() };
+        }
         Ok(())
     }
 
     fn release(&self) {
-        *self.retained.lock().unwrap_or_else(|e| e.into_inner()) = Retained::default();
+        let mut g = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        g.depth = g.depth.saturating_sub(1);
+        if g.depth == 0 {
+            *g = Retained::default();
+        }
     }
 
     fn as_cpu(&self) -> Option<&CpuBackend> {

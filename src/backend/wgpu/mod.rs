@@ -450,6 +450,8 @@ struct DevicePoints {
 struct Resident {
     key: (usize, usize),
     dim: usize,
+    /// `retain` calls of that matrix not yet released (they nest).
+    depth: usize,
     points: Option<DevicePoints>,
 }
 
@@ -804,13 +806,23 @@ impl Backend for WgpuBackend {
     }
 
     fn retain(&self, points: &[f32], dim: usize) -> Result<()> {
-        *self.resident.lock().unwrap() =
-            Some(Resident { key: (points.as_ptr() as usize, points.len()), dim, points: None });
+        let mut g = self.resident.lock().unwrap();
+        let key = (points.as_ptr() as usize, points.len());
+        match g.as_mut() {
+            Some(r) if r.key == key && r.dim == dim => r.depth += 1,
+            _ => *g = Some(Resident { key, dim, depth: 1, points: None }),
+        }
         Ok(())
     }
 
     fn release(&self) {
-        *self.resident.lock().unwrap() = None;
+        let mut g = self.resident.lock().unwrap();
+        if let Some(r) = g.as_mut() {
+            r.depth = r.depth.saturating_sub(1);
+            if r.depth == 0 {
+                *g = None;
+            }
+        }
     }
 
     fn assign(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
