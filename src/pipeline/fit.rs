@@ -791,6 +791,7 @@ fn minibatch_refined(
             moved = m.count();
             log::info!("split/merge round {}: {} moves, estimated gain {:.3e}", round + 1, moved, m.estimated_gain);
         }
+        // Converged with nothing moved (or no round of moves left): done.
         if round > 0 && moved == 0 && done.converged {
             break;
         }
@@ -814,9 +815,6 @@ fn minibatch_refined(
             init_seconds: done.init_seconds,
             ..r
         };
-        if round >= rounds && done.converged {
-            break;
-        }
     }
     Ok(done)
 }
