@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q "maturin>=1.7,<2" "pytest>=7" "pyarrow>=14" "numpy>=1.22" pandas polars duckdb scipy scikit-learn "pyspark>=4.0,<5"
+"$VENV/bin/pip" install -q "maturin>=1.7,<2" "pytest>=7" "pyarrow>=14" "numpy>=1.22" pandas polars duckdb scipy scikit-learn "pyspark>=4.0,<5" "moto[server]>=5,<6"
 # An editable install of the package (the native module built in release mode).
 (cd python && VIRTUAL_ENV="$(cd .. && cd "$VENV" && pwd)" PATH="$(cd .. && cd "$VENV" && pwd)/bin:$PATH" \
     maturin develop --release --quiet)

@@ -105,10 +105,12 @@ fn fixtures(p: &Path) {
         std::fs::set_permissions(p.join("readonly"), std::fs::Permissions::from_mode(0o555)).unwrap();
     }
     std::fs::write(p.join("exists.parquet"), "keep me").unwrap();
-    // Files on which the parquet crate panics, found by fuzzing (a choice byte, then the file).
+    // Files on which the parquet crate panics or runs out of memory, found by fuzzing (a
+    // choice byte, then the file).
     for (seed, name) in [
         ("parquet_features/regression-fc9e086c288c", "nodict.parquet"),
         ("event_reader/regression-d3eec40a662e", "badfooter.parquet"),
+        ("event_reader/regression-70eed4b98e7c", "hugedict.parquet"),
     ] {
         let bytes = std::fs::read(crate::util::repo().join("fuzz/seeds").join(seed)).unwrap();
         std::fs::write(p.join(name), &bytes[1..]).unwrap();
@@ -319,6 +321,12 @@ const CASES: &[Case] = &[
         &["features", "--events", "badfooter.parquet", "--as-of", "2024-01-01", "--out", "o.parquet"],
         3,
         &["badfooter.parquet", "corrupt"],
+    ),
+    (
+        "a dictionary page claiming 1.75·10⁹ values in 72 bytes (the parquet crate filled 14 GB)",
+        &["features", "--events", "hugedict.parquet", "--as-of", "2024-01-01", "--out", "o.parquet"],
+        3,
+        &["hugedict.parquet", "corrupt", "'timestamp'", "dictionary page claims"],
     ),
     // Flags.
     ("k zero", &["fit", "in.parquet", "--k", "0", "--model", "o.json"], 2, &["--k"]),

@@ -41,9 +41,15 @@ __all__ = ["fit", "features", "load", "loads", "neighbors", "similar", "Model", 
 
 
 def _arrow(data: Any) -> Any:
-    """Anything tabular as an object with ``__arrow_c_stream__`` (no copy when it has one)."""
+    """Anything tabular as an object with ``__arrow_c_stream__`` (no copy when it has one);
+    a path or URL (or a list of them) is passed on as text, read by the engine as the CLI
+    reads it (Parquet files, directories, ``s3://`` / ``gs://`` / ``az://`` objects and prefixes)."""
     if hasattr(data, "__arrow_c_stream__"):
         return data
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data):
+        return [os.fspath(p) for p in data]
     if isinstance(data, np.ndarray):
         if data.ndim != 2:
             raise InvalidInputError(f"a numpy array of features must be 2-D (rows × features), not {data.ndim}-D")
@@ -249,8 +255,9 @@ def fit(
     """Fit k-means segments (or a Gaussian mixture) on a table; one keyword per flag of
     ``microseg fit``, same defaults.
 
-    data: a pyarrow Table/RecordBatchReader, polars/pandas DataFrame, dict of columns or
-        2-D numpy array.
+    data: a pyarrow Table/RecordBatchReader, polars/pandas DataFrame, dict of columns,
+        2-D numpy array, or a path or URL of Parquet data (a file, a directory, an
+        ``s3://`` / ``gs://`` / ``az://`` object or prefix; see docs/object-storage.md).
     k: number of segments.
     features: feature columns (default: every numeric column but the id and weight
         columns). exclude: columns left out of that default.

@@ -41,8 +41,18 @@ fn to_py(e: microseg::Error) -> PyErr {
     }
 }
 
-/// Any Arrow stream-capable object as a dataset of its batches (buffers shared, not copied).
+/// Any Arrow stream-capable object as a dataset of its batches (buffers shared, not
+/// copied); a path or URL (or a list of them) as the Parquet files it names, read as the
+/// CLI reads them (a directory or prefix: its `*.parquet` files).
 fn dataset(data: &Bound<'_, PyAny>, name: &str) -> PyResult<Dataset> {
+    if let Ok(path) = data.extract::<String>() {
+        return Dataset::open(&[std::path::PathBuf::from(path)]).map_err(to_py);
+    }
+    let is_list = data.is_instance_of::<pyo3::types::PyList>() || data.is_instance_of::<pyo3::types::PyTuple>();
+    if is_list && let Ok(paths) = data.extract::<Vec<String>>() {
+        let paths: Vec<std::path::PathBuf> = paths.into_iter().map(Into::into).collect();
+        return Dataset::open(&paths).map_err(to_py);
+    }
     let reader = RecordBatchStreamReader::from_pyarrow_bound(data)?;
     let schema: SchemaRef = arrow::record_batch::RecordBatchReader::schema(&reader);
     let batches: Vec<RecordBatch> =

@@ -389,7 +389,8 @@ pub(crate) fn run_segment(a: SegmentArgs) -> Result<()> {
         .collect();
     let out_refs: Vec<&Path> = outputs.iter().map(|p| p.as_path()).collect();
     crate::io::output::check_paths(&fit_inputs(&a.inputs, &a.opts), &out_refs, a.write.json)?;
-    let created = !a.out_dir.exists();
+    // An object store prefix needs no directory: the objects appear at commit.
+    let created = !crate::io::remote::is_remote(&a.out_dir) && !a.out_dir.exists();
     if created {
         crate::io::output::create_dir(&a.out_dir).map_err(|e| Error::output(&a.out_dir, e))?;
     }

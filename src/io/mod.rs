@@ -3,6 +3,7 @@
 //! It knows nothing of features or clustering; `features` turns batches into a matrix.
 
 pub mod output;
+pub mod remote;
 
 use std::fs::File;
 use std::io::Read;
@@ -12,7 +13,8 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{ArrowReaderBuilder, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::metadata::ParquetMetaData;
 
 use crate::error::{Error, Result};
 
@@ -68,7 +70,10 @@ impl Dataset {
     pub fn open(inputs: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         for input in inputs {
-            if input.is_dir() {
+            let input = &remote::local_path(input);
+            if remote::is_remote(input) {
+                files.extend(remote::expand(input)?);
+            } else if input.is_dir() {
                 let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                     .map_err(|e| Error::input(input, format!("cannot list directory: {e}")))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
@@ -91,9 +96,14 @@ impl Dataset {
         let mut schema: Option<SchemaRef> = None;
         let mut rows_per_file = Vec::with_capacity(files.len());
         for f in &files {
-            let builder = open_builder(f)?;
-            let s = builder.schema().clone();
-            rows_per_file.push(builder.metadata().file_metadata().num_rows().max(0) as u64);
+            let (s, rows) = if remote::is_remote(f) {
+                let b = remote::builder(f, None)?;
+                (b.schema().clone(), b.metadata().file_metadata().num_rows())
+            } else {
+                let b = open_builder(f)?;
+                (b.schema().clone(), b.metadata().file_metadata().num_rows())
+            };
+            rows_per_file.push(rows.max(0) as u64);
             match &schema {
                 None => schema = Some(s),
                 Some(first) => check_same_schema(first, &s, f, &files[0])?,
@@ -321,8 +331,11 @@ fn pipe_bytes(path: &Path, mut file: File) -> Result<bytes::Bytes> {
 
 /// The text of a small input (a model, a profile, a report): a file, or `-` for stdin.
 pub fn read_text(path: &Path, what: &str) -> Result<String> {
+    let path = &remote::local_path(path);
     let bytes = if output::is_stdio(path) {
         stdin_bytes()?.to_vec()
+    } else if remote::is_remote(path) {
+        remote::read_all(path)?
     } else {
         std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read the {what}: {e}")))?
     };
@@ -383,6 +396,14 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> {
+    let source = open_source(path)?;
+    guarded(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(source)
+            .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
+    })
+}
+
+fn open_source(path: &Path) -> Result<Source> {
     let source = if output::is_stdio(path) {
         Source::Stdin(stdin_bytes()?)
     } else if let Some(b) = cached_pipe(path) {
@@ -406,10 +427,61 @@ fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> 
     if parquet::file::reader::Length::len(&source) == 0 {
         return Err(Error::input(path, "the file is empty (0 bytes), not a Parquet file"));
     }
-    guarded(path, || {
-        ParquetRecordBatchReaderBuilder::try_new(source)
-            .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
-    })
+    Ok(source)
+}
+
+/// Refuse a column chunk whose dictionary page claims more values than its bytes can
+/// hold. The parquet crate sizes a dictionary from the page header's count before it
+/// decodes a value: a 1.8 kB file found by fuzzing (`fuzz/seeds/event_reader/
+/// regression-70eed4b98e7c`) made it fill 14 GB. Data pages are skipped by their headers
+/// (not read); only dictionary pages, small by design, are decompressed a second time.
+fn check_dictionaries(path: &Path, meta: &ParquetMetaData, roots: &[usize]) -> Result<()> {
+    use parquet::basic::Type;
+    use parquet::column::page::{Page, PageReader};
+    let source = std::sync::Arc::new(open_source(path)?);
+    let schema = meta.file_metadata().schema_descr();
+    let corrupt = |what: String| Error::input(path, format!("is corrupt: {what}; rewrite the file or leave it out"));
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        for (c, col) in rg.columns().iter().enumerate() {
+            if !roots.contains(&schema.get_column_root_idx(c)) {
+                continue;
+            }
+            let name = col.column_descr().path().string();
+            let at = |e: parquet::errors::ParquetError| corrupt(format!("row group {g}, column '{name}': {e}"));
+            let mut pages = parquet::file::serialized_reader::SerializedPageReader::new(
+                source.clone(),
+                col,
+                rg.num_rows().max(0) as usize,
+                None,
+            )
+            .map_err(at)?;
+            while let Some(page) = pages.peek_next_page().map_err(at)? {
+                if !page.is_dict {
+                    pages.skip_next_page().map_err(at)?;
+                    continue;
+                }
+                let Some(Page::DictionaryPage { buf, num_values, .. }) = pages.get_next_page().map_err(at)? else {
+                    continue;
+                };
+                let bytes = buf.len() as u64;
+                let room = match col.column_descr().physical_type() {
+                    Type::BOOLEAN => bytes * 8,
+                    Type::INT32 | Type::FLOAT => bytes / 4,
+                    Type::INT64 | Type::DOUBLE => bytes / 8,
+                    Type::INT96 => bytes / 12,
+                    // Each value is a 4-byte length, then its bytes.
+                    Type::BYTE_ARRAY => bytes / 4,
+                    Type::FIXED_LEN_BYTE_ARRAY => bytes / col.column_descr().type_length().max(1) as u64,
+                };
+                if u64::from(num_values) > room {
+                    return Err(corrupt(format!(
+                        "row group {g}, column '{name}': a dictionary page claims {num_values} values but holds {bytes} bytes"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_same_schema(first: &SchemaRef, s: &SchemaRef, path: &Path, first_path: &Path) -> Result<()> {
@@ -462,7 +534,7 @@ pub struct Batches<'a> {
     ds: &'a Dataset,
     columns: &'a [String],
     file: usize,
-    reader: Option<ParquetRecordBatchReader>,
+    reader: Option<Reader>,
     /// The next in-memory batch.
     next_batch: usize,
 }
@@ -497,13 +569,13 @@ impl<'a> Iterator for Batches<'a> {
                     }
                 }
             }
-            let reader = self.reader.as_mut().unwrap();
-            let next = match guarded(path, || Ok(reader.next())) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.file = self.ds.files.len();
-                    return Some(Err(e));
-                }
+            let next = match self.reader.as_mut().unwrap() {
+                Reader::Local(reader) => match guarded(path, || Ok(reader.next())) {
+                    Ok(n) => n.map(|r| r.map_err(|e| Error::input(path, format!("cannot decode: {e}")))),
+                    Err(e) => Some(Err(e)),
+                },
+                // The message already names the object.
+                Reader::Remote(reader) => reader.next_batch().map(|r| r.map_err(Error::Runtime)),
             };
             match next {
                 Some(Ok(batch)) => {
@@ -512,7 +584,7 @@ impl<'a> Iterator for Batches<'a> {
                 }
                 Some(Err(e)) => {
                     self.file = self.ds.files.len();
-                    return Some(Err(Error::input(path, format!("cannot decode: {e}"))));
+                    return Some(Err(e));
                 }
                 None => {
                     self.reader = None;
@@ -523,11 +595,36 @@ impl<'a> Iterator for Batches<'a> {
     }
 }
 
+/// A file's record batches: decoded here from a local file, or on the I/O runtime from
+/// an object store.
+enum Reader {
+    Local(ParquetRecordBatchReader),
+    Remote(remote::RemoteBatches),
+}
+
 impl Batches<'_> {
-    fn open_reader(&self, path: &Path) -> Result<ParquetRecordBatchReader> {
+    fn open_reader(&self, path: &Path) -> Result<Reader> {
+        if remote::is_remote(path) {
+            let builder = self.configure(remote::builder(path, Some(self.columns))?);
+            let stream = builder.build().map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+            return Ok(Reader::Remote(remote::RemoteBatches::start(path, stream)));
+        }
         let builder = open_builder(path)?;
+        check_dictionaries(path, builder.metadata(), &self.roots(builder.schema()))?;
+        let reader = self.configure(builder).build().map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+        Ok(Reader::Local(reader))
+    }
+
+    /// The top-level columns asked for, as indices of the file's schema.
+    fn roots(&self, arrow_schema: &SchemaRef) -> Vec<usize> {
+        self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect()
+    }
+
+    /// Project a reader (local or remote) to the columns asked for, in batches sized to
+    /// the row width.
+    fn configure<T>(&self, builder: ArrowReaderBuilder<T>) -> ArrowReaderBuilder<T> {
         let arrow_schema = builder.schema().clone();
-        let roots: Vec<usize> = self.columns.iter().map(|c| arrow_schema.index_of(c).unwrap()).collect();
+        let roots = self.roots(&arrow_schema);
         // Wide rows (embeddings) come in smaller batches: about 4 MiB of values each, so
         // one batch's buffers are reused by the allocator instead of mapped afresh.
         let width: usize = roots
@@ -540,10 +637,6 @@ impl Batches<'_> {
             .sum();
         let rows = ((1usize << 20) / width.max(1)).clamp(1024, BATCH_ROWS);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        builder
-            .with_projection(mask)
-            .with_batch_size(rows)
-            .build()
-            .map_err(|e| Error::input(path, format!("cannot read: {e}")))
+        builder.with_projection(mask).with_batch_size(rows)
     }
 }

@@ -86,6 +86,9 @@ enum Target {
     Stdout,
     /// An existing character device or pipe, opened for writing at the first write.
     InPlace { file: Option<File> },
+    /// An object store URL: a local temporary file (created at the first write), sent
+    /// as one multipart upload at commit.
+    Remote { tmp: Option<NamedTempFile> },
 }
 
 /// An output being written; visible at its path only on `commit` (for regular files).
@@ -100,6 +103,11 @@ impl AtomicOutput {
     /// missing parent, an existing file without `force` and an unwritable special file
     /// are refused here. Nothing is created yet.
     pub fn create(path: &Path, force: bool) -> Result<Self> {
+        let path = &super::remote::local_path(path);
+        if super::remote::is_remote(path) {
+            super::remote::check_output(path, force)?;
+            return Ok(AtomicOutput { path: path.to_path_buf(), target: Target::Remote { tmp: None } });
+        }
         if is_stdio(path) {
             return Ok(AtomicOutput { path: path.to_path_buf(), target: Target::Stdout });
         }
@@ -172,6 +180,15 @@ impl AtomicOutput {
                 drop(live);
                 *tmp = Some(t);
             }
+            Target::Remote { tmp } if tmp.is_none() => {
+                let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+                let t = tempfile::Builder::new().prefix(".microseg-upload.").suffix(".partial").tempfile().map_err(
+                    |e| Error::output(&self.path, format!("cannot write its local copy before the upload: {e}")),
+                )?;
+                live.push(t.path().to_path_buf());
+                drop(live);
+                *tmp = Some(t);
+            }
             Target::InPlace { file } if file.is_none() => {
                 let f = std::fs::OpenOptions::new()
                     .write(true)
@@ -190,7 +207,7 @@ impl AtomicOutput {
         let path = self.path.clone();
         let dup = |f: &File| f.try_clone().map_err(|e| Error::output(&path, e));
         Ok(match &self.target {
-            Target::Atomic { tmp, .. } => Box::new(dup(tmp.as_ref().unwrap().as_file())?),
+            Target::Atomic { tmp, .. } | Target::Remote { tmp } => Box::new(dup(tmp.as_ref().unwrap().as_file())?),
             Target::InPlace { file } => Box::new(dup(file.as_ref().unwrap())?),
             Target::Stdout => Box::new(StdoutWriter),
         })
@@ -225,6 +242,13 @@ impl AtomicOutput {
                 live_remove(&tmp_path);
                 res
             }
+            Target::Remote { tmp } => {
+                let tmp = tmp.unwrap();
+                let res = tmp.as_file().sync_all().map_err(|e| Error::output(&path, e));
+                let res = res.and_then(|_| super::remote::upload(tmp.path(), &path));
+                live_remove(tmp.path());
+                res
+            }
         }
     }
 }
@@ -232,7 +256,7 @@ impl AtomicOutput {
 impl Drop for AtomicOutput {
     fn drop(&mut self) {
         // An uncommitted temporary file is deleted by NamedTempFile's own drop.
-        if let Target::Atomic { tmp: Some(t), .. } = &self.target {
+        if let Target::Atomic { tmp: Some(t), .. } | Target::Remote { tmp: Some(t) } = &self.target {
             live_remove(t.path());
         }
     }
@@ -368,6 +392,11 @@ pub fn print_stdout(text: &str) -> Result<()> {
 /// Directory inputs count with every file in them. Standard input may be read once; an
 /// output on standard output conflicts with the `--json` summary.
 pub fn check_paths(inputs: &[&Path], outputs: &[&Path], json: bool) -> Result<()> {
+    // file:// URLs are compared as the paths they name.
+    let inputs: Vec<PathBuf> = inputs.iter().map(|p| super::remote::local_path(p)).collect();
+    let outputs: Vec<PathBuf> = outputs.iter().map(|p| super::remote::local_path(p)).collect();
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let outputs: Vec<&Path> = outputs.iter().map(PathBuf::as_path).collect();
     let stdin_uses = inputs.iter().filter(|p| is_stdio(p)).count();
     if stdin_uses > 1 {
         return Err(Error::Usage("standard input (-) can be read only once; give at most one input as -".into()));
@@ -400,6 +429,25 @@ pub fn check_paths(inputs: &[&Path], outputs: &[&Path], json: bool) -> Result<()
         }
     }
     for (n, &o) in outs.iter().enumerate() {
+        // Object store URLs: the same URL (or a file:// URL and the path it names).
+        if super::remote::is_remote(o) {
+            let same = |p: &Path| p == o;
+            if let Some(given) = inputs.iter().find(|i| same(i)) {
+                return Err(Error::Usage(format!(
+                    "output {} is also an input ({}); it would be overwritten: choose another output path",
+                    o.display(),
+                    given.display()
+                )));
+            }
+            if let Some(o2) = outs[..n].iter().find(|p| same(p)) {
+                return Err(Error::Usage(format!(
+                    "outputs {} and {} are the same object: give each output its own path",
+                    o2.display(),
+                    o.display()
+                )));
+            }
+            continue;
+        }
         // Special files (devices, pipes) are written in place and cannot alias data.
         if std::fs::metadata(o).is_ok_and(|m| !m.is_file()) {
             continue;
