@@ -14,16 +14,16 @@ cache after the first run, so this compares the store's path against the fastest
 import json
 import os
 import pathlib
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import boto3
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python" / "tests"))
+import moto_server  # noqa: E402 - the test suite's helper
 CLI = pathlib.Path(os.environ.get("MICROSEG_BIN", REPO / "target" / "release" / "microseg"))
 EXTRA = os.environ.get("BENCH_FIT_ARGS", "").split()
 
@@ -36,19 +36,8 @@ def main():
     data = work / "table.parquet"
     subprocess.run([str(CLI), "generate", "--rows", str(rows), "--dims", str(dims), "--clusters", "64",
                     "--seed", "1", "--out", str(data), "--quiet"], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, endpoint = moto_server.start()
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         creds = dict(aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1")
         client = boto3.client("s3", endpoint_url=endpoint, **creds)
         client.create_bucket(Bucket="bench")

@@ -11,14 +11,13 @@ a message naming the URL, and leave nothing behind: no object, no local temporar
 import json
 import os
 import pathlib
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 
 import pyarrow.parquet as pq
 import pytest
+
+import moto_server
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -29,35 +28,13 @@ DATA = REPO / "tests" / "data" / "generated_small.parquet"
 BUCKET = "segments"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on loopback; yields (endpoint, env with a valid key, client)."""
     if not CLI.exists():
         pytest.fail(f"the microseg binary is not built at {CLI}: run cargo build --release first")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, endpoint = moto_server.start(INITIAL_NO_AUTH_ACTION_COUNT="3")
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("the moto server did not start")
         anon = dict(aws_access_key_id="unused", aws_secret_access_key="unused", region_name="us-east-1")
         iam = boto3.client("iam", endpoint_url=endpoint, **anon)
         iam.create_user(UserName="ci")

@@ -166,27 +166,16 @@ impl AtomicOutput {
             Target::Atomic { dest, tmp, .. } if tmp.is_none() => {
                 let dir = parent_dir(dest);
                 let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                // The file is created and registered under the lock `cleanup_on_signal`
-                // takes, so a signal landing in between still finds it and removes it.
-                let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-                let t = tempfile::Builder::new()
-                    .prefix(&format!(".{name}."))
-                    .suffix(".partial")
-                    .tempfile_in(&dir)
+                let t = live_tempfile(&dir, &format!(".{name}."))
                     .map_err(|e| Error::output(&self.path, format!("cannot write in {}: {e}", dir.display())))?;
                 // The lock tells a later run that this file's writer is alive.
                 let _ = t.as_file().try_lock();
-                live.push(t.path().to_path_buf());
-                drop(live);
                 *tmp = Some(t);
             }
             Target::Remote { tmp } if tmp.is_none() => {
-                let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-                let t = tempfile::Builder::new().prefix(".microseg-upload.").suffix(".partial").tempfile().map_err(
-                    |e| Error::output(&self.path, format!("cannot write its local copy before the upload: {e}")),
-                )?;
-                live.push(t.path().to_path_buf());
-                drop(live);
+                let t = live_tempfile(&std::env::temp_dir(), ".microseg-upload.").map_err(|e| {
+                    Error::output(&self.path, format!("cannot write its local copy before the upload: {e}"))
+                })?;
                 *tmp = Some(t);
             }
             Target::InPlace { file } if file.is_none() => {
@@ -260,6 +249,16 @@ impl Drop for AtomicOutput {
             live_remove(t.path());
         }
     }
+}
+
+/// A `PREFIX??????.partial` temporary file in `dir`, created and registered under the
+/// lock [`cleanup_on_signal`] takes, so a signal landing in between still finds it and
+/// removes it.
+fn live_tempfile(dir: &Path, prefix: &str) -> std::io::Result<NamedTempFile> {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tempfile::Builder::new().prefix(prefix).suffix(".partial").tempfile_in(dir)?;
+    live.push(t.path().to_path_buf());
+    Ok(t)
 }
 
 fn commit_file(tmp: NamedTempFile, dest: &Path, force: bool, shown: &Path) -> Result<()> {
@@ -431,15 +430,14 @@ pub fn check_paths(inputs: &[&Path], outputs: &[&Path], json: bool) -> Result<()
     for (n, &o) in outs.iter().enumerate() {
         // Object store URLs: the same URL (or a file:// URL and the path it names).
         if super::remote::is_remote(o) {
-            let same = |p: &Path| p == o;
-            if let Some(given) = inputs.iter().find(|i| same(i)) {
+            if let Some(given) = inputs.iter().find(|i| **i == o) {
                 return Err(Error::Usage(format!(
                     "output {} is also an input ({}); it would be overwritten: choose another output path",
                     o.display(),
                     given.display()
                 )));
             }
-            if let Some(o2) = outs[..n].iter().find(|p| same(p)) {
+            if let Some(o2) = outs[..n].iter().find(|p| **p == o) {
                 return Err(Error::Usage(format!(
                     "outputs {} and {} are the same object: give each output its own path",
                     o2.display(),

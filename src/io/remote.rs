@@ -4,9 +4,10 @@
 //! `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
 //!
 //! A remote Parquet file is read with the parquet crate's async reader over
-//! `object_store`: the footer, then for each row group only the byte ranges of the
-//! projected columns. Decoding runs on the I/O runtime one row group ahead of the
-//! caller, so fetching the next row group overlaps the work on the current one.
+//! `object_store`: the footer, then only the byte ranges of the projected columns,
+//! fetched in a few large pieces ahead of the decoder ([`Prefetch`]). Decoding runs on
+//! the I/O runtime one batch ahead of the caller, so the network, the decoder and the
+//! caller's work overlap.
 //!
 //! A remote output is first written whole to a local temporary file, then sent as a
 //! multipart upload that is completed only once every part is in: until then the
@@ -46,17 +47,10 @@ pub fn is_remote(p: &Path) -> bool {
 /// A `file://` URL as the local path it names; any other path unchanged.
 pub fn local_path(p: &Path) -> PathBuf {
     let s = p.to_string_lossy();
-    match s.strip_prefix("file://") {
-        Some(rest) => PathBuf::from(percent_decode(rest)),
-        None => p.to_path_buf(),
+    if !s.starts_with("file://") {
+        return p.to_path_buf();
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
+    url::Url::parse(&s).ok().and_then(|u| u.to_file_path().ok()).unwrap_or_else(|| PathBuf::from(&s["file://".len()..]))
 }
 
 /// The runtime that drives object store requests (two I/O threads, started at the
@@ -150,19 +144,14 @@ fn store_error(p: &Path, e: object_store::Error, output: bool) -> Error {
                 "no such object, and no bucket or prefix of that name; check the URL".to_string()
             }
         }
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => format!(
-            "access denied ({detail}); check the credentials in the environment \
-             (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)"
-        ),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => denied(&detail),
         _ if detail.contains("NoSuchBucket") => "the bucket does not exist; check the URL".to_string(),
+        // S3 reports some refusals only in its reply's code.
         _ if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"]
             .iter()
             .any(|s| detail.contains(s)) =>
         {
-            format!(
-                "access denied ({detail}); check the credentials in the environment \
-                 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)"
-            )
+            denied(&detail)
         }
         _ if detail.contains("error sending request") || detail.contains("connect") => format!(
             "the object store does not answer ({detail}); check the endpoint (AWS_ENDPOINT_URL, ...) and the network"
@@ -170,6 +159,13 @@ fn store_error(p: &Path, e: object_store::Error, output: bool) -> Error {
         _ => format!("the object store failed: {detail}"),
     };
     if output { Error::output(p, msg) } else { Error::input(p, msg) }
+}
+
+fn denied(detail: &str) -> String {
+    format!(
+        "access denied ({detail}); check the credentials in the environment \
+         (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)"
+    )
 }
 
 /// A store's error in one line: the service's own code and message where its reply
@@ -204,17 +200,14 @@ fn brief(detail: &str) -> String {
 
 /// Known object sizes, from the listing or `head` that found each input: the reader
 /// needs the size to fetch the footer, and asking once is enough.
-static SIZES: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+static SIZES: Mutex<Option<HashMap<PathBuf, u64>>> = Mutex::new(None);
 
 fn known_size(p: &Path) -> Option<u64> {
-    SIZES.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(q, _)| q == p).map(|(_, s)| *s)
+    SIZES.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.get(p).copied()
 }
 
 fn remember_size(p: &Path, size: u64) {
-    let mut sizes = SIZES.lock().unwrap_or_else(|e| e.into_inner());
-    if !sizes.iter().any(|(q, _)| q == p) {
-        sizes.push((p.to_path_buf(), size));
-    }
+    SIZES.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().insert(p.to_path_buf(), size);
 }
 
 /// The Parquet objects an input URL names: the object itself, or (for a URL ending in
@@ -270,7 +263,7 @@ pub fn read_all(p: &Path) -> Result<Vec<u8>> {
 /// caller will read, whose byte ranges are then fetched ahead (see [`Prefetch`]); `None`
 /// for a look at the footer only. The footer is read once per object and process.
 pub fn builder(p: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatchStreamBuilder<ObjectReader>> {
-    static FOOTERS: Mutex<Vec<(PathBuf, ArrowReaderMetadata)>> = Mutex::new(Vec::new());
+    static FOOTERS: Mutex<Option<HashMap<PathBuf, ArrowReaderMetadata>>> = Mutex::new(None);
     let loc = locate(p)?;
     let size = match known_size(p) {
         Some(s) => s,
@@ -284,7 +277,7 @@ pub fn builder(p: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatc
         return Err(Error::input(p, "the object is empty (0 bytes), not a Parquet file"));
     }
     let mut reader = ObjectReader { store: loc.store, key: loc.key, size, prefetch: None };
-    let cached = FOOTERS.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(q, _)| q == p).map(|(_, m)| m.clone());
+    let cached = FOOTERS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|f| f.get(p).cloned());
     let meta = match cached {
         Some(m) => m,
         None => {
@@ -299,7 +292,11 @@ pub fn builder(p: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatc
                     ));
                 }
             };
-            FOOTERS.lock().unwrap_or_else(|e| e.into_inner()).push((p.to_path_buf(), m.clone()));
+            FOOTERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_default()
+                .insert(p.to_path_buf(), m.clone());
             m
         }
     };
