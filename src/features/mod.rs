@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::io::{ColumnKind, Dataset, column_kind};
 
+mod ids;
+pub use ids::UniqueIds;
+
 /// Rows per rayon task when converting and transforming (fits L2 at d ≤ 64).
 const ROWS_PER_TASK: usize = 2048;
 
@@ -472,18 +475,20 @@ pub fn load_training(
     weight_col: Option<&str>,
     missing: MissingPolicy,
 ) -> Result<TrainingTable> {
-    load_table(ds, cols, weight_col, missing, None)
+    load_table(ds, cols, weight_col, missing, None, None)
 }
 
 /// [`load_training`] for rows a fitted model takes in (`microseg update`): under
 /// `--missing mean` the gaps are filled with `fill`, the model's training means, not
-/// the new rows' own.
+/// the new rows' own. With `unique_ids`, that column is read in the same pass and its
+/// ids are checked unique ([`UniqueIds`]).
 pub fn load_table(
     ds: &Dataset,
     cols: &[FeatureColumn],
     weight_col: Option<&str>,
     missing: MissingPolicy,
     fill: Option<&[f32]>,
+    unique_ids: Option<&str>,
 ) -> Result<TrainingTable> {
     let dim = dim_of(cols);
     let n_meta = ds.n_rows() as usize;
@@ -495,6 +500,16 @@ pub fn load_table(
         }
         names.push(w.to_string());
     }
+    let mut ids = match unique_ids {
+        Some(id) => {
+            let at = names.iter().position(|n| n == id).unwrap_or_else(|| {
+                names.push(id.to_string());
+                names.len() - 1
+            });
+            Some((at, UniqueIds::new(id, ds.column_type(id)?)))
+        }
+        None => None,
+    };
     let mut data: Vec<f32> = Vec::new();
     data.try_reserve_exact(n_meta * dim).map_err(|_| {
         Error::Runtime(format!("cannot allocate {} MiB for the feature matrix", (n_meta * dim * 4) >> 20))
@@ -504,6 +519,9 @@ pub fn load_table(
     let mut rows_read = 0u64;
     for sb in ds.batches(&names)? {
         let sb = sb?;
+        if let Some((at, seen)) = ids.as_mut() {
+            seen.add(sb.batch.column(*at), sb.path)?;
+        }
         let m = sb.batch.num_rows();
         rows_read += m as u64;
         let start = data.len();

@@ -106,7 +106,7 @@ impl Plan {
                 "the distributed fit runs one Lloyd start: leave n_init and the mini-batch options out".into(),
             ));
         }
-        let (id_col, cols, init) = plan(schema, &FitConfig { allow_duplicate_ids: true, ..cfg.clone() })?;
+        let (id_col, cols, init) = plan(schema, &cfg)?;
         Ok(Plan { cfg, id_col, cols, init })
     }
 
@@ -155,7 +155,7 @@ impl Plan {
         }
         let gaps = vec![f32::NAN; dim];
         let fill = if missing == MissingPolicy::Mean { Some(fill.unwrap_or(&gaps)) } else { None };
-        match features::load_table(part, &self.cols, self.cfg.weight_col.as_deref(), missing, fill) {
+        match features::load_table(part, &self.cols, self.cfg.weight_col.as_deref(), missing, fill, None) {
             Ok(t) => Ok(t),
             // Every row of this partition dropped for missing values: an empty partition.
             Err(Error::Input { .. }) if missing == MissingPolicy::Drop => {
@@ -165,6 +165,7 @@ impl Plan {
                     self.cfg.weight_col.as_deref(),
                     MissingPolicy::Mean,
                     Some(&gaps),
+                    None,
                 )?;
                 Ok(empty(t.rows_read, t.rows_read))
             }

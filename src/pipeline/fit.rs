@@ -373,7 +373,8 @@ pub struct Prepared {
 pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
     let ds = source;
     let (id_col, cols, init) = plan(ds, cfg)?;
-    let mut table = features::load_training(ds, &cols, cfg.weight_col.as_deref(), cfg.missing)?;
+    let check_ids = id_col.as_deref().filter(|_| !cfg.allow_duplicate_ids);
+    let mut table = features::load_table(ds, &cols, cfg.weight_col.as_deref(), cfg.missing, None, check_ids)?;
     if table.rows_dropped > 0 {
         log::info!("left out {} of {} rows with missing values (--missing drop)", table.rows_dropped, table.rows_read);
     }
@@ -402,15 +403,11 @@ pub fn prepare(source: &Dataset, cfg: &FitConfig) -> Result<Prepared> {
     Ok(Prepared { id_col, cols, transforms, table, init, input_fingerprint })
 }
 
-/// What a fit decides before reading the features: the id column (its ids checked
-/// unique), the feature columns and the initialisation.
+/// What a fit decides before reading the features: the id column, the feature columns
+/// and the initialisation. The ids are not read here: unless `--allow-duplicate-ids`, the
+/// caller checks them unique, in the pass that reads the features where it can.
 pub fn plan(ds: &Dataset, cfg: &FitConfig) -> Result<(Option<String>, Vec<features::FeatureColumn>, InitMethod)> {
     let id_col = resolve_id(ds, cfg.id_col.as_deref(), &["subscriber_id"])?;
-    if let Some(id) = &id_col
-        && !cfg.allow_duplicate_ids
-    {
-        super::check_unique_ids(ds, id)?;
-    }
     if let Some(w) = &cfg.weight_col {
         ds.column_type(w)?;
     }

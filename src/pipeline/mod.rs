@@ -43,56 +43,13 @@ pub fn resolve_id(ds: &Dataset, named: Option<&str>, fallbacks: &[&str]) -> Resu
 }
 
 /// Refuse an id column that names a subscriber twice (a join gone wrong upstream would
-/// otherwise weigh those subscribers double). Integer ids are kept as integers, others
-/// as text; nulls are not ids.
+/// otherwise weigh those subscribers double), in a pass of its own; a fit checks the ids
+/// in the pass that reads its features instead ([`features::load_table`]).
 pub fn check_unique_ids(ds: &Dataset, id: &str) -> Result<()> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{DataType, Int64Type};
-    use std::collections::hash_map::Entry;
-    let integer = ds.column_type(id)?.is_integer();
-    let mut ints: std::collections::HashMap<i64, u64, foldhash::fast::RandomState> = Default::default();
-    let mut texts: std::collections::HashMap<String, u64, foldhash::fast::RandomState> = Default::default();
-    let mut row = 0u64;
+    let mut seen = crate::features::UniqueIds::new(id, ds.column_type(id)?);
     for sb in ds.batches(&[id.to_string()])? {
         let sb = sb?;
-        let col = sb.batch.column(0);
-        let to = if integer { DataType::Int64 } else { DataType::Utf8 };
-        let a = arrow::compute::cast(col, &to)
-            .map_err(|e| Error::input(sb.path, format!("column '{id}' cannot be read as ids: {e}")))?;
-        for i in 0..a.len() {
-            let r = row + i as u64;
-            if a.is_null(i) {
-                continue;
-            }
-            let (shown, first) = if integer {
-                let v = a.as_primitive::<Int64Type>().value(i);
-                match ints.entry(v) {
-                    Entry::Occupied(o) => (v.to_string(), *o.get()),
-                    Entry::Vacant(e) => {
-                        e.insert(r);
-                        continue;
-                    }
-                }
-            } else {
-                let v = a.as_string::<i32>().value(i);
-                match texts.entry(v.to_string()) {
-                    Entry::Occupied(o) => (format!("'{v}'"), *o.get()),
-                    Entry::Vacant(e) => {
-                        e.insert(r);
-                        continue;
-                    }
-                }
-            };
-            return Err(Error::input(
-                sb.path,
-                format!(
-                    "column '{id}' holds the id {shown} twice (rows {first} and {r} of the input): a subscriber \
-                     table has one row per subscriber; remove the duplicates upstream, or pass \
-                     --allow-duplicate-ids to use every row as given"
-                ),
-            ));
-        }
-        row += a.len() as u64;
+        seen.add(sb.batch.column(0), sb.path)?;
     }
     Ok(())
 }

@@ -198,6 +198,9 @@ pub fn fit_streamed(
     let t_read = Instant::now();
     let ds = source;
     let (id_col, cols, init) = plan(ds, cfg)?;
+    if let Some(id) = id_col.as_deref().filter(|_| !cfg.allow_duplicate_ids) {
+        super::check_unique_ids(ds, id)?;
+    }
     let dim = features::dim_of(&cols);
     let params = &KMeansParams {
         k: cfg.k,

@@ -162,6 +162,7 @@ fn read_new_rows(model: &Model, source: &Dataset) -> Result<NewRows> {
         model.weight_column.as_deref(),
         model.missing,
         fill.as_deref(),
+        None,
     )?;
     let fingerprint = features::data_fingerprint(&table.matrix, table.weights.as_deref());
     features::apply_transforms(&mut table.matrix.data, &model.features);
