@@ -1,19 +1,23 @@
 """k-means on Spark DataFrames, and assignments through ``mapInArrow``.
 
-``fit`` runs the single-node fit's Lloyd iterations over the DataFrame's partitions:
+``fit`` runs the single-node fit's Lloyd iterations over the DataFrame's partitions, all
+in one barrier stage (``mapInArrow(..., barrier=True)``) whose tasks exchange small
+messages through a gather the driver serves (or ``BarrierTaskContext.allGather``):
 
-1. one job computes each partition's moments (count, mean, squared deviations: a few
-   numbers per feature), merged on the driver in partition order into the scaling;
-2. the start is the given centroids, or k-means++ on a seeded sample gathered to the
-   driver (as the single-node fit samples for large tables);
-3. all iterations run inside one barrier stage (``mapInArrow(..., barrier=True)``): each
-   task converts its partition to the f32 matrix once; every iteration the tasks
-   exchange their partition's statistics (k·d sums, weights, squared errors: kilobytes)
-   with ``BarrierTaskContext.allGather``, merge them in partition order (the same on
-   every task) and update the centroids with the library's code. Empty clusters take
-   the farthest rows of all partitions, as on one machine. Where barrier mode is not
-   available (dynamic allocation), ``barrier=False`` runs one job per iteration;
-4. a last pass gives the segments' statistics and the drift baseline's sample.
+1. each task converts its partition to Arrow once and sends its moments (count, mean,
+   squared deviations: a few numbers per feature); every task merges them in partition
+   order into the same scaling;
+2. the start is the given centroids, or k-means++ on a seeded sample that every task
+   draws from its rows and sends; every task runs the same k-means++ on it;
+3. every iteration the tasks exchange their partition's statistics (k·d sums, weights,
+   squared errors: kilobytes), merge them in partition order (the same on every task)
+   and update the centroids with the library's code. Empty clusters take the farthest
+   rows of all partitions, as on one machine;
+4. a last pass gives the segments' statistics and the drift baseline's sample, returned
+   to the driver as each task's row of the stage's result.
+
+Where barrier mode is not available (dynamic allocation), ``barrier=False`` runs a job
+for the moments, ``df.sample`` for the start and one job per iteration.
 
 The result is the same model file as ``microseg.fit`` writes, usable by the CLI
 (``assign``, ``profile``, ``drift``, ``report``). From a given start it equals the
@@ -183,53 +187,40 @@ def fit(
     }
     plan = _native.SparkPlan(_empty(_arrow_schema(df)), json.dumps(options))
     sdf = df.select(*plan.columns())
+    partitions = tasks = sdf.rdd.getNumPartitions()
     if barrier:
         # A barrier stage starts all its tasks at once: no more tasks than task slots.
         # (coalesce is not allowed before a barrier stage; repartition shuffles once.)
+        # The count of tasks is known here: asking the repartitioned frame would run its
+        # shuffle once more under adaptive execution.
         sc = df.sparkSession.sparkContext
         cpus = int(sc.getConf().get("spark.task.cpus", "1"))
         slots = num_workers or max(1, sc.defaultParallelism // max(cpus, 1))
-        if sdf.rdd.getNumPartitions() > slots:
+        if partitions > slots:
             sdf = sdf.repartition(slots)
+            tasks = slots
     schema = _arrow_schema(sdf)
     task_options = plan.task_options()
     dim = plan.dim()
 
-    # 1. Moments, one small row per partition.
-    def moments(batches):
-        from pyspark import TaskContext
-
-        pid = TaskContext.get().partitionId()
-        p = _native.SparkPlan(_empty(schema), task_options)
-        m = p.moments(_table(batches, schema))
-        yield pa.RecordBatch.from_pydict({"pid": [pid], "m": [m]})
-
-    rows = sdf.mapInArrow(moments, "pid long, m string").collect()
-    parts = [json.loads(r.m) for r in sorted(rows, key=lambda r: r.pid)]
-    scaling = plan.scaling([r.m for r in sorted(rows, key=lambda r: r.pid)])
-    used = [p["rows_used"] for p in parts]
-    offsets = [sum(used[:i]) for i in range(len(used))]
-    total = sum(used)
-    tol_scaled = json.loads(scaling)["tol_scaled"]
-
-    # 2. The start.
-    if init_centroids is not None:
-        start = plan.initial_centroids(scaling)
-    else:
-        want = init_sample or max(64 * k, 10_000)
-        fraction = min(1.0, 1.2 * want / max(total, 1))
-        sample = sdf.sample(withReplacement=False, fraction=fraction, seed=seed).toArrow()
-        start = plan.initial_centroids(scaling, sample)
-
-    # 3. The iterations.
-    t0 = time.perf_counter()
+    want = None if init_centroids is not None else (init_sample or max(64 * k, 10_000))
     if barrier:
-        result = _fit_barrier(
-            sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total, exchange
-        )
+        # Moments, the start and the iterations in one barrier stage: one conversion of
+        # each partition, no job before it.
+        result = _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, want, exchange)
+        scaling = result["scaling"]
     else:
+        scaling, offsets, total, tol_scaled = _moments_job(sdf, schema, task_options, plan)
+        if want is None:
+            start = plan.initial_centroids(scaling)
+        else:
+            fraction = min(1.0, 1.2 * want / max(total, 1))
+            sample = sdf.sample(withReplacement=False, fraction=fraction, seed=seed).toArrow()
+            start = plan.initial_centroids(scaling, sample)
+        t0 = time.perf_counter()
         result = _fit_jobs(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total)
-    seconds = time.perf_counter() - t0
+        result["seconds"] = time.perf_counter() - t0
+        result["tasks"] = len(offsets)
     native, report = plan.assemble(
         scaling,
         result["centroids"],
@@ -237,30 +228,79 @@ def fit(
         result["iterations"],
         result["converged"],
         result["relocations"],
-        seconds,
+        result["seconds"],
     )
     report = json.loads(report)
     report["spark"] = {
-        "partitions": df.rdd.getNumPartitions(), "tasks": len(parts), "barrier": barrier,
+        "partitions": partitions, "tasks": result["tasks"], "barrier": barrier,
         "exchange": exchange if barrier else "jobs",
     }
     return Model(native, report)
 
 
-def _fit_barrier(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total,
-                 exchange="driver"):
+def _moments_job(sdf, schema, task_options, plan):
+    """One job: each partition's moments (one small row each), merged on the driver in
+    partition order into the scaling. Returns the scaling, each partition's first row,
+    the rows used and the scaled tolerance."""
+
+    def moments(batches):
+        from pyspark import TaskContext
+
+        pid = TaskContext.get().partitionId()
+        p = _native.SparkPlan(_empty(schema), task_options)
+        yield pa.RecordBatch.from_pydict({"pid": [pid], "m": [p.moments(_table(batches, schema))]})
+
+    rows = sorted(sdf.mapInArrow(moments, "pid long, m string").collect(), key=lambda r: r.pid)
+    scaling = plan.scaling([r.m for r in rows])
+    offsets, total = _offsets([json.loads(r.m) for r in rows])
+    return scaling, offsets, total, json.loads(scaling)["tol_scaled"]
+
+
+def _offsets(moments):
+    """Each partition's first row in the whole input, and the rows used, from the
+    partitions' moments in partition order."""
+    used = [m["rows_used"] for m in moments]
+    return [sum(used[:i]) for i in range(len(used))], sum(used)
+
+
+def _sample_text(table: pa.Table, fraction: float, seed: int, pid: int) -> str:
+    """A seeded Bernoulli sample of a partition's rows, as Arrow IPC in base64 text."""
+    import base64
+
+    import numpy as np
+
+    keep = np.random.default_rng([seed, pid]).random(table.num_rows) < fraction
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table.filter(pa.array(keep)))
+    return base64.b64encode(sink.getvalue().to_pybytes()).decode()
+
+
+def _sample_table(texts, schema: pa.Schema) -> pa.Table:
+    import base64
+
+    tables = [pa.ipc.open_stream(base64.b64decode(t)).read_all() for t in texts]
+    return pa.concat_tables(tables) if tables else _empty(schema)
+
+
+def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, want, exchange="driver"):
+    """Everything in one barrier stage. Every task converts its partition once, then
+    exchanges: the moments (every task merges them in partition order into the same
+    scaling); when no start is given (``want`` is the sample size), a seeded sample of
+    its rows (every task draws the same k-means++ start from the same gathered sample);
+    and each iteration's statistics."""
     address = None
     server = None
     if exchange == "driver":
         conf = sdf.sparkSession.sparkContext.getConf()
-        server = _Gather(sdf.rdd.getNumPartitions(), conf.get("spark.driver.host", "127.0.0.1"))
+        server = _Gather(tasks, conf.get("spark.driver.host", "127.0.0.1"))
         address = server.address
 
     def train(batches):
         from pyspark import BarrierTaskContext
 
         ctx = BarrierTaskContext.get()
-        pid, part = _task_partition(ctx, batches, schema, task_options, scaling, offsets)
+        pid = ctx.partitionId()
         if address is not None:
             conn, channel = _connect(address)
 
@@ -274,6 +314,22 @@ def _fit_barrier(sdf, schema, task_options, scaling, start, dim, metric, tol_sca
                 got = [json.loads(m) for m in ctx.allGather(json.dumps([pid, text]))]
                 return [t for _, t in sorted(got, key=lambda m: m[0])]
 
+        plan = _native.SparkPlan(_empty(schema), task_options)
+        table = _table(batches, schema)
+        moments = gather(plan.moments(table))
+        scaling = plan.scaling(moments)
+        offsets, total = _offsets([json.loads(m) for m in moments])
+        tol_scaled = json.loads(scaling)["tol_scaled"]
+        if want is None:
+            start = plan.initial_centroids(scaling)
+        else:
+            fraction = min(1.0, 1.2 * want / max(total, 1))
+            sample = _sample_table(gather(_sample_text(table, fraction, seed, pid)), schema)
+            start = plan.initial_centroids(scaling, sample)
+        part = plan.partition(scaling, table, offsets[pid], _cpus(ctx))
+        del table
+
+        t0 = time.perf_counter()
         c, iterations, converged, relocations = list(start), 0, False, 0
         while iterations < max_iter:
             merged = _native.spark_merge(gather(part.step(c, dim)))
@@ -285,20 +341,29 @@ def _fit_barrier(sdf, schema, task_options, scaling, start, dim, metric, tol_sca
             iterations += 1
             if converged:
                 break
-        finals = gather(part.finish(c, dim, total))
+        seconds = time.perf_counter() - t0
         if conn is not None:
             conn.close()
+        # The final pass goes to the driver only, as this task's row of the result.
+        final = part.finish(c, dim, total)
+        texts = [final]
         if pid == 0:
-            out = {"centroids": c, "finals": finals, "iterations": iterations, "converged": converged,
-                   "relocations": relocations}
-            yield pa.RecordBatch.from_pydict({"result": [json.dumps(out)]})
+            texts.append(json.dumps({"centroids": c, "iterations": iterations, "converged": converged,
+                                     "relocations": relocations, "scaling": scaling, "tasks": len(moments),
+                                     "seconds": seconds}))
+        yield pa.RecordBatch.from_pydict({"pid": [pid] * len(texts), "part": list(range(len(texts))),
+                                          "text": texts})
 
     try:
-        rows = sdf.mapInArrow(train, "result string", barrier=True).collect()
+        rows = sdf.mapInArrow(train, "pid long, part long, text string", barrier=True).toArrow()
     finally:
         if server is not None:
             server.close()
-    return json.loads(rows[0].result)
+    rows = rows.sort_by([("pid", "ascending"), ("part", "ascending")]).to_pydict()
+    finals = [t for p, t in zip(rows["part"], rows["text"]) if p == 0]
+    result = json.loads([t for i, p, t in zip(rows["pid"], rows["part"], rows["text"]) if i == 0 and p == 1][0])
+    result["finals"] = finals
+    return result
 
 
 def _fit_jobs(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled, max_iter, offsets, total):

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use microseg::backend::Centroids;
 use microseg::backend::cpu::CpuBackend;
+use microseg::backend::{Backend, Centroids};
 use microseg::features::{MissingPolicy, Scale};
 use microseg::model::Metric;
 use microseg::pipeline::distributed::{self, Candidate, Merged, PartFinal, PartMoments, PartStats, Plan, Scaling};
@@ -187,7 +187,11 @@ impl SparkPlan {
             .build()
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let part = py.detach(|| pool.install(|| self.plan.partition(&s, &ds, offset))).map_err(to_py)?;
-        Ok(SparkPartition { part: std::sync::Mutex::new(part), pool: Arc::new(pool), k: self.plan.cfg.k })
+        // The partition's rows stay put until it is dropped: the backend keeps what it
+        // prepares from them (the 8-bit codes) for every pass, as the single-node fit does.
+        let cpu = CpuBackend::default();
+        cpu.retain(&part.x.data, part.x.dim).map_err(to_py)?;
+        Ok(SparkPartition { part: std::sync::Mutex::new(part), cpu, pool: Arc::new(pool), k: self.plan.cfg.k })
     }
 
     /// The model from every partition's final pass (in partition order) and the report.
@@ -215,6 +219,8 @@ impl SparkPlan {
 #[pyclass(module = "microseg._native", name = "SparkPartition", frozen)]
 pub struct SparkPartition {
     part: std::sync::Mutex<distributed::Partition>,
+    /// The backend of every pass, holding what it retained of the partition's rows.
+    cpu: CpuBackend,
     pool: Arc<rayon::ThreadPool>,
     k: usize,
 }
@@ -241,9 +247,8 @@ impl SparkPartition {
     /// One Lloyd pass against `centroids`: the partition's statistics (JSON).
     fn step(&self, py: Python<'_>, centroids: Vec<f32>, dim: usize) -> PyResult<String> {
         let c = self.centroids(centroids, dim)?;
-        let cpu = CpuBackend::default();
         let s: PartStats =
-            py.detach(|| self.pool.install(|| self.part.lock().unwrap().step(&c, &cpu))).map_err(to_py)?;
+            py.detach(|| self.pool.install(|| self.part.lock().unwrap().step(&c, &self.cpu))).map_err(to_py)?;
         json(&s)
     }
 
@@ -255,9 +260,8 @@ impl SparkPartition {
     /// The final pass (JSON).
     fn finish(&self, py: Python<'_>, centroids: Vec<f32>, dim: usize, total_rows: u64) -> PyResult<String> {
         let c = self.centroids(centroids, dim)?;
-        let cpu = CpuBackend::default();
         let f = py
-            .detach(|| self.pool.install(|| self.part.lock().unwrap().finish(&c, total_rows, &cpu)))
+            .detach(|| self.pool.install(|| self.part.lock().unwrap().finish(&c, total_rows, &self.cpu)))
             .map_err(to_py)?;
         json(&f)
     }
