@@ -407,9 +407,11 @@ def _fit_jobs(sdf, schema, task_options, scaling, start, dim, metric, tol_scaled
 
 
 def assign(df, model: Model, *, id_col: Optional[str] = None, explain: bool = False, profile: Optional[dict] = None):
-    """Every row of ``df`` through ``model``: a DataFrame of the id (or row number within
-    its partition), ``segment``, ``distance`` and ``margin`` (and ``explanation`` on
-    request), as ``microseg assign`` writes them. Runs as ``mapInArrow``."""
+    """Every row of ``df`` through ``model``: a DataFrame of the id, ``segment``,
+    ``distance`` and ``margin`` (and ``explanation`` on request), as ``microseg assign``
+    writes them. Runs as ``mapInArrow``. Without an id column the rows are numbered in a
+    ``row`` column across the whole DataFrame (a first job counts each partition's rows),
+    as the CLI numbers the rows of its input."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     text = model.to_json()
@@ -417,11 +419,41 @@ def assign(df, model: Model, *, id_col: Optional[str] = None, explain: bool = Fa
     schema = _arrow_schema(df)
     probe = model._native.assign(_empty(schema), id_col=id_col, explain=explain, profile_json=profile_json)
     out_schema = probe.schema
+    numbered = out_schema.names[0] == "row" and "row" not in schema.names
+    offsets = _row_offsets(df) if numbered else {}
+    if numbered:
+        # Spark has no unsigned integers: the row numbers are a long column.
+        out_schema = out_schema.set(0, pa.field("row", pa.int64(), nullable=False))
 
     def task(batches):
+        from pyspark import TaskContext
+
+        first = offsets.get(TaskContext.get().partitionId(), 0)
         m = _native.loads(text)
         reader = m.assign(_table(batches, schema), id_col=id_col, explain=explain, profile_json=profile_json)
         for b in reader:
+            if numbered:
+                import pyarrow.compute as pc
+
+                rows = pc.add(b.column(0).cast(pa.int64()), pa.scalar(first, pa.int64()))
+                b = pa.RecordBatch.from_arrays([rows] + b.columns[1:], schema=out_schema)
             yield b
 
     return df.mapInArrow(task, from_arrow_schema(out_schema))
+
+
+def _row_offsets(df) -> dict:
+    """Each partition's first row in the whole DataFrame, from a job counting rows."""
+
+    def count(batches):
+        from pyspark import TaskContext
+
+        n = sum(b.num_rows for b in batches)
+        yield pa.RecordBatch.from_pydict({"pid": [TaskContext.get().partitionId()], "n": [n]})
+
+    rows = sorted(df.mapInArrow(count, "pid long, n long").collect(), key=lambda r: r.pid)
+    offsets, at = {}, 0
+    for r in rows:
+        offsets[r.pid] = at
+        at += r.n
+    return offsets

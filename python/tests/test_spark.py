@@ -128,3 +128,23 @@ def test_bad_options_are_refused_before_any_job(spark):
         microseg.spark.fit(df, k=0)
     with pytest.raises(ValueError, match="exchange"):
         microseg.spark.fit(df, k=3, exchange="carrier pigeon")
+
+
+def test_assign_without_an_id_numbers_rows_across_partitions_as_the_cli(spark, table, tmp_path):
+    plain = table.drop(["subscriber_id"])
+    pq.write_table(plain, tmp_path / "plain.parquet")
+    model = microseg.fit(plain, k=4, log1p=["monetary", "frequency"], seed=1)
+    model.save(tmp_path / "m.json")
+    r = subprocess.run(
+        [str(CLI), "assign", "--model", "m.json", "plain.parquet", "--out", "cli.parquet", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    cli = pq.read_table(tmp_path / "cli.parquet")
+    # A DataFrame of several partitions in the file's order.
+    df = spark.createDataFrame(plain.to_pandas())
+    assert df.rdd.getNumPartitions() > 1
+    out = microseg.spark.assign(df, model).toArrow().sort_by("row")
+    assert out.column_names == cli.column_names
+    assert out.column("row").to_pylist() == list(range(plain.num_rows))
+    assert out.column("segment").to_pylist() == cli.column("segment").to_pylist()
