@@ -13,6 +13,7 @@ Prints one JSON line per method and the ratios.
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,7 @@ def main() -> None:
         walls.append(time.perf_counter() - t0)
     out["mllib"] = {"wall": statistics.median(walls), "walls": walls, "inertia": float(model.computeCost(rdd))}
     spark.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
 
     for name, v in out.items():
         print(json.dumps({"run": name, **v}))

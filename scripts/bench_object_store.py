@@ -14,6 +14,7 @@ cache after the first run, so this compares the store's path against the fastest
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -270,7 +270,7 @@ impl FitOpts {
 fn fit_model(inputs: &[PathBuf], cfg: &FitConfig, backend: &dyn Backend) -> Result<(Model, FitReport)> {
     let ds = Dataset::open(inputs)?;
     let bar = progress_bar(cfg.max_iter as u64);
-    stoppable(cfg, |on_iter| {
+    stoppable(cfg, |on_iter, _| {
         pipeline::fit_with_progress(&ds, cfg, backend, &mut |info: &kmeans::IterInfo| {
             bar.set_position(info.iteration as u64);
             bar.set_message(format!("run {} changed {}", info.run + 1, info.changed));
@@ -281,19 +281,30 @@ fn fit_model(inputs: &[PathBuf], cfg: &FitConfig, backend: &dyn Backend) -> Resu
     .inspect_err(|_| bar.finish_and_clear())
 }
 
-/// Run `work` (a fit, or the fit of `segment`) so that SIGTERM, SIGINT or SIGHUP stop it
-/// at the end of an iteration, its checkpoint written, with one line saying where
-/// ([`Error::Stopped`], exit 128 + the signal).
+/// Run `work` (a fit, or the fit and assignment of `segment`) so that SIGTERM, SIGINT or
+/// SIGHUP stop it at the end of an iteration, its checkpoint written, with one line
+/// saying where ([`Error::Stopped`], exit 128 + the signal). `work` gets the iteration
+/// callback and a check for the passes after the fit: true asks it to stop there, with
+/// [`Error::Interrupted`].
 fn stoppable<T>(
     cfg: &FitConfig,
-    work: impl FnOnce(&mut dyn FnMut(&kmeans::IterInfo) -> bool) -> Result<T>,
+    work: impl FnOnce(&mut dyn FnMut(&kmeans::IterInfo) -> bool, &dyn Fn() -> bool) -> Result<T>,
 ) -> Result<T> {
     let guard = super::Iterating::enter();
     let mut last: Option<(usize, usize)> = None;
-    let res = work(&mut |info| {
-        last = Some((info.run, info.iteration));
-        guard.stop_requested().is_none()
-    });
+    let after_fit = std::cell::Cell::new(false);
+    let stop_after_fit = || {
+        let stop = guard.stop_requested().is_some();
+        after_fit.set(after_fit.get() || stop);
+        stop
+    };
+    let res = work(
+        &mut |info| {
+            last = Some((info.run, info.iteration));
+            guard.stop_requested().is_none()
+        },
+        &stop_after_fit,
+    );
     let Some(sig) = guard.leave() else {
         return res;
     };
@@ -306,6 +317,7 @@ fn stoppable<T>(
     let runs = if matches!(cfg.init, InitSpec::File(_) | InitSpec::Centroids(_)) { 1 } else { cfg.n_init };
     let at = match (res.is_ok(), last) {
         (true, _) => "after the fit, before its outputs were written".to_string(),
+        (false, _) if after_fit.get() => "after the fit, during the assignment pass".to_string(),
         (false, Some((run, it))) if runs > 1 => format!("at iteration {it} of run {} of {runs}", run + 1),
         (false, Some((_, it))) => format!("at iteration {it}"),
         (false, None) => "before the first iteration".to_string(),
@@ -315,6 +327,24 @@ fn stoppable<T>(
         None => "nothing was written (with --checkpoint DIR a rerun would resume)".to_string(),
     };
     Err(Error::Stopped { signal: sig, message: format!("stopped by {} {at}; {next}", super::signal_name(sig)) })
+}
+
+/// A sink that refuses the next batch once `stop` says so ([`Error::Interrupted`]).
+struct StopAtBatch<'a> {
+    sink: &'a mut dyn pipeline::BatchSink,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl pipeline::BatchSink for StopAtBatch<'_> {
+    fn start(&mut self, schema: &arrow::datatypes::SchemaRef) -> Result<()> {
+        self.sink.start(schema)
+    }
+    fn write(&mut self, batch: &arrow::record_batch::RecordBatch) -> Result<()> {
+        if (self.stop)() {
+            return Err(Error::Interrupted);
+        }
+        self.sink.write(batch)
+    }
 }
 
 /// The fit's report as the `--json` line of `command`.
@@ -422,7 +452,9 @@ fn segment_into(a: &SegmentArgs, cfg: &FitConfig) -> Result<()> {
     let meta = super::provenance("segment", None, assign_cfg.pseudonymize.is_some());
     let mut sink = ParquetOutput::pending(assign_out, 1 << 20, meta)?;
     let bar = progress_bar(cfg.max_iter as u64);
-    let done = stoppable(cfg, |on_iter| {
+    let done = stoppable(cfg, |on_iter, stop| {
+        // A signal during the assignment pass stops it at the next batch written.
+        let mut sink = StopAtBatch { sink: &mut sink, stop };
         pipeline::segment(&ds, cfg, &a.outcomes, assign_cfg, backend.as_ref(), &mut sink, &mut |info| {
             bar.set_position(info.iteration as u64);
             on_iter(info)

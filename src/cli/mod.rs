@@ -392,7 +392,10 @@ fn handle_signals() {
             if st.iterating && st.signal == 0 {
                 st.signal = sig;
                 drop(st);
-                log::info!("{}: stopping at the end of this iteration (send it again to stop now)", signal_name(sig));
+                log::info!(
+                    "{}: stopping at the end of this iteration or output batch (send it again to stop now)",
+                    signal_name(sig)
+                );
                 continue;
             }
             crate::io::output::cleanup_on_signal();
