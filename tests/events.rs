@@ -58,6 +58,9 @@ fn bgnbd_and_gamma_gamma_reproduce_the_published_cdnow_parameters() {
     close(b["log_likelihood"].as_f64().unwrap(), -9582.4, 1e-5, "log-likelihood");
     assert_eq!(b["n_customers"], 2357);
     assert_eq!(b["convergence"]["converged"], true);
+    // Every parameter is pinned down by CDNOW: no ridge warning.
+    assert!(b.get("weakly_identified").is_none(), "{b}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("ridge"));
     // Fader & Hardie (2013), "The Gamma-Gamma model of monetary value": 946 repeat buyers.
     let g = &t["gamma_gamma"];
     close(g["p"].as_f64().unwrap(), 6.25, 0.01, "p");
@@ -513,4 +516,38 @@ fn segment_names_speak_of_the_predictive_traits() {
         "habitual, send-tolerant customers"
     );
     assert_eq!(generate_name(&[d("median_purchase_gap_days", 0.8)]), "slow-repurchasing customers");
+}
+
+#[test]
+fn a_bgnbd_fit_on_a_flat_ridge_is_flagged_in_the_traits_and_the_log() {
+    // Online Retail's buyers show almost no dropout: the optimum runs to a → 0, where the
+    // likelihood is flat (the optimiser still reports convergence).
+    let dir = tempfile::tempdir().unwrap();
+    let events = repo().join("datasets/online_retail_events.parquet");
+    let o = run(
+        &[
+            "features",
+            "--events",
+            events.to_str().unwrap(),
+            "--as-of",
+            "2011-12-09",
+            "--time-unit",
+            "week",
+            "--value-col",
+            "value",
+            "--predict",
+            "--traits-out",
+            "t.json",
+            "--out",
+            "f.parquet",
+        ],
+        dir.path(),
+    );
+    ok(&o);
+    let b = &json(&dir.path().join("t.json"))["bgnbd"];
+    assert!(b["a"].as_f64().unwrap() < 0.01, "{b}");
+    let weak: Vec<&str> = b["weakly_identified"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(weak.iter().any(|w| w.starts_with("a = ")), "{weak:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("warning: the BG/NBD fit sits on a flat ridge") && stderr.contains("a = "), "{stderr}");
 }

@@ -185,6 +185,14 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
         if !b.convergence.converged {
             log::warn!("the BG/NBD fit did not converge ({}); treat its forecasts with care", b.convergence.reason);
         }
+        if !b.weakly_identified.is_empty() {
+            log::warn!(
+                "the BG/NBD fit sits on a flat ridge of its likelihood: {}. The data do not pin these down \
+                 (typically too little dropout, or too short a history, for a and b): treat churn probabilities \
+                 and forecasts with care, or fit on a longer history",
+                b.weakly_identified.join("; ")
+            );
+        }
         if let Some(g) = &t.gamma_gamma {
             super::log(format!(
                 "Gamma-Gamma p={:.4} q={:.4} gamma={:.4} (LL {:.2})",

@@ -47,6 +47,9 @@ pub struct BgNbd {
     /// Distinct (x, t_x, T) triples the likelihood was evaluated on.
     pub n_groups: u64,
     pub convergence: Convergence,
+    /// Parameters the data do not pin down ([`weakly_identified`]), each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weakly_identified: Vec<String>,
 }
 
 /// Fitted Gamma-Gamma parameters.
@@ -224,16 +227,45 @@ pub fn fit_bgnbd(data: &[Triple]) -> Result<BgNbd> {
     let start = vec![0.0, mean_t.max(1e-3).ln(), 0.0, 0.0];
     let (theta, convergence) = minimise(&BgNbdProblem { data, total }, start)?;
     let p: Vec<f64> = theta.iter().map(|t| t.exp()).collect();
+    let log_likelihood = bgnbd_log_likelihood(data, p[0], p[1], p[2], p[3]);
     Ok(BgNbd {
         r: p[0],
         alpha: p[1],
         a: p[2],
         b: p[3],
-        log_likelihood: bgnbd_log_likelihood(data, p[0], p[1], p[2], p[3]),
+        log_likelihood,
         n_customers: total as u64,
         n_groups: data.len() as u64,
         convergence,
+        weakly_identified: weakly_identified(&p, log_likelihood, &["r", "alpha", "a", "b"], |q| {
+            bgnbd_log_likelihood(data, q[0], q[1], q[2], q[3])
+        }),
     })
+}
+
+/// The log-likelihood drop under which a parameter change is not told apart from the
+/// optimum: half the 95 % point of χ² with one degree of freedom (1.92).
+const FLAT_DROP: f64 = 0.5 * 3.841;
+
+/// The parameters whose value the data do not pin down: moving one tenfold either way,
+/// the others held, costs less log-likelihood than [`FLAT_DROP`]. With the others held the
+/// likelihood falls at least as fast as along the ridge, so a parameter named here is
+/// surely weak; such a fit (for example a → 0 with b free, where the data show almost no
+/// dropout) has forecasts the data do not support, whatever the optimiser reports.
+fn weakly_identified(p: &[f64], best: f64, names: &[&str], ll: impl Fn(&[f64]) -> f64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        for (factor, way) in [(0.1, "a tenth"), (10.0, "ten times")] {
+            let mut q = p.to_vec();
+            q[i] *= factor;
+            let drop = best - ll(&q);
+            if drop.is_finite() && drop < FLAT_DROP {
+                out.push(format!("{name} = {:.4}: {way} that value lowers the log-likelihood by only {drop:.2}", p[i]));
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The Gauss hypergeometric function ₂F₁(a, b; c; z) for 0 ≤ z < 1 by its series

@@ -446,6 +446,13 @@ fn traits_section(h: &mut String, t: &Traits) {
         b.log_likelihood,
         conv(&b.convergence)
     );
+    if !b.weakly_identified.is_empty() {
+        let _ = write!(
+            h,
+            " <span class=\"flag\">The data do not pin down: {}; treat the churn probabilities and forecasts with care.</span>",
+            esc(&b.weakly_identified.join("; "))
+        );
+    }
     if let Some(g) = &t.gamma_gamma {
         let _ = write!(
             h,
