@@ -22,31 +22,32 @@ fn close(got: f64, want: f64, rel: f64, what: &str) {
     assert!((got - want).abs() <= rel * want.abs(), "{what}: {got} against {want} (within {rel})");
 }
 
+/// `features --predict` in weeks with order values, writing t.json and f.parquet in `dir`.
+fn predict_weekly(events: &Path, as_of: &str, extra: &[&str], dir: &Path) -> std::process::Output {
+    let mut args = vec![
+        "features",
+        "--events",
+        events.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--time-unit",
+        "week",
+        "--value-col",
+        "value",
+        "--predict",
+        "--traits-out",
+        "t.json",
+        "--out",
+        "f.parquet",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, dir)
+}
+
 #[test]
 fn bgnbd_and_gamma_gamma_reproduce_the_published_cdnow_parameters() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(
-        &[
-            "features",
-            "--events",
-            cdnow().to_str().unwrap(),
-            "--as-of",
-            "1997-09-30",
-            "--time-unit",
-            "week",
-            "--value-col",
-            "value",
-            "--predict",
-            "--traits-out",
-            "t.json",
-            "--out",
-            "f.parquet",
-            "--horizon",
-            "273",
-            "--quiet",
-        ],
-        dir.path(),
-    );
+    let o = predict_weekly(&cdnow(), "1997-09-30", &["--horizon", "273", "--quiet"], dir.path());
     ok(&o);
     let t = json(&dir.path().join("t.json"));
     let b = &t["bgnbd"];
@@ -524,25 +525,7 @@ fn a_bgnbd_fit_on_a_flat_ridge_is_flagged_in_the_traits_and_the_log() {
     // likelihood is flat (the optimiser still reports convergence).
     let dir = tempfile::tempdir().unwrap();
     let events = repo().join("datasets/online_retail_events.parquet");
-    let o = run(
-        &[
-            "features",
-            "--events",
-            events.to_str().unwrap(),
-            "--as-of",
-            "2011-12-09",
-            "--time-unit",
-            "week",
-            "--value-col",
-            "value",
-            "--predict",
-            "--traits-out",
-            "t.json",
-            "--out",
-            "f.parquet",
-        ],
-        dir.path(),
-    );
+    let o = predict_weekly(&events, "2011-12-09", &[], dir.path());
     ok(&o);
     let b = &json(&dir.path().join("t.json"))["bgnbd"];
     assert!(b["a"].as_f64().unwrap() < 0.01, "{b}");
