@@ -366,6 +366,110 @@ fn a_hand_made_log_gives_its_known_features() {
     assert_eq!(col(&f, "cadence").as_string::<i32>().value(1), "sporadic");
 }
 
+/// Order lines as a shop exports them: float customer ids with nulls, an invoice column,
+/// quantity and unit price, a cancellation with a negative quantity; no type column.
+fn order_lines(dir: &Path, ids: Vec<Option<f64>>) -> std::path::PathBuf {
+    let p = dir.join("lines.parquet");
+    let day = |d: i64, h: i64| (20_000 + d) * 86_400 + h * 3600;
+    // (invoice, time, quantity, unit price); one row per entry of `ids`.
+    let rows: Vec<(&str, i64, f64, f64)> = vec![
+        ("A1", day(0, 10), 2.0, 5.0),
+        ("A2", day(10, 9), 1.0, 20.0),
+        ("B1", day(3, 8), 4.0, 2.5),
+        ("X1", day(4, 8), 1.0, 9.0),
+        ("A1", day(0, 10), 3.0, 1.0),   // a line of A1 after A2's: still one order
+        ("C9", day(12, 9), -1.0, 20.0), // a cancellation
+        ("A3", day(10, 15), 1.0, 0.0),  // a free order on a purchase day already seen
+    ];
+    assert_eq!(rows.len(), ids.len());
+    write_parquet(
+        &p,
+        vec![
+            ("CustomerID", Arc::new(Float64Array::from(ids)) as ArrayRef),
+            ("InvoiceNo", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef),
+            (
+                "InvoiceDate",
+                Arc::new(arrow::array::TimestampSecondArray::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef,
+            ),
+            ("Quantity", Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))) as ArrayRef),
+            ("UnitPrice", Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))) as ArrayRef),
+        ],
+    );
+    p
+}
+
+const LINES: [&str; 14] = [
+    "features",
+    "--events",
+    "lines.parquet",
+    "--as-of",
+    "2024-11-23",
+    "--id-col",
+    "CustomerID",
+    "--time-col",
+    "InvoiceDate",
+    "--event-type",
+    "purchase",
+    "--value-col",
+    "Quantity*UnitPrice",
+    "--quiet",
+];
+
+#[test]
+fn a_table_of_order_lines_is_a_purchase_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ids = vec![Some(7.0), Some(7.0), Some(3.0), None, Some(7.0), Some(7.0), Some(7.0)];
+    order_lines(d, ids.clone());
+    let lines = |extra: &[&str]| {
+        let mut a = LINES.to_vec();
+        a.extend_from_slice(extra);
+        run(&a, d)
+    };
+    ok(&lines(&["--order-col", "InvoiceNo", "--skip-null-ids", "--skip-negative-values", "--out", "f.parquet"]));
+    let f = all_rows(&d.join("f.parquet"));
+    // Whole-number float ids come out as integers, in id order.
+    assert_eq!(col(&f, "CustomerID").as_primitive::<Int64Type>().values(), &[3, 7]);
+    let i64s = |n: &str| col(&f, n).as_primitive::<Int64Type>().values().to_vec();
+    let f64s = |n: &str| col(&f, n).as_primitive::<Float64Type>().values().to_vec();
+    // Customer 7: orders A1 (two lines, 13), A2 (20) and A3 (0); the cancellation is left out.
+    assert_eq!(i64s("orders"), [1, 3]);
+    assert_eq!(i64s("purchase_days"), [1, 2]);
+    assert_eq!(i64s("frequency"), [0, 1]);
+    assert_eq!(f64s("revenue"), [10.0, 33.0]);
+    assert_eq!(col(&f, "mean_repeat_value").as_primitive::<Float64Type>().value(1), 20.0);
+    assert_eq!(f64s("recency_days"), [0.0, 10.0]);
+    // Without an order column every line is an order.
+    ok(&lines(&["--skip-null-ids", "--skip-negative-values", "--out", "g.parquet"]));
+    let g = all_rows(&d.join("g.parquet"));
+    assert_eq!(col(&g, "orders").as_primitive::<Int64Type>().values(), &[1, 4]);
+    assert_eq!(col(&g, "revenue").as_primitive::<Float64Type>().values(), &[10.0, 33.0]);
+
+    // Each refusal names the column and the flag that would accept it; nothing is written.
+    let all = ["f.parquet", "g.parquet", "lines.parquet"];
+    let o = lines(&["--order-col", "InvoiceNo", "--skip-negative-values", "--out", "h.parquet"]);
+    assert_fails(&o, 3, &["lines.parquet", "'CustomerID'", "null subscriber ids", "--skip-null-ids"], d, &all);
+    let o = lines(&["--skip-null-ids", "--out", "h.parquet"]);
+    assert_fails(&o, 3, &["'Quantity*UnitPrice'", "negative value (-20)", "--skip-negative-values"], d, &all);
+    let mut refund = LINES.to_vec();
+    refund[10] = "refund";
+    refund.extend_from_slice(&["--skip-null-ids", "--skip-negative-values", "--out", "h.parquet"]);
+    assert_fails(&run(&refund, d), 2, &["--event-type 'refund'"], d, &all);
+    let mut three = LINES.to_vec();
+    three[12] = "Quantity*UnitPrice*Quantity";
+    three.extend_from_slice(&["--skip-null-ids", "--skip-negative-values", "--out", "h.parquet"]);
+    assert_fails(&run(&three, d), 2, &["product of two"], d, &all);
+    let mut no_type = LINES.to_vec();
+    no_type.drain(9..11);
+    no_type.extend_from_slice(&["--skip-null-ids", "--skip-negative-values", "--out", "h.parquet"]);
+    assert_fails(&run(&no_type, d), 3, &["no event type", "--event-type"], d, &all);
+    let mut fractional = ids;
+    fractional[2] = Some(3.5);
+    order_lines(d, fractional);
+    let o = lines(&["--skip-null-ids", "--skip-negative-values", "--out", "h.parquet"]);
+    assert_fails(&o, 3, &["'CustomerID'", "3.5 is not a whole number"], d, &all);
+}
+
 #[test]
 fn event_order_and_file_split_do_not_change_the_features() {
     let dir = tempfile::tempdir().unwrap();
@@ -506,7 +610,7 @@ fn bad_event_logs_are_refused_with_the_column_and_nothing_written() {
 
 #[test]
 fn segment_names_speak_of_the_predictive_traits() {
-    use microseg::segments::profile::{Distinction, generate_name};
+    use microseg::segments::profile::{Distinction, generate_name, name_with_noun};
     let d = |f: &str, z: f64| Distinction { feature: f.into(), std_diff: z, direction: String::new() };
     assert_eq!(generate_name(&[d("clv_90d", 1.4), d("churn_probability", 1.1)]), "high-value, at-risk customers");
     assert_eq!(generate_name(&[d("p_alive", -1.2), d("days_since_last_open", 0.9)]), "at-risk, lapsed customers");
@@ -517,6 +621,59 @@ fn segment_names_speak_of_the_predictive_traits() {
         "habitual, send-tolerant customers"
     );
     assert_eq!(generate_name(&[d("median_purchase_gap_days", 0.8)]), "slow-repurchasing customers");
+    assert_eq!(
+        name_with_noun(&[d("churn_probability", 0.9)], "weekly-digest readers"),
+        "at-risk weekly-digest readers"
+    );
+    assert_eq!(name_with_noun(&[d("churn_probability", 0.1)], "daily readers"), "daily readers");
+    assert_eq!(generate_name(&[d("opens_90d", 1.0), d("clicks_90d", 0.9)]), "engaged customers");
+}
+
+#[test]
+fn segments_dominated_by_a_cadence_class_are_named_after_it() {
+    // Planted cadences (daily, weekly, monthly, sporadic) separate on the engagement days;
+    // with `cadence` as an outcome, a segment where one class is the majority (and 1.25×
+    // its population share) is named "<class> readers".
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&run(&["generate-events", "--subscribers", "3000", "--seed", "5", "--out", "e.parquet", "--quiet"], d));
+    ok(&run(&["features", "--events", "e.parquet", "--as-of", "2026-06-30", "--out", "f.parquet", "--quiet"], d));
+    ok(&run(
+        &[
+            "segment",
+            "f.parquet",
+            "--k",
+            "4",
+            "--features",
+            "engaged_days_365d,opens_90d",
+            "--log1p",
+            "engaged_days_365d,opens_90d",
+            "--outcomes",
+            "cadence",
+            "--out-dir",
+            "seg",
+            "--quiet",
+        ],
+        d,
+    ));
+    let p = json(&d.join("seg/profile.json"));
+    let mut named = std::collections::BTreeSet::new();
+    for s in p["segments"].as_array().unwrap() {
+        let name = s["generated_name"].as_str().unwrap();
+        let mix = s["outcomes"].as_array().unwrap().iter().find(|o| o["column"] == "cadence").unwrap();
+        let (top, share) = (mix["top"][0][0].as_str().unwrap(), mix["top"][0][1].as_f64().unwrap());
+        let noun = match top {
+            "weekly" => "weekly-digest readers".to_string(),
+            other => format!("{other} readers"),
+        };
+        if name.ends_with(&noun) {
+            assert!(share >= 0.5, "{name}: {top} is {share} of the segment");
+            named.insert(top.to_string());
+        } else {
+            assert!(!name.ends_with("readers"), "{name}, where {top} is {share}");
+        }
+    }
+    assert!(named.len() >= 3, "cadence nouns only for {named:?}");
 }
 
 #[test]

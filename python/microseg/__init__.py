@@ -409,13 +409,20 @@ def features(
     horizon: float = 90.0,
     discount_rate: float = 0.1,
     holdout_from: Any = None,
+    event_type: Optional[str] = None,
+    order_col: Optional[str] = None,
+    skip_null_ids: bool = False,
+    skip_negative_values: bool = False,
 ) -> "tuple[pa.Table, Optional[dict]]":
     """An event log (any Arrow table or stream: pyarrow, polars, DuckDB, pandas) to one
     feature row per subscriber, as ``microseg features`` (the same columns, see the
     README). ``as_of`` and ``holdout_from`` are dates or times (``datetime``/``date`` or
     ISO 8601 text). ``types`` maps a kind (``purchase``, ``send``, ``open``, ``click``,
     ``visit``, ``unsubscribe``, ``complaint``, ``bounce``, ``ignore``) to the names it
-    has in the type column. With ``predict``, BG/NBD and Gamma-Gamma are fitted and their
+    has in the type column; ``event_type="purchase"`` reads a table of orders or order
+    lines without a type column, with ``order_col`` (lines of one order count once in
+    ``orders``), a ``value_col`` such as ``"Quantity*UnitPrice"``, ``skip_null_ids`` and
+    ``skip_negative_values`` (refunds). With ``predict``, BG/NBD and Gamma-Gamma are fitted and their
     columns added; the second value is then the traits model (the ``--traits-out``
     JSON as a dict), else ``None``."""
     def text(t: Any) -> Optional[str]:
@@ -428,7 +435,8 @@ def features(
         types=None if types is None else {k: list(v) for k, v in types.items()},
         value_col=value_col, category_col=category_col, categories=categories, timezone_col=timezone_col,
         timezone=timezone, time_unit=time_unit, predict=predict, horizon=horizon, discount_rate=discount_rate,
-        holdout_from=text(holdout_from),
+        holdout_from=text(holdout_from), event_type=event_type, order_col=order_col,
+        skip_null_ids=skip_null_ids, skip_negative_values=skip_negative_values,
     )
     return reader.read_all(), None if traits is None else json.loads(traits)
 

@@ -527,7 +527,8 @@ fn similar<'py>(
 #[pyfunction]
 #[pyo3(signature = (events, as_of, id_col = None, time_col = None, type_col = None, types = None, value_col = None,
     category_col = None, categories = 10, timezone_col = None, timezone = "UTC", time_unit = "day", predict = false,
-    horizon = 90.0, discount_rate = 0.1, holdout_from = None))]
+    horizon = 90.0, discount_rate = 0.1, holdout_from = None, event_type = None, order_col = None,
+    skip_null_ids = false, skip_negative_values = false))]
 #[allow(clippy::too_many_arguments)]
 fn features<'py>(
     py: Python<'py>,
@@ -547,6 +548,10 @@ fn features<'py>(
     horizon: f64,
     discount_rate: f64,
     holdout_from: Option<String>,
+    event_type: Option<String>,
+    order_col: Option<String>,
+    skip_null_ids: bool,
+    skip_negative_values: bool,
 ) -> PyResult<(Bound<'py, PyAny>, Option<String>)> {
     use microseg::events::{self, EventSpec, PredictSpec, TimeUnit, Zone};
     let time = |what: &str, s: &str| {
@@ -587,6 +592,10 @@ fn features<'py>(
     }
     spec.categories = if category_col.is_some() { categories } else { 0 };
     spec.value_col = value_col;
+    spec.event_type = event_type;
+    spec.order_col = order_col;
+    spec.skip_null_ids = skip_null_ids;
+    spec.skip_negative_values = skip_negative_values;
     spec.category_col = category_col;
     spec.timezone_col = timezone_col;
     spec.timezone = Zone::parse(timezone)

@@ -37,6 +37,10 @@ pub(crate) struct FeaturesArgs {
     /// Event type (text): each name must be one of the kinds below or --ignore-types.
     #[arg(long, default_value = "event")]
     type_col: String,
+    /// Every row is an event of this type, for a table of orders or order lines
+    /// (`--event-type purchase`); the log then needs no type column.
+    #[arg(long)]
+    event_type: Option<String>,
     #[arg(long, value_delimiter = ',', default_value = "purchase,order")]
     purchase_types: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "send")]
@@ -56,9 +60,21 @@ pub(crate) struct FeaturesArgs {
     /// Event types read and skipped (any other unknown type is an error).
     #[arg(long, value_delimiter = ',')]
     ignore_types: Vec<String>,
-    /// Order value of purchase events (number ≥ 0).
+    /// Order value of purchase events (number ≥ 0): a column, or the product of two
+    /// (`Quantity*UnitPrice`).
     #[arg(long)]
     value_col: Option<String>,
+    /// Order id: purchase rows of a subscriber with the same id are one order (`orders`
+    /// counts orders, not rows; their values add up).
+    #[arg(long)]
+    order_col: Option<String>,
+    /// Leave out (and count) rows whose subscriber id is null, instead of refusing the log.
+    #[arg(long)]
+    skip_null_ids: bool,
+    /// Leave out (and count) purchases with a negative value (refunds, cancellations),
+    /// instead of refusing the log.
+    #[arg(long)]
+    skip_negative_values: bool,
     /// Product or content category of clicks and purchases (text).
     #[arg(long)]
     category_col: Option<String>,
@@ -126,7 +142,11 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
         id_col: a.id_col.clone(),
         time_col: a.time_col.clone(),
         type_col: a.type_col.clone(),
+        event_type: a.event_type.clone(),
         value_col: a.value_col.clone(),
+        order_col: a.order_col.clone(),
+        skip_null_ids: a.skip_null_ids,
+        skip_negative_values: a.skip_negative_values,
         category_col: a.category_col.clone(),
         timezone_col: a.timezone_col.clone(),
         timezone,
@@ -167,9 +187,17 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
     }
     let s = &state.summary;
     let secs = t0.elapsed().as_secs_f64();
+    let mut left_out = format!("{} after --as-of, {} ignored", s.events_after_as_of, s.events_ignored);
+    if spec.skip_null_ids {
+        left_out += &format!(", {} without an id", s.events_null_id);
+    }
+    if spec.skip_negative_values {
+        left_out += &format!(", {} with a negative value", s.events_negative_value);
+    }
+    let orders = if spec.order_col.is_some() { format!(", {} orders", s.orders) } else { String::new() };
     super::log(format!(
-        "{} events ({} after --as-of, {} ignored) → {} subscribers ({} buyers) in {secs:.1}s; {} bytes of state per subscriber",
-        s.events_read, s.events_after_as_of, s.events_ignored, s.subscribers, s.buyers, s.bytes_per_subscriber
+        "{} events ({left_out}) → {} subscribers ({} buyers{orders}) in {secs:.1}s; {} bytes of state per subscriber",
+        s.events_read, s.subscribers, s.buyers, s.bytes_per_subscriber
     ));
     if let Some(t) = &traits {
         let b = &t.bgnbd;

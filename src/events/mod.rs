@@ -63,6 +63,8 @@ enum Kind {
     Complaint,
     Bounce,
     Ignored,
+    /// A purchase with a negative value, left out on request.
+    Negative,
 }
 
 /// The names of each kind of event in the type column.
@@ -221,7 +223,19 @@ pub struct EventSpec {
     pub id_col: String,
     pub time_col: String,
     pub type_col: String,
+    /// Every row is an event of this type (a table of orders or order lines): the type
+    /// column is not read.
+    pub event_type: Option<String>,
+    /// Order value: a column, or the product of two (`Quantity*UnitPrice`).
     pub value_col: Option<String>,
+    /// Order id: rows of one subscriber with the same order id are one order in `orders`
+    /// (their values add up); without it every purchase row is an order.
+    pub order_col: Option<String>,
+    /// Rows without a subscriber id are counted and left out (otherwise an error).
+    pub skip_null_ids: bool,
+    /// Purchase rows with a negative value (refunds, cancellations) are counted and left
+    /// out (otherwise an error).
+    pub skip_negative_values: bool,
     pub category_col: Option<String>,
     pub timezone_col: Option<String>,
     /// The zone of every row when there is no zone column (default UTC).
@@ -247,7 +261,11 @@ impl EventSpec {
             id_col: "subscriber_id".into(),
             time_col: "timestamp".into(),
             type_col: "event".into(),
+            event_type: None,
             value_col: None,
+            order_col: None,
+            skip_null_ids: false,
+            skip_negative_values: false,
             category_col: None,
             timezone_col: None,
             timezone: Zone::Fixed(0),
@@ -257,6 +275,16 @@ impl EventSpec {
             time_unit: TimeUnit::Day,
             categories: 10,
             now: chrono::Utc::now().timestamp(),
+        }
+    }
+
+    /// The columns whose product is the order value: `a*b` names two, unless a column has
+    /// that whole name.
+    fn value_factors(&self, ds: &Dataset) -> Vec<String> {
+        match &self.value_col {
+            None => Vec::new(),
+            Some(v) if ds.has_column(v) || !v.contains('*') => vec![v.clone()],
+            Some(v) => v.split('*').map(|f| f.trim().to_string()).collect(),
         }
     }
 
@@ -275,6 +303,12 @@ pub struct Summary {
     pub events_after_as_of: u64,
     /// Rows whose type is in `ignore`.
     pub events_ignored: u64,
+    /// Rows left out for a null id (`skip_null_ids`).
+    pub events_null_id: u64,
+    /// Purchase rows left out for a negative value (`skip_negative_values`).
+    pub events_negative_value: u64,
+    /// Distinct orders, with an order column (else purchase rows).
+    pub orders: u64,
     pub holdout_events: u64,
     pub subscribers: u64,
     pub buyers: u64,
@@ -544,17 +578,25 @@ struct Scan {
 
 /// The pre-pass: check time and type of every row, find the first day, count categories.
 fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result<Scan> {
-    let mut cols = vec![spec.time_col.clone(), spec.type_col.clone()];
+    let mut cols = vec![spec.time_col.clone()];
+    if spec.event_type.is_none() {
+        cols.push(spec.type_col.clone());
+    }
     if let Some(c) = &spec.category_col {
         cols.push(c.clone());
     }
+    let cpos = cols.len() - 1;
+    let fixed = fixed_kind(spec, table)?;
     let limit = spec.now.max(spec.as_of) + DAY;
     let cal_end = spec.calibration_end();
     let mut s = Scan { events: 0, first_day: i32::MAX, category_counts: HashMap::new() };
     for sb in ds.batches(&cols)? {
         let sb = sb?;
         let ts = seconds(sb.batch.column(0), sb.path, &spec.time_col)?;
-        let kinds = kinds_of(sb.batch.column(1), sb.path, spec, table)?;
+        let kinds = match fixed {
+            Some(k) => vec![k; ts.len()],
+            None => kinds_of(sb.batch.column(1), sb.path, spec, table)?,
+        };
         if let Some(i) = ts.iter().position(|t| *t > limit) {
             let hint = if ts[i] > YEAR_3000 {
                 " (it looks like milliseconds or finer read as seconds: store a timestamp type)"
@@ -574,7 +616,7 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
             s.first_day = s.first_day.min(day_of(t));
         }
         if spec.category_col.is_some() {
-            let cats = strings(sb.batch.column(2), sb.path, spec.category_col.as_deref().unwrap())?;
+            let cats = strings(sb.batch.column(cpos), sb.path, spec.category_col.as_deref().unwrap())?;
             if let Strings::Plain(a) = &cats {
                 for i in 0..a.len() {
                     if !a.is_null(i) && matches!(kinds[i], Kind::Click | Kind::Purchase) && ts[i] <= cal_end {
@@ -604,6 +646,18 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
         return Err(Error::input(ds.display_name(), "the event log holds no rows"));
     }
     Ok(s)
+}
+
+/// The kind of every row with `event_type` (no type column is read), checked by name.
+fn fixed_kind(spec: &EventSpec, table: &HashMap<String, Kind>) -> Result<Option<Kind>> {
+    let Some(name) = &spec.event_type else { return Ok(None) };
+    match table.get(name) {
+        Some(Kind::Ignored) | None => Err(Error::Usage(format!(
+            "--event-type '{name}' is not a type name of --purchase-types, --send-types, ... (for a table of orders: \
+             --event-type purchase)"
+        ))),
+        Some(k) => Ok(Some(*k)),
+    }
 }
 
 fn kinds_of(col: &ArrayRef, path: &Path, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result<Vec<Kind>> {
@@ -704,34 +758,57 @@ struct Prepared {
     values: Option<Float64Array>,
     cats: Option<Vec<u8>>,
     local: Vec<i64>,
+    /// Hashes of the order ids (with `order_col`).
+    orders: Option<Vec<u64>>,
 }
 
 /// Read the whole log into per-subscriber states.
 pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     check_column(ds, &spec.id_col, "subscriber id (--id-col)")?;
     check_column(ds, &spec.time_col, "event time (--time-col)")?;
-    check_column(ds, &spec.type_col, "event type (--type-col)")?;
+    if spec.event_type.is_none() {
+        check_column(ds, &spec.type_col, "event type (--type-col, or --event-type for a table of orders)")?;
+    }
+    let factors = spec.value_factors(ds);
+    if factors.len() > 2 || factors.iter().any(|f| f.is_empty()) {
+        return Err(Error::Usage(format!(
+            "--value-col '{}': give a column or the product of two (Quantity*UnitPrice)",
+            spec.value_col.as_deref().unwrap_or_default()
+        )));
+    }
+    for c in &factors {
+        check_column(ds, c, "order value (--value-col)")?;
+    }
     for (c, what) in [
-        (&spec.value_col, "order value (--value-col)"),
         (&spec.category_col, "category (--category-col)"),
         (&spec.timezone_col, "time zone (--timezone-col)"),
+        (&spec.order_col, "order id (--order-col)"),
     ] {
         if let Some(c) = c {
             check_column(ds, c, what)?;
         }
     }
     let id_type = ds.column_type(&spec.id_col)?.clone();
-    let int_ids = id_type.is_integer();
+    let int_ids = id_type.is_integer() || id_type.is_floating();
     if !int_ids && !is_string(&id_type) {
         return Err(Error::input(
             &ds.files[0],
             format!("column '{}' is {id_type}; subscriber ids must be integers or text", spec.id_col),
         ));
     }
-    if let Some(v) = &spec.value_col {
+    for v in &factors {
         let dt = ds.column_type(v)?;
         if !(dt.is_numeric()) {
             return Err(Error::input(&ds.files[0], format!("column '{v}' is {dt}; order values must be numbers")));
+        }
+    }
+    if let Some(c) = &spec.order_col {
+        let dt = ds.column_type(c)?;
+        if !(dt.is_integer() || is_string(dt)) {
+            return Err(Error::input(
+                &ds.files[0],
+                format!("column '{c}' is {dt}; order ids must be integers or text"),
+            ));
         }
     }
     for c in [&spec.category_col, &spec.timezone_col].into_iter().flatten() {
@@ -759,12 +836,21 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     let ncat = categories.len();
     let cat_stride = 2 * ncat + 1;
 
-    let mut cols = vec![spec.id_col.clone(), spec.time_col.clone(), spec.type_col.clone()];
-    for c in [&spec.value_col, &spec.category_col, &spec.timezone_col].into_iter().flatten() {
-        cols.push(c.clone());
+    let fixed = fixed_kind(spec, &table)?;
+    let mut cols = vec![spec.id_col.clone(), spec.time_col.clone()];
+    if fixed.is_none() {
+        cols.push(spec.type_col.clone());
+    }
+    for c in factors.iter().chain([&spec.category_col, &spec.timezone_col, &spec.order_col].into_iter().flatten()) {
+        if !cols.contains(c) {
+            cols.push(c.clone());
+        }
     }
     let pos = |c: &Option<String>| c.as_ref().map(|c| cols.iter().position(|x| x == c).unwrap());
-    let (vpos, cpos, zpos) = (pos(&spec.value_col), pos(&spec.category_col), pos(&spec.timezone_col));
+    let (cpos, zpos, opos) = (pos(&spec.category_col), pos(&spec.timezone_col), pos(&spec.order_col));
+    let vpos: Vec<usize> = factors.iter().map(|f| cols.iter().position(|x| x == f).unwrap()).collect();
+    let value_name = spec.value_col.clone().unwrap_or_default();
+    let mut seen_orders: foldhash::HashSet<(u32, u64)> = Default::default();
 
     let mut ids =
         if int_ids { Ids::Int(Default::default(), Vec::new()) } else { Ids::Str(Default::default(), Vec::new()) };
@@ -776,6 +862,9 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
         events_used: 0,
         events_after_as_of: 0,
         events_ignored: 0,
+        events_null_id: 0,
+        events_negative_value: 0,
+        orders: 0,
         holdout_events: 0,
         subscribers: 0,
         buyers: 0,
@@ -793,14 +882,33 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
         let b = &sb.batch;
         let n = b.num_rows();
         let ts = seconds(b.column(1), path, &spec.time_col)?;
-        let kinds = kinds_of(b.column(2), path, spec, &table)?;
-        let values: Option<Float64Array> = match vpos {
-            Some(p) => {
+        let mut kinds = match fixed {
+            Some(k) => vec![k; n],
+            None => kinds_of(b.column(2), path, spec, &table)?,
+        };
+        let values: Option<Float64Array> = if vpos.is_empty() {
+            None
+        } else {
+            let f64_of = |p: usize| -> Result<Float64Array> {
                 let v = cast(b.column(p), &DataType::Float64)
                     .map_err(|e| Error::input(path, format!("column '{}': {e}", cols[p])))?;
-                let v = v.as_primitive::<arrow::datatypes::Float64Type>().clone();
+                Ok(v.as_primitive::<arrow::datatypes::Float64Type>().clone())
+            };
+            let mut v = f64_of(vpos[0])?;
+            if let Some(&q) = vpos.get(1) {
+                let w = f64_of(q)?;
+                v = arrow::compute::kernels::numeric::mul(&v, &w)
+                    .map_err(|e| Error::input(path, format!("--value-col '{value_name}': {e}")))?
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .clone();
+            }
+            {
                 for i in 0..n {
                     if kinds[i] != Kind::Purchase {
+                        continue;
+                    }
+                    if spec.skip_negative_values && !v.is_null(i) && v.value(i) < 0.0 {
+                        kinds[i] = Kind::Negative;
                         continue;
                     }
                     let bad = if v.is_null(i) {
@@ -817,14 +925,46 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
                             path,
                             format!(
                                 "column '{}': a purchase at {} has {what}; order values must be finite and ≥ 0 \
-                                 (leave refunds out of the log)",
-                                cols[p],
+                                 (leave refunds out of the log, or skip them with --skip-negative-values)",
+                                value_name,
                                 time_string(ts[i])
                             ),
                         ));
                     }
                 }
-                Some(v)
+            }
+            Some(v)
+        };
+        let orders: Option<Vec<u64>> = match opos {
+            Some(p) => {
+                let c = b.column(p);
+                if c.null_count() > 0 {
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "column '{}' has {} null order ids; every order row needs one",
+                            cols[p],
+                            c.null_count()
+                        ),
+                    ));
+                }
+                let hash = |x: &[u8]| {
+                    use std::hash::BuildHasher;
+                    foldhash::quality::FixedState::with_seed(0x6d69_6372_6f73_6567).hash_one(x)
+                };
+                if c.data_type().is_integer() {
+                    let c = cast(c, &DataType::Int64)
+                        .map_err(|e| Error::input(path, format!("column '{}': {e}", cols[p])))?;
+                    Some(
+                        c.as_primitive::<arrow::datatypes::Int64Type>()
+                            .values()
+                            .iter()
+                            .map(|x| hash(&x.to_le_bytes()))
+                            .collect(),
+                    )
+                } else {
+                    Some(strings(c, path, &cols[p])?.map(|v| Ok(hash(v.unwrap_or_default().as_bytes())))?)
+                }
             }
             None => None,
         };
@@ -865,7 +1005,7 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
                 _ => 0,
             })
             .collect();
-        Ok(Prepared { path: path.to_path_buf(), ids: b.column(0).clone(), ts, kinds, values, cats, local })
+        Ok(Prepared { path: path.to_path_buf(), ids: b.column(0).clone(), ts, kinds, values, cats, local, orders })
     };
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(2);
@@ -894,7 +1034,7 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
             let (ts, kinds, values, cats, local) = (&p.ts, &p.kinds, &p.values, &p.cats, &p.local);
             let n = ts.len();
             summary.events_read += n as u64;
-            let idx = resolve_ids(&mut ids, &p.ids, path, &spec.id_col)?;
+            let idx = resolve_ids(&mut ids, &p.ids, path, &spec.id_col, spec.skip_null_ids)?;
             if ids.len() > subs.len() {
                 let m = ids.len();
                 subs.resize(m, Sub::new());
@@ -910,6 +1050,14 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
                 }
                 if kind == Kind::Ignored {
                     summary.events_ignored += 1;
+                    continue;
+                }
+                if idx[i] == NULL_ID {
+                    summary.events_null_id += 1;
+                    continue;
+                }
+                if kind == Kind::Negative {
+                    summary.events_negative_value += 1;
                     continue;
                 }
                 let s = idx[i] as usize;
@@ -941,7 +1089,9 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
                 match kind {
                     Kind::Purchase => {
                         let v = values.as_ref().map_or(0.0, |v| v.value(i));
-                        sub.orders += 1;
+                        if p.orders.as_ref().is_none_or(|o| seen_orders.insert((s as u32, o[i]))) {
+                            sub.orders += 1;
+                        }
                         sub.revenue += v;
                         if day < sub.first_buy {
                             sub.first_buy = day;
@@ -988,7 +1138,7 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
                     Kind::Unsubscribe => sub.unsubscribes += 1,
                     Kind::Complaint => sub.complaints += 1,
                     Kind::Bounce => sub.bounces += 1,
-                    Kind::Ignored => unreachable!(),
+                    Kind::Ignored | Kind::Negative => unreachable!(),
                 }
                 if engaged && age < CADENCE_DAYS {
                     sub.engaged[age as usize / 64] |= 1 << (age % 64);
@@ -1020,6 +1170,7 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     })?;
     summary.subscribers = subs.iter().filter(|s| s.first_event != i32::MAX).count() as u64;
     summary.buyers = subs.iter().filter(|s| s.orders > 0).count() as u64;
+    summary.orders = subs.iter().map(|s| s.orders as u64).sum();
     if summary.events_used == 0 {
         return Err(Error::input(
             ds.display_name(),
@@ -1046,11 +1197,31 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     })
 }
 
-fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str) -> Result<Vec<u32>> {
+/// The index of a row without an id (left out with `skip_null_ids`).
+const NULL_ID: u32 = u32::MAX;
+
+fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str, skip_nulls: bool) -> Result<Vec<u32>> {
     let nulls = col.null_count();
-    if nulls > 0 {
-        return Err(Error::input(path, format!("column '{name}' has {nulls} null subscriber ids")));
+    if nulls > 0 && !skip_nulls {
+        return Err(Error::input(
+            path,
+            format!(
+                "column '{name}' has null subscriber ids ({nulls} in the first batch that has any); leave those rows \
+                 out with --skip-null-ids"
+            ),
+        ));
     }
+    let ids_out = resolve_valid_ids(ids, col, path, name)?;
+    Ok(match col.logical_nulls() {
+        Some(valid) if nulls > 0 => {
+            ids_out.into_iter().zip(valid.iter()).map(|(i, v)| if v { i } else { NULL_ID }).collect()
+        }
+        _ => ids_out,
+    })
+}
+
+/// Ids to subscriber indices; rows with a null id get some index, replaced by the caller.
+fn resolve_valid_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str) -> Result<Vec<u32>> {
     let too_many = || Error::Data("more than 4 294 967 295 distinct subscribers".into());
     match ids {
         Ids::Int(map, order) => {
@@ -1063,6 +1234,28 @@ fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str) -> Result
                     ));
                 }
                 u.values().iter().map(|x| *x as i64).collect::<Vec<_>>()
+            } else if col.data_type().is_floating() {
+                // Whole numbers stored as floats (a CustomerID column with nulls, say).
+                let c =
+                    cast(col, &DataType::Float64).map_err(|e| Error::input(path, format!("column '{name}': {e}")))?;
+                let f = c.as_primitive::<arrow::datatypes::Float64Type>();
+                let mut v = Vec::with_capacity(f.len());
+                for i in 0..f.len() {
+                    let x = f.value(i);
+                    if f.is_null(i) {
+                        v.push(0);
+                    } else if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 {
+                        v.push(x as i64);
+                    } else {
+                        return Err(Error::input(
+                            path,
+                            format!(
+                                "column '{name}': id {x} is not a whole number; subscriber ids must be integers or text"
+                            ),
+                        ));
+                    }
+                }
+                v
             } else {
                 let c = cast(col, &DataType::Int64).map_err(|e| Error::input(path, format!("column '{name}': {e}")))?;
                 c.as_primitive::<arrow::datatypes::Int64Type>().values().to_vec()
@@ -1391,7 +1584,7 @@ impl EventState {
     }
 
     fn id_out_type(&self) -> DataType {
-        if self.id_type.is_integer() { DataType::Int64 } else { DataType::Utf8 }
+        if self.id_type.is_integer() || self.id_type.is_floating() { DataType::Int64 } else { DataType::Utf8 }
     }
 
     /// Subscribers in id order (numeric, or byte-wise for text ids).

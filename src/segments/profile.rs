@@ -295,7 +295,12 @@ impl ProfileBuilder {
                         direction: if diffs[j] > 0.0 { "high" } else { "low" }.into(),
                     })
                     .collect();
-                let generated_name = generate_name(&top_features);
+                let noun = self
+                    .outcome_names
+                    .iter()
+                    .position(|o| o.eq_ignore_ascii_case("cadence"))
+                    .and_then(|oi| cadence_noun(&self.outcomes[s][oi], &self.pop_outcomes[oi]));
+                let generated_name = name_with_noun(&top_features, noun.unwrap_or("customers"));
                 SegmentProfile {
                     id: self.ids[s],
                     name: self.given_names[s].clone().unwrap_or_else(|| generated_name.clone()),
@@ -437,13 +442,57 @@ fn phrase(feature: &str, high: bool) -> String {
 
 /// "recent, high-spending customers" from the two strongest distinctions.
 pub fn generate_name(top: &[Distinction]) -> String {
-    let words: Vec<String> = top
-        .iter()
-        .filter(|t| t.std_diff.abs() >= NAMING_THRESHOLD)
-        .take(2)
-        .map(|t| phrase(&t.feature, t.std_diff > 0.0))
-        .collect();
-    if words.is_empty() { "typical customers".into() } else { format!("{} customers", words.join(", ")) }
+    name_with_noun(top, "customers")
+}
+
+/// The name with another noun: "at-risk, high-value weekly-digest readers".
+pub fn name_with_noun(top: &[Distinction], noun: &str) -> String {
+    // Two distinct words: two features that read the same ("opens" and "clicks" both
+    // "engaged") give one.
+    let mut words: Vec<String> = Vec::new();
+    for t in top.iter().filter(|t| t.std_diff.abs() >= NAMING_THRESHOLD) {
+        let w = phrase(&t.feature, t.std_diff > 0.0);
+        if !words.contains(&w) && words.len() < 2 {
+            words.push(w);
+        }
+    }
+    if words.is_empty() {
+        if noun == "customers" { "typical customers".into() } else { noun.into() }
+    } else {
+        format!("{} {noun}", words.join(", "))
+    }
+}
+
+/// A segment's share of a category at which it names the segment: a majority, and
+/// CADENCE_LIFT times the population's share.
+pub const CADENCE_SHARE: f64 = 0.5;
+pub const CADENCE_LIFT: f64 = 1.25;
+
+/// The noun for a segment whose `cadence` outcome (the class of `microseg features`) is
+/// dominated by one class: "daily readers", "weekly-digest readers", "monthly readers",
+/// "sporadic readers". None where no class holds CADENCE_SHARE of the segment and
+/// CADENCE_LIFT times its population share, or for values that are not cadence classes.
+fn cadence_noun(seg: &OutcomeAcc, pop: &OutcomeAcc) -> Option<&'static str> {
+    let (OutcomeAcc::Categorical { counts, count }, OutcomeAcc::Categorical { counts: pc, count: pn }) = (seg, pop)
+    else {
+        return None;
+    };
+    if *count == 0 || *pn == 0 {
+        return None;
+    }
+    let (class, n) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+    let share = *n as f64 / *count as f64;
+    let pop_share = pc.get(class).copied().unwrap_or(0) as f64 / *pn as f64;
+    if share < CADENCE_SHARE || share < CADENCE_LIFT * pop_share {
+        return None;
+    }
+    match class.as_str() {
+        "daily" => Some("daily readers"),
+        "weekly" => Some("weekly-digest readers"),
+        "monthly" => Some("monthly readers"),
+        "sporadic" => Some("sporadic readers"),
+        _ => None,
+    }
 }
 
 pub const PROFILE_FORMAT: &str = "microseg-profile";
