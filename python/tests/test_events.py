@@ -207,3 +207,56 @@ def test_python_features_equal_the_cli(generated):
         microseg.features(log, as_of="2026-06-20", types={"send": ["mail"]})
     with pytest.raises(microseg.InvalidInputError, match="not a time"):
         microseg.features(log, as_of="someday")
+
+
+def test_order_lines_without_a_type_column_equal_duckdb(tmp_path):
+    # Order lines as a shop exports them: float customer ids with nulls, invoices of
+    # several lines in shuffled order, quantity × unit price, cancellations as negative
+    # quantities. microseg.features reads them as they are; DuckDB's SQL is the reference.
+    import pyarrow as pa
+
+    import microseg
+
+    rng = np.random.default_rng(11)
+    invoices = 4000
+    inv_customer = rng.integers(10_000, 10_600, invoices).astype(float)
+    inv_customer[rng.random(invoices) < 0.15] = np.nan
+    inv_time = np.datetime64("2024-01-01T00:00:00", "s") + rng.integers(0, 300 * 86400, invoices).astype("timedelta64[s]")
+    lines = rng.integers(1, 6, invoices)
+    inv = np.repeat(np.arange(invoices), lines)
+    qty = rng.integers(1, 10, inv.size).astype(float)
+    cancel = rng.random(inv.size) < 0.03
+    qty[cancel] = -qty[cancel]
+    price = np.round(rng.random(inv.size) * 20, 2)
+    perm = rng.permutation(inv.size)
+    t = pa.table({
+        "CustomerID": pa.array(inv_customer[inv][perm], from_pandas=True),
+        "InvoiceNo": pa.array([f"N{i}" for i in inv[perm]]),
+        "InvoiceDate": pa.array(inv_time[inv][perm]),
+        "Quantity": qty[perm],
+        "UnitPrice": price[perm],
+    })
+    pq.write_table(t, tmp_path / "lines.parquet", row_group_size=3000)
+    ours, _ = microseg.features(
+        pq.read_table(tmp_path / "lines.parquet"), as_of="2024-10-31", id_col="CustomerID",
+        time_col="InvoiceDate", event_type="purchase", order_col="InvoiceNo", value_col="Quantity*UnitPrice",
+        skip_null_ids=True, skip_negative_values=True,
+    )
+    ref = duckdb.sql(f"""
+        SELECT CAST(CustomerID AS BIGINT) AS id, count(DISTINCT InvoiceNo) AS orders,
+               count(DISTINCT CAST(InvoiceDate AS DATE)) AS purchase_days,
+               sum(Quantity * UnitPrice) AS revenue
+        FROM read_parquet('{tmp_path / 'lines.parquet'}')
+        WHERE CustomerID IS NOT NULL AND Quantity * UnitPrice >= 0 AND InvoiceDate < TIMESTAMP '2024-11-01'
+        GROUP BY 1 ORDER BY 1""").to_arrow_table()
+    assert ours.num_rows == ref.num_rows > 500
+    assert ours["CustomerID"].to_pylist() == ref["id"].to_pylist()
+    assert ours["orders"].to_pylist() == ref["orders"].to_pylist()
+    assert ours["purchase_days"].to_pylist() == ref["purchase_days"].to_pylist()
+    np.testing.assert_allclose(ours["revenue"].to_numpy(), ref["revenue"].to_numpy(), rtol=1e-12)
+    # Without skip_null_ids the log is refused, naming the flag.
+    with pytest.raises(microseg.InvalidInputError, match="skip_null_ids|--skip-null-ids"):
+        microseg.features(
+            t, as_of="2024-10-31", id_col="CustomerID", time_col="InvoiceDate", event_type="purchase",
+            value_col="Quantity*UnitPrice", skip_negative_values=True,
+        )
