@@ -158,3 +158,35 @@ def test_store_failures_are_clear_and_leave_nothing(s3, tmp_path, case, args, co
     assert keys(client) == before
     assert list(tmp_path.iterdir()) == []
     assert no_local_leftovers(env)
+
+
+@pytest.mark.parametrize(
+    "seed, words",
+    [
+        # A dictionary page claiming 1.75·10⁹ values in 72 bytes: the parquet crate would
+        # fill 14 GB. Remote chunks are checked on the bytes fetched for decoding.
+        ("event_reader/regression-70eed4b98e7c", ["corrupt", "'timestamp'", "dictionary page claims"]),
+        # A chunk whose dictionary page is missing: the decoder panics, contained.
+        ("parquet_features/regression-fc9e086c288c", ["corrupt"]),
+    ],
+)
+def test_corrupt_remote_files_are_refused_as_local_ones_are(s3, tmp_path, seed, words):
+    _, env, client = s3
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes((REPO / "fuzz" / "seeds" / seed).read_bytes()[1:])
+    client.upload_file(str(bad), BUCKET, "corrupt/bad.parquet")
+    bad.unlink()
+    before = keys(client)
+    url = f"s3://{BUCKET}/corrupt/bad.parquet"
+    if seed.startswith("event_reader"):
+        args = ["features", "--events", url, "--as-of", "2024-01-01", "--out", "o.parquet"]
+    else:
+        args = ["fit", url, "--k", "2", "--model", "o.json"]
+    r = cli(env, *args, cwd=tmp_path)
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    for w in [url, *words]:
+        assert w in last, r.stderr
+    assert keys(client) == before
+    assert list(tmp_path.iterdir()) == []
+    assert no_local_leftovers(env)

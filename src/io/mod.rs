@@ -436,49 +436,62 @@ fn open_source(path: &Path) -> Result<Source> {
 /// regression-70eed4b98e7c`) made it fill 14 GB. Data pages are skipped by their headers
 /// (not read); only dictionary pages, small by design, are decompressed a second time.
 fn check_dictionaries(path: &Path, meta: &ParquetMetaData, roots: &[usize]) -> Result<()> {
-    use parquet::basic::Type;
-    use parquet::column::page::{Page, PageReader};
     let source = std::sync::Arc::new(open_source(path)?);
     let schema = meta.file_metadata().schema_descr();
-    let corrupt = |what: String| Error::input(path, format!("is corrupt: {what}; rewrite the file or leave it out"));
     for (g, rg) in meta.row_groups().iter().enumerate() {
         for (c, col) in rg.columns().iter().enumerate() {
-            if !roots.contains(&schema.get_column_root_idx(c)) {
-                continue;
+            if roots.contains(&schema.get_column_root_idx(c)) {
+                check_chunk_dictionary(source.clone(), g, col, rg.num_rows())
+                    .map_err(|what| Error::input(path, corrupt(&what)))?;
             }
-            let name = col.column_descr().path().string();
-            let at = |e: parquet::errors::ParquetError| corrupt(format!("row group {g}, column '{name}': {e}"));
-            let mut pages = parquet::file::serialized_reader::SerializedPageReader::new(
-                source.clone(),
-                col,
-                rg.num_rows().max(0) as usize,
-                None,
-            )
+        }
+    }
+    Ok(())
+}
+
+/// The message of a file found corrupt: `what` names the row group and column.
+pub(crate) fn corrupt(what: &str) -> String {
+    format!("is corrupt: {what}; rewrite the file or leave it out")
+}
+
+/// [`check_dictionaries`] for one column chunk, read from `source` (the whole file, or
+/// for a remote object the chunk's fetched bytes): the problem, naming row group `g` and
+/// the column, if any.
+pub(crate) fn check_chunk_dictionary<R: parquet::file::reader::ChunkReader + 'static>(
+    source: std::sync::Arc<R>,
+    g: usize,
+    col: &parquet::file::metadata::ColumnChunkMetaData,
+    rows: i64,
+) -> std::result::Result<(), String> {
+    use parquet::basic::Type;
+    use parquet::column::page::{Page, PageReader};
+    let name = col.column_descr().path().string();
+    let at = |e: parquet::errors::ParquetError| format!("row group {g}, column '{name}': {e}");
+    let mut pages =
+        parquet::file::serialized_reader::SerializedPageReader::new(source, col, rows.max(0) as usize, None)
             .map_err(at)?;
-            while let Some(page) = pages.peek_next_page().map_err(at)? {
-                if !page.is_dict {
-                    pages.skip_next_page().map_err(at)?;
-                    continue;
-                }
-                let Some(Page::DictionaryPage { buf, num_values, .. }) = pages.get_next_page().map_err(at)? else {
-                    continue;
-                };
-                let bytes = buf.len() as u64;
-                let room = match col.column_descr().physical_type() {
-                    Type::BOOLEAN => bytes * 8,
-                    Type::INT32 | Type::FLOAT => bytes / 4,
-                    Type::INT64 | Type::DOUBLE => bytes / 8,
-                    Type::INT96 => bytes / 12,
-                    // Each value is a 4-byte length, then its bytes.
-                    Type::BYTE_ARRAY => bytes / 4,
-                    Type::FIXED_LEN_BYTE_ARRAY => bytes / col.column_descr().type_length().max(1) as u64,
-                };
-                if u64::from(num_values) > room {
-                    return Err(corrupt(format!(
-                        "row group {g}, column '{name}': a dictionary page claims {num_values} values but holds {bytes} bytes"
-                    )));
-                }
-            }
+    while let Some(page) = pages.peek_next_page().map_err(at)? {
+        if !page.is_dict {
+            pages.skip_next_page().map_err(at)?;
+            continue;
+        }
+        let Some(Page::DictionaryPage { buf, num_values, .. }) = pages.get_next_page().map_err(at)? else {
+            continue;
+        };
+        let bytes = buf.len() as u64;
+        let room = match col.column_descr().physical_type() {
+            Type::BOOLEAN => bytes * 8,
+            Type::INT32 | Type::FLOAT => bytes / 4,
+            Type::INT64 | Type::DOUBLE => bytes / 8,
+            Type::INT96 => bytes / 12,
+            // Each value is a 4-byte length, then its bytes.
+            Type::BYTE_ARRAY => bytes / 4,
+            Type::FIXED_LEN_BYTE_ARRAY => bytes / col.column_descr().type_length().max(1) as u64,
+        };
+        if u64::from(num_values) > room {
+            return Err(format!(
+                "row group {g}, column '{name}': a dictionary page claims {num_values} values but holds {bytes} bytes"
+            ));
         }
     }
     Ok(())
@@ -575,7 +588,8 @@ impl<'a> Iterator for Batches<'a> {
                     Err(e) => Some(Err(e)),
                 },
                 // The message already names the object.
-                Reader::Remote(reader) => reader.next_batch().map(|r| r.map_err(Error::Runtime)),
+                // A remote read fails on its input (the object, its bytes or the store): exit 3, as locally.
+                Reader::Remote(reader) => reader.next_batch().map(|r| r.map_err(Error::Data)),
             };
             match next {
                 Some(Ok(batch)) => {

@@ -276,7 +276,7 @@ pub fn builder(p: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatc
     if size == 0 {
         return Err(Error::input(p, "the object is empty (0 bytes), not a Parquet file"));
     }
-    let mut reader = ObjectReader { store: loc.store, key: loc.key, size, prefetch: None };
+    let mut reader = ObjectReader { store: loc.store, key: loc.key, size, prefetch: None, chunks: None };
     let cached = FOOTERS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|f| f.get(p).cloned());
     let meta = match cached {
         Some(m) => m,
@@ -303,6 +303,7 @@ pub fn builder(p: &Path, columns: Option<&[String]>) -> Result<ParquetRecordBatc
     if let Some(columns) = columns {
         let roots: Vec<usize> = columns.iter().filter_map(|c| meta.schema().index_of(c).ok()).collect();
         reader.prefetch = Some(Prefetch::new(plan(meta.metadata(), &roots)));
+        reader.chunks = Some(Chunks::new(meta.metadata().clone(), &roots));
     }
     Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta))
 }
@@ -386,7 +387,95 @@ pub struct ObjectReader {
     key: ObjectPath,
     size: u64,
     prefetch: Option<Prefetch>,
+    chunks: Option<Chunks>,
 }
+
+/// The column chunks a read will fetch, by byte range, so that each one's dictionary
+/// pages are checked (as `super::check_dictionaries` does for local files) on the bytes
+/// fetched for decoding, before the decoder sees them: no second request.
+struct Chunks {
+    meta: Arc<ParquetMetaData>,
+    /// (start, end) → (row group, column).
+    at: HashMap<(u64, u64), (usize, usize)>,
+}
+
+impl Chunks {
+    fn new(meta: Arc<ParquetMetaData>, roots: &[usize]) -> Self {
+        let schema = meta.file_metadata().schema_descr();
+        let mut at = HashMap::new();
+        for (g, rg) in meta.row_groups().iter().enumerate() {
+            for (c, col) in rg.columns().iter().enumerate() {
+                let (start, len) = col.byte_range();
+                if roots.contains(&schema.get_column_root_idx(c)) {
+                    at.insert((start, start + len), (g, c));
+                }
+            }
+        }
+        Chunks { meta, at }
+    }
+
+    /// Check `bytes`, fetched for `range`, where the range is a whole column chunk.
+    fn check(&self, range: &std::ops::Range<u64>, bytes: &bytes::Bytes) -> parquet::errors::Result<()> {
+        let Some(&(g, c)) = self.at.get(&(range.start, range.end)) else { return Ok(()) };
+        let rg = self.meta.row_group(g);
+        let source = Arc::new(ChunkAt { base: range.start, bytes: bytes.clone() });
+        super::check_chunk_dictionary(source, g, rg.column(c), rg.num_rows())
+            .map_err(|what| ParquetError::External(Box::new(Corrupt(what))))
+    }
+}
+
+/// A column chunk's fetched bytes, read at the file offsets its metadata gives.
+struct ChunkAt {
+    base: u64,
+    bytes: bytes::Bytes,
+}
+
+impl ChunkAt {
+    fn slice(&self, start: u64, len: Option<usize>) -> parquet::errors::Result<bytes::Bytes> {
+        let from = start.checked_sub(self.base).map(|o| o as usize).filter(|&o| o <= self.bytes.len());
+        let to = from.and_then(|o| match len {
+            Some(l) => o.checked_add(l).filter(|&e| e <= self.bytes.len()),
+            None => Some(self.bytes.len()),
+        });
+        match (from, to) {
+            (Some(a), Some(b)) => Ok(self.bytes.slice(a..b)),
+            _ => Err(ParquetError::EOF(format!(
+                "a page at offset {start} lies outside its column chunk ({}..{})",
+                self.base,
+                self.base + self.bytes.len() as u64
+            ))),
+        }
+    }
+}
+
+impl parquet::file::reader::Length for ChunkAt {
+    fn len(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+}
+
+impl parquet::file::reader::ChunkReader for ChunkAt {
+    type T = bytes::buf::Reader<bytes::Bytes>;
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        Ok(self.slice(start, None)?.reader())
+    }
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        self.slice(start, Some(length))
+    }
+}
+
+/// A corrupt file, found by a check before decoding: the row group, column and problem.
+#[derive(Debug)]
+struct Corrupt(String);
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
 
 fn external(e: object_store::Error) -> ParquetError {
     ParquetError::External(Box::new(e))
@@ -436,10 +525,14 @@ impl ObjectReader {
 impl AsyncFileReader for ObjectReader {
     fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
         async move {
-            match self.prefetched(&range).await? {
-                Some(b) => Ok(b),
-                None => self.store.get_range(&self.key, range).await.map_err(external),
+            let b = match self.prefetched(&range).await? {
+                Some(b) => b,
+                None => self.store.get_range(&self.key, range.clone()).await.map_err(external)?,
+            };
+            if let Some(c) = &self.chunks {
+                c.check(&range, &b)?;
             }
+            Ok(b)
         }
         .boxed()
     }
@@ -467,7 +560,13 @@ impl AsyncFileReader for ObjectReader {
                     out[i] = Some(b);
                 }
             }
-            Ok(out.into_iter().map(|b| b.unwrap()).collect())
+            let out: Vec<bytes::Bytes> = out.into_iter().map(|b| b.unwrap()).collect();
+            if let Some(c) = &self.chunks {
+                for (r, b) in ranges.iter().zip(&out) {
+                    c.check(r, b)?;
+                }
+            }
+            Ok(out)
         }
         .boxed()
     }
@@ -498,6 +597,10 @@ impl Drop for Prefetch {
 /// anything else as an unreadable file.
 fn read_error(p: &Path, e: parquet::errors::ParquetError) -> Error {
     if let parquet::errors::ParquetError::External(inner) = e {
+        let inner = match inner.downcast::<Corrupt>() {
+            Ok(c) => return Error::input(p, super::corrupt(&c.0)),
+            Err(other) => other,
+        };
         return match inner.downcast::<object_store::Error>() {
             Ok(store) => store_error(p, *store, false),
             Err(other) => Error::input(p, format!("not a readable Parquet file: {other}")),
