@@ -190,3 +190,39 @@ def test_corrupt_remote_files_are_refused_as_local_ones_are(s3, tmp_path, seed, 
     assert keys(client) == before
     assert list(tmp_path.iterdir()) == []
     assert no_local_leftovers(env)
+
+
+def test_a_checkpoint_on_s3_survives_sigterm_and_the_rerun_resumes_from_it(s3, tmp_path):
+    import signal
+
+    _, env, client = s3
+    subprocess.run(
+        [str(CLI), "generate", "--rows", "200000", "--dims", "8", "--clusters", "20", "--seed", "3",
+         "--out", "big.parquet", "--quiet"], cwd=tmp_path, check=True, env=env,
+    )
+    fit = ["fit", "big.parquet", "--k", "20", "--tol", "0", "--max-iter", "300", "--seed", "1"]
+    assert cli(env, *fit, "--model", "full.json", cwd=tmp_path).returncode == 0
+    ck = f"s3://{BUCKET}/checkpoints/job-7"
+    args = [str(CLI), *fit, "--model", "m.json", "--checkpoint", ck, "--checkpoint-every", "1000", "-v"]
+    child = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    seen = 0
+    lines = []
+    for line in child.stderr:
+        lines.append(line)
+        if " iteration " in line and "labels changed" in line:
+            seen += 1
+            if seen == 3:
+                child.send_signal(signal.SIGTERM)
+                break
+    lines.extend(child.stderr)
+    assert child.wait(timeout=120) == 143, "".join(lines)
+    # The state is one object under the prefix; no model was written.
+    assert keys(client, "checkpoints/") == ["checkpoints/job-7/fit.checkpoint.json"]
+    assert not (tmp_path / "m.json").exists()
+    r = cli(env, *fit, "--model", "m.json", "--checkpoint", ck, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from the checkpoint" in r.stderr
+    assert (tmp_path / "m.json").read_bytes() == (tmp_path / "full.json").read_bytes()
+    # A finished fit removes its checkpoint.
+    assert keys(client, "checkpoints/") == []
+    assert no_local_leftovers(env)

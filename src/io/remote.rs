@@ -259,6 +259,25 @@ pub fn read_all(p: &Path) -> Result<Vec<u8>> {
         .map_err(|e| store_error(p, e, false))
 }
 
+/// The whole of a small remote object, or `None` where there is none at the key.
+pub fn read_if_any(p: &Path) -> Result<Option<Vec<u8>>> {
+    let loc = locate(p)?;
+    match block_on(async { loc.store.get(&loc.key).await?.bytes().await }) {
+        Ok(b) => Ok(Some(b.to_vec())),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(store_error(p, e, false)),
+    }
+}
+
+/// Delete a remote object (none at the key is fine).
+pub fn delete(p: &Path) -> Result<()> {
+    let loc = locate(p)?;
+    match block_on(loc.store.delete(&loc.key)) {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(store_error(p, e, true)),
+    }
+}
+
 /// The async Parquet reader of a remote object. `columns`: the top-level columns the
 /// caller will read, whose byte ranges are then fetched ahead (see [`Prefetch`]); `None`
 /// for a look at the footer only. The footer is read once per object and process.

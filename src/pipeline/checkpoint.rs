@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gmm::GmmResume;
 use crate::io::output::{AtomicOutput, write_json};
+use crate::io::remote;
 use crate::kmeans::{Resume, StateEvent};
 
 pub const CHECKPOINT_FORMAT: &str = "microseg.checkpoint";
@@ -32,8 +33,10 @@ pub struct CheckpointSpec {
 }
 
 impl CheckpointSpec {
+    /// `dir`: a local directory (or `file://` URL), or an object store prefix
+    /// (`s3://bucket/checkpoints/job-7`).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CheckpointSpec { dir: dir.into(), every: 10, seconds: 60.0 }
+        CheckpointSpec { dir: remote::local_path(&dir.into()), every: 10, seconds: 60.0 }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -47,7 +50,7 @@ impl CheckpointSpec {
         if !(self.seconds.is_finite() && self.seconds >= 0.0) {
             return Err(Error::Usage("--checkpoint-seconds must be a number of seconds, 0 or more".into()));
         }
-        if self.dir.exists() && !self.dir.is_dir() {
+        if !remote::is_remote(&self.dir) && self.dir.exists() && !self.dir.is_dir() {
             return Err(Error::output(&self.dir, "exists and is not a directory; give a directory for --checkpoint"));
         }
         Ok(())
@@ -56,7 +59,12 @@ impl CheckpointSpec {
     /// Remove the checkpoint once the outputs it led to are committed.
     pub fn remove(&self) {
         let p = self.path();
-        if p.exists() {
+        if remote::is_remote(&p) {
+            match remote::delete(&p) {
+                Ok(()) => log::debug!("removed the checkpoint {}", p.display()),
+                Err(e) => log::warn!("could not remove the finished checkpoint {}: {e}", p.display()),
+            }
+        } else if p.exists() {
             match std::fs::remove_file(&p) {
                 Ok(()) => log::debug!("removed the checkpoint {}", p.display()),
                 Err(e) => log::warn!("could not remove the finished checkpoint {}: {e}", p.display()),
@@ -137,12 +145,21 @@ impl Checkpointer {
     /// to another.
     pub fn open(spec: &CheckpointSpec, identity: Identity) -> Result<(Self, Option<Saved>)> {
         spec.check()?;
-        std::fs::create_dir_all(&spec.dir).map_err(|e| Error::output(&spec.dir, format!("cannot create: {e}")))?;
         let path = spec.path();
-        let resume = match std::fs::read(&path) {
-            Ok(bytes) => Some(Self::read(&path, &bytes, &identity)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::input(&path, format!("cannot read the checkpoint: {e}"))),
+        let resume = if remote::is_remote(&path) {
+            // An object store prefix: the checkpoint is one object, replaced whole by each
+            // save (a completed upload), as the local file is by a rename.
+            match remote::read_if_any(&path)? {
+                Some(bytes) => Some(Self::read(&path, &bytes, &identity)?),
+                None => None,
+            }
+        } else {
+            std::fs::create_dir_all(&spec.dir).map_err(|e| Error::output(&spec.dir, format!("cannot create: {e}")))?;
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(Self::read(&path, &bytes, &identity)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::input(&path, format!("cannot read the checkpoint: {e}"))),
+            }
         };
         let me = Checkpointer { spec: spec.clone(), identity, since: 0, last: Instant::now(), saved: None };
         Ok((me, resume))
