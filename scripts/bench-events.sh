@@ -6,7 +6,8 @@
 # the aggregation (their Python packages drive the same Rust engines a Rust build would).
 # Usage: scripts/bench-events.sh [SUBSCRIBERS] [DAYS]   (default 1000000 240: about 10^8 events)
 # Needs: target/release/microseg, and a Python with duckdb, polars, datafusion and pyarrow
-# ($PYTHON, default .venv/bin/python; ENGINES="duckdb polars datafusion" to choose).
+# ($PYTHON, default .venv/bin/python, where scripts/test.sh installs all but datafusion:
+# .venv/bin/pip install datafusion; ENGINES="duckdb polars datafusion" to choose).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUBS="${1:-1000000}"
@@ -24,7 +25,10 @@ m = pq.ParquetFile(sys.argv[1]).metadata
 print(f"log: {m.num_rows} events, {m.num_row_groups} row groups")
 PY
 ENGINES="${ENGINES:-duckdb polars datafusion}"
-"$PY" -c "import duckdb, polars, datafusion; print(f'duckdb {duckdb.__version__}, polars {polars.__version__}, datafusion {datafusion.__version__}')"
+"$PY" - $ENGINES <<'PY'
+import importlib, sys
+print(", ".join(f"{e} {importlib.import_module(e).__version__}" for e in sys.argv[1:]))
+PY
 for run in 1 2; do
     /usr/bin/time -f "microseg features: %e s wall, %U s user, %M KB peak RSS" \
         "$BIN" features --events "$LOG" --as-of 2026-06-30 --value-col value --category-col category \
