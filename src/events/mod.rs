@@ -579,13 +579,16 @@ struct Scan {
 /// The pre-pass: check time and type of every row, find the first day, count categories.
 fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result<Scan> {
     let mut cols = vec![spec.time_col.clone()];
-    if spec.event_type.is_none() {
-        cols.push(spec.type_col.clone());
-    }
-    if let Some(c) = &spec.category_col {
-        cols.push(c.clone());
-    }
-    let cpos = cols.len() - 1;
+    let tpos = spec.event_type.is_none().then(|| column_at(&mut cols, &spec.type_col));
+    let cpos = spec.category_col.as_ref().map(|c| column_at(&mut cols, c));
+    // The rows the main pass leaves out do not count toward the top categories either.
+    let ipos = (cpos.is_some() && spec.skip_null_ids).then(|| column_at(&mut cols, &spec.id_col));
+    let vpos: Vec<usize> = if cpos.is_some() && spec.skip_negative_values {
+        spec.value_factors(ds).iter().map(|f| column_at(&mut cols, f)).collect()
+    } else {
+        Vec::new()
+    };
+    let value_name = spec.value_col.clone().unwrap_or_default();
     let fixed = fixed_kind(spec, table)?;
     let limit = spec.now.max(spec.as_of) + DAY;
     let cal_end = spec.calibration_end();
@@ -593,9 +596,9 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
     for sb in ds.batches(&cols)? {
         let sb = sb?;
         let ts = seconds(sb.batch.column(0), sb.path, &spec.time_col)?;
-        let kinds = match fixed {
-            Some(k) => vec![k; ts.len()],
-            None => kinds_of(sb.batch.column(1), sb.path, spec, table)?,
+        let kinds = match (fixed, tpos) {
+            (Some(k), _) => vec![k; ts.len()],
+            (None, p) => kinds_of(sb.batch.column(p.unwrap()), sb.path, spec, table)?,
         };
         if let Some(i) = ts.iter().position(|t| *t > limit) {
             let hint = if ts[i] > YEAR_3000 {
@@ -615,11 +618,21 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
         for &t in &ts {
             s.first_day = s.first_day.min(day_of(t));
         }
-        if spec.category_col.is_some() {
+        if let Some(cpos) = cpos {
+            let id_valid = ipos.and_then(|p| sb.batch.column(p).logical_nulls());
+            let values =
+                if vpos.is_empty() { None } else { Some(order_values(&sb.batch, &vpos, &cols, sb.path, &value_name)?) };
+            let counts = |i: usize| {
+                matches!(kinds[i], Kind::Click | Kind::Purchase)
+                    && ts[i] <= cal_end
+                    && id_valid.as_ref().is_none_or(|v| v.is_valid(i))
+                    && !(kinds[i] == Kind::Purchase
+                        && values.as_ref().is_some_and(|v| v.is_valid(i) && v.value(i) < 0.0))
+            };
             let cats = strings(sb.batch.column(cpos), sb.path, spec.category_col.as_deref().unwrap())?;
             if let Strings::Plain(a) = &cats {
                 for i in 0..a.len() {
-                    if !a.is_null(i) && matches!(kinds[i], Kind::Click | Kind::Purchase) && ts[i] <= cal_end {
+                    if !a.is_null(i) && counts(i) {
                         *s.category_counts.entry(a.value(i).to_string()).or_insert(0) += 1;
                     }
                 }
@@ -627,8 +640,7 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
                 let mut per = vec![0u64; values.len()];
                 for (i, k) in keys.iter().enumerate() {
                     if let Some(k) = k
-                        && matches!(kinds[i], Kind::Click | Kind::Purchase)
-                        && ts[i] <= cal_end
+                        && counts(i)
                     {
                         per[*k] += 1;
                     }
@@ -646,6 +658,41 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
         return Err(Error::input(ds.display_name(), "the event log holds no rows"));
     }
     Ok(s)
+}
+
+/// The position of column `c` in the list read, added if it is not there yet.
+fn column_at(cols: &mut Vec<String>, c: &str) -> usize {
+    match cols.iter().position(|x| x == c) {
+        Some(p) => p,
+        None => {
+            cols.push(c.to_string());
+            cols.len() - 1
+        }
+    }
+}
+
+/// The order values of a batch: the column at `vpos[0]`, times the one at `vpos[1]`.
+fn order_values(
+    b: &RecordBatch,
+    vpos: &[usize],
+    cols: &[String],
+    path: &Path,
+    value_name: &str,
+) -> Result<Float64Array> {
+    let f64_of = |p: usize| -> Result<Float64Array> {
+        let v = cast(b.column(p), &DataType::Float64)
+            .map_err(|e| Error::input(path, format!("column '{}': {e}", cols[p])))?;
+        Ok(v.as_primitive::<arrow::datatypes::Float64Type>().clone())
+    };
+    let mut v = f64_of(vpos[0])?;
+    if let Some(&q) = vpos.get(1) {
+        let w = f64_of(q)?;
+        v = arrow::compute::kernels::numeric::mul(&v, &w)
+            .map_err(|e| Error::input(path, format!("--value-col '{value_name}': {e}")))?
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+    }
+    Ok(v)
 }
 
 /// The kind of every row with `event_type` (no type column is read), checked by name.
@@ -837,14 +884,11 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     let cat_stride = 2 * ncat + 1;
 
     let fixed = fixed_kind(spec, &table)?;
-    let mut cols = vec![spec.id_col.clone(), spec.time_col.clone()];
-    if fixed.is_none() {
-        cols.push(spec.type_col.clone());
-    }
+    let mut cols = vec![spec.id_col.clone()];
+    let tpos = column_at(&mut cols, &spec.time_col);
+    let kpos = fixed.is_none().then(|| column_at(&mut cols, &spec.type_col));
     for c in factors.iter().chain([&spec.category_col, &spec.timezone_col, &spec.order_col].into_iter().flatten()) {
-        if !cols.contains(c) {
-            cols.push(c.clone());
-        }
+        column_at(&mut cols, c);
     }
     let pos = |c: &Option<String>| c.as_ref().map(|c| cols.iter().position(|x| x == c).unwrap());
     let (cpos, zpos, opos) = (pos(&spec.category_col), pos(&spec.timezone_col), pos(&spec.order_col));
@@ -881,30 +925,31 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
         let path = sb.path;
         let b = &sb.batch;
         let n = b.num_rows();
-        let ts = seconds(b.column(1), path, &spec.time_col)?;
-        let mut kinds = match fixed {
-            Some(k) => vec![k; n],
-            None => kinds_of(b.column(2), path, spec, &table)?,
+        let ts = seconds(b.column(tpos), path, &spec.time_col)?;
+        let mut kinds = match (fixed, kpos) {
+            (Some(k), _) => vec![k; n],
+            (None, p) => kinds_of(b.column(p.unwrap()), path, spec, &table)?,
         };
+        // Rows the main pass leaves out (a null id, with --skip-null-ids; after --as-of)
+        // are not checked for their value or order id.
+        // Null ids are refused before anything else is said about their rows.
+        let id_nulls = b.column(0).logical_null_count();
+        if id_nulls > 0 && !spec.skip_null_ids {
+            return Err(null_ids(path, &spec.id_col, id_nulls));
+        }
+        let id_valid = if spec.skip_null_ids { b.column(0).logical_nulls() } else { None };
+        let checked: Vec<bool> = (0..n)
+            .map(|i| {
+                kinds[i] == Kind::Purchase && ts[i] <= spec.as_of && id_valid.as_ref().is_none_or(|v| v.is_valid(i))
+            })
+            .collect();
         let values: Option<Float64Array> = if vpos.is_empty() {
             None
         } else {
-            let f64_of = |p: usize| -> Result<Float64Array> {
-                let v = cast(b.column(p), &DataType::Float64)
-                    .map_err(|e| Error::input(path, format!("column '{}': {e}", cols[p])))?;
-                Ok(v.as_primitive::<arrow::datatypes::Float64Type>().clone())
-            };
-            let mut v = f64_of(vpos[0])?;
-            if let Some(&q) = vpos.get(1) {
-                let w = f64_of(q)?;
-                v = arrow::compute::kernels::numeric::mul(&v, &w)
-                    .map_err(|e| Error::input(path, format!("--value-col '{value_name}': {e}")))?
-                    .as_primitive::<arrow::datatypes::Float64Type>()
-                    .clone();
-            }
+            let v = order_values(b, &vpos, &cols, path, &value_name)?;
             {
                 for i in 0..n {
-                    if kinds[i] != Kind::Purchase {
+                    if !checked[i] {
                         continue;
                     }
                     if spec.skip_negative_values && !v.is_null(i) && v.value(i) < 0.0 {
@@ -938,13 +983,15 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
         let orders: Option<Vec<u64>> = match opos {
             Some(p) => {
                 let c = b.column(p);
-                if c.null_count() > 0 {
+                if let Some(valid) = c.logical_nulls()
+                    && let Some(i) = (0..n).find(|&i| !valid.is_valid(i) && checked[i] && kinds[i] == Kind::Purchase)
+                {
                     return Err(Error::input(
                         path,
                         format!(
-                            "column '{}' has {} null order ids; every order row needs one",
+                            "column '{}': a purchase at {} has no order id; every purchase needs one",
                             cols[p],
-                            c.null_count()
+                            time_string(ts[i])
                         ),
                     ));
                 }
@@ -1175,10 +1222,14 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
         return Err(Error::input(
             ds.display_name(),
             format!(
-                "no events at or before {} (of {} rows, {} are later); check --as-of",
+                "no events at or before {} (of {} rows, {} are later, {} ignored, {} without an id, {} with a \
+                 negative value); check --as-of, --id-col and the type names",
                 time_string(cal_end),
                 summary.events_read,
-                summary.events_after_as_of
+                summary.events_after_as_of,
+                summary.events_ignored,
+                summary.events_null_id,
+                summary.events_negative_value
             ),
         ));
     }
@@ -1197,19 +1248,24 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     })
 }
 
+/// The error for null ids without `skip_null_ids`.
+fn null_ids(path: &Path, name: &str, nulls: usize) -> Error {
+    Error::input(
+        path,
+        format!(
+            "column '{name}' has null subscriber ids ({nulls} in the first batch that has any); leave those rows \
+                 out with --skip-null-ids (skip_null_ids=True in Python)"
+        ),
+    )
+}
+
 /// The index of a row without an id (left out with `skip_null_ids`).
 const NULL_ID: u32 = u32::MAX;
 
 fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str, skip_nulls: bool) -> Result<Vec<u32>> {
-    let nulls = col.null_count();
+    let nulls = col.logical_null_count();
     if nulls > 0 && !skip_nulls {
-        return Err(Error::input(
-            path,
-            format!(
-                "column '{name}' has null subscriber ids ({nulls} in the first batch that has any); leave those rows \
-                 out with --skip-null-ids"
-            ),
-        ));
+        return Err(null_ids(path, name, nulls));
     }
     let ids_out = resolve_valid_ids(ids, col, path, name)?;
     Ok(match col.logical_nulls() {
@@ -1295,7 +1351,8 @@ fn resolve_valid_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str) -> 
                 }
                 Strings::Dict(keys, values) => {
                     let per: Vec<u32> = (0..values.len()).map(|k| push(values.value(k))).collect();
-                    out.extend(keys.iter().map(|k| per[k.unwrap()]));
+                    // A null key's row is marked by the caller (it holds a null id).
+                    out.extend(keys.iter().map(|k| k.map_or(0, |k| per[k])));
                 }
             }
             if order.len() > u32::MAX as usize {

@@ -424,9 +424,12 @@ impl Chunks {
         let mut at = HashMap::new();
         for (g, rg) in meta.row_groups().iter().enumerate() {
             for (c, col) in rg.columns().iter().enumerate() {
-                let (start, len) = col.byte_range();
-                if roots.contains(&schema.get_column_root_idx(c)) {
-                    at.insert((start, start + len), (g, c));
+                // As in `plan`: a chunk with a negative offset or no bytes is left to the
+                // decoder (`byte_range` would assert on it).
+                let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+                let len = col.compressed_size();
+                if roots.contains(&schema.get_column_root_idx(c)) && start >= 0 && len > 0 {
+                    at.insert((start as u64, (start + len) as u64), (g, c));
                 }
             }
         }

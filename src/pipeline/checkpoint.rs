@@ -148,7 +148,9 @@ impl Checkpointer {
         let path = spec.path();
         let resume = if remote::is_remote(&path) {
             // An object store prefix: the checkpoint is one object, replaced whole by each
-            // save (a completed upload), as the local file is by a rename.
+            // save (a completed upload), as the local file is by a rename. The bucket and
+            // the credentials are checked now, not at the first save.
+            remote::check_output(&path, true)?;
             match remote::read_if_any(&path)? {
                 Some(bytes) => Some(Self::read(&path, &bytes, &identity)?),
                 None => None,

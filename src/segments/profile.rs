@@ -299,7 +299,7 @@ impl ProfileBuilder {
                     .outcome_names
                     .iter()
                     .position(|o| o.eq_ignore_ascii_case("cadence"))
-                    .and_then(|oi| cadence_noun(&self.outcomes[s][oi], &self.pop_outcomes[oi]));
+                    .and_then(|oi| cadence_noun(self.outcomes[s].get(oi)?, self.pop_outcomes.get(oi)?));
                 let generated_name = name_with_noun(&top_features, noun.unwrap_or("customers"));
                 SegmentProfile {
                     id: self.ids[s],
@@ -463,8 +463,8 @@ pub fn name_with_noun(top: &[Distinction], noun: &str) -> String {
     }
 }
 
-/// A segment's share of a category at which it names the segment: a majority, and
-/// CADENCE_LIFT times the population's share.
+/// A segment's share of a category above which it names the segment (a majority), with
+/// at least CADENCE_LIFT times the population's share.
 pub const CADENCE_SHARE: f64 = 0.5;
 pub const CADENCE_LIFT: f64 = 1.25;
 
@@ -483,7 +483,7 @@ fn cadence_noun(seg: &OutcomeAcc, pop: &OutcomeAcc) -> Option<&'static str> {
     let (class, n) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
     let share = *n as f64 / *count as f64;
     let pop_share = pc.get(class).copied().unwrap_or(0) as f64 / *pn as f64;
-    if share < CADENCE_SHARE || share < CADENCE_LIFT * pop_share {
+    if share <= CADENCE_SHARE || share < CADENCE_LIFT * pop_share {
         return None;
     }
     match class.as_str() {
