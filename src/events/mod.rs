@@ -935,7 +935,14 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
         // Null ids are refused before anything else is said about their rows.
         let id_nulls = b.column(0).logical_null_count();
         if id_nulls > 0 && !spec.skip_null_ids {
-            return Err(null_ids(path, &spec.id_col, id_nulls));
+            return Err(Error::input(
+                path,
+                format!(
+                    "column '{}' has null subscriber ids ({id_nulls} in the first batch that has any); leave those \
+                     rows out with --skip-null-ids (skip_null_ids=True in Python)",
+                    spec.id_col
+                ),
+            ));
         }
         let id_valid = if spec.skip_null_ids { b.column(0).logical_nulls() } else { None };
         let checked: Vec<bool> = (0..n)
@@ -947,35 +954,33 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
             None
         } else {
             let v = order_values(b, &vpos, &cols, path, &value_name)?;
-            {
-                for i in 0..n {
-                    if !checked[i] {
-                        continue;
-                    }
-                    if spec.skip_negative_values && !v.is_null(i) && v.value(i) < 0.0 {
-                        kinds[i] = Kind::Negative;
-                        continue;
-                    }
-                    let bad = if v.is_null(i) {
-                        Some("a null value".to_string())
-                    } else if !v.value(i).is_finite() {
-                        Some(format!("the value {}", v.value(i)))
-                    } else if v.value(i) < 0.0 {
-                        Some(format!("a negative value ({})", v.value(i)))
-                    } else {
-                        None
-                    };
-                    if let Some(what) = bad {
-                        return Err(Error::input(
-                            path,
-                            format!(
-                                "column '{}': a purchase at {} has {what}; order values must be finite and ≥ 0 \
-                                 (leave refunds out of the log, or skip them with --skip-negative-values)",
-                                value_name,
-                                time_string(ts[i])
-                            ),
-                        ));
-                    }
+            for i in 0..n {
+                if !checked[i] {
+                    continue;
+                }
+                if spec.skip_negative_values && !v.is_null(i) && v.value(i) < 0.0 {
+                    kinds[i] = Kind::Negative;
+                    continue;
+                }
+                let bad = if v.is_null(i) {
+                    Some("a null value".to_string())
+                } else if !v.value(i).is_finite() {
+                    Some(format!("the value {}", v.value(i)))
+                } else if v.value(i) < 0.0 {
+                    Some(format!("a negative value ({})", v.value(i)))
+                } else {
+                    None
+                };
+                if let Some(what) = bad {
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "column '{}': a purchase at {} has {what}; order values must be finite and ≥ 0 \
+                             (leave refunds out of the log, or skip them with --skip-negative-values)",
+                            value_name,
+                            time_string(ts[i])
+                        ),
+                    ));
                 }
             }
             Some(v)
@@ -1081,7 +1086,7 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
             let (ts, kinds, values, cats, local) = (&p.ts, &p.kinds, &p.values, &p.cats, &p.local);
             let n = ts.len();
             summary.events_read += n as u64;
-            let idx = resolve_ids(&mut ids, &p.ids, path, &spec.id_col, spec.skip_null_ids)?;
+            let idx = resolve_ids(&mut ids, &p.ids, path, &spec.id_col)?;
             if ids.len() > subs.len() {
                 let m = ids.len();
                 subs.resize(m, Sub::new());
@@ -1248,28 +1253,15 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
     })
 }
 
-/// The error for null ids without `skip_null_ids`.
-fn null_ids(path: &Path, name: &str, nulls: usize) -> Error {
-    Error::input(
-        path,
-        format!(
-            "column '{name}' has null subscriber ids ({nulls} in the first batch that has any); leave those rows \
-                 out with --skip-null-ids (skip_null_ids=True in Python)"
-        ),
-    )
-}
-
 /// The index of a row without an id (left out with `skip_null_ids`).
 const NULL_ID: u32 = u32::MAX;
 
-fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str, skip_nulls: bool) -> Result<Vec<u32>> {
-    let nulls = col.logical_null_count();
-    if nulls > 0 && !skip_nulls {
-        return Err(null_ids(path, name, nulls));
-    }
+/// Ids to subscriber indices, [`NULL_ID`] for a null id (the preparing thread has
+/// already refused those unless `skip_null_ids`).
+fn resolve_ids(ids: &mut Ids, col: &ArrayRef, path: &Path, name: &str) -> Result<Vec<u32>> {
     let ids_out = resolve_valid_ids(ids, col, path, name)?;
     Ok(match col.logical_nulls() {
-        Some(valid) if nulls > 0 => {
+        Some(valid) if valid.null_count() > 0 => {
             ids_out.into_iter().zip(valid.iter()).map(|(i, v)| if v { i } else { NULL_ID }).collect()
         }
         _ => ids_out,

@@ -338,6 +338,14 @@ const PIECE_MAX: u64 = 64 << 20;
 /// Pieces in flight ahead of the decoder (at most 4 × 64 MiB held).
 const AHEAD: usize = 4;
 
+/// The bytes of a column chunk, as the async reader asks for them; `None` for a chunk with
+/// a negative offset or no bytes, left to the decoder (`byte_range` would assert on it).
+fn chunk_range(col: &parquet::file::metadata::ColumnChunkMetaData) -> Option<std::ops::Range<u64>> {
+    let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+    let len = col.compressed_size();
+    (start >= 0 && len > 0).then(|| start as u64..(start + len) as u64)
+}
+
 /// The pieces in which a read of `roots` over every row group is fetched, in file order:
 /// the column chunks' ranges, coalesced, cut into pieces.
 fn plan(meta: &ParquetMetaData, roots: &[usize]) -> Vec<std::ops::Range<u64>> {
@@ -345,10 +353,10 @@ fn plan(meta: &ParquetMetaData, roots: &[usize]) -> Vec<std::ops::Range<u64>> {
     let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
     for rg in meta.row_groups() {
         for (c, col) in rg.columns().iter().enumerate() {
-            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
-            let len = col.compressed_size();
-            if roots.contains(&schema.get_column_root_idx(c)) && start >= 0 && len > 0 {
-                ranges.push(start as u64..(start + len) as u64);
+            if roots.contains(&schema.get_column_root_idx(c))
+                && let Some(r) = chunk_range(col)
+            {
+                ranges.push(r);
             }
         }
     }
@@ -424,12 +432,10 @@ impl Chunks {
         let mut at = HashMap::new();
         for (g, rg) in meta.row_groups().iter().enumerate() {
             for (c, col) in rg.columns().iter().enumerate() {
-                // As in `plan`: a chunk with a negative offset or no bytes is left to the
-                // decoder (`byte_range` would assert on it).
-                let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
-                let len = col.compressed_size();
-                if roots.contains(&schema.get_column_root_idx(c)) && start >= 0 && len > 0 {
-                    at.insert((start as u64, (start + len) as u64), (g, c));
+                if roots.contains(&schema.get_column_root_idx(c))
+                    && let Some(r) = chunk_range(col)
+                {
+                    at.insert((r.start, r.end), (g, c));
                 }
             }
         }
