@@ -1,7 +1,8 @@
 """microseg on Spark against Spark MLlib's KMeans and the single-node CLI, side by side:
 the same rows, the same start, the same number of Lloyd iterations.
 
-    .venv/bin/python benches/spark_mllib.py [ROWS] [DIMS] [K] [ITERATIONS] [REPEATS]   (default 10^6 32 256 20 3)
+    .venv/bin/python benches/spark_mllib.py [ROWS] [DIMS] [K] [ITERATIONS] [REPEATS] [PARTITIONS]
+    (default 10^6 32 256 20 3 8; PARTITIONS 0: the DataFrame as Spark reads the file)
 
 Data: `microseg generate` (unscaled, --scale none everywhere so all three iterate on the
 same values). The start: k rows drawn with a fixed seed. Spark on local[2]. Each Spark
@@ -29,7 +30,8 @@ CLI = REPO / "target" / "release" / "microseg"
 
 
 def main() -> None:
-    n, d, k, iters, repeats = (int(a) for a in (sys.argv[1:] + ["1000000", "32", "256", "20", "3"][len(sys.argv[1:]):]))
+    defaults = ["1000000", "32", "256", "20", "3", "8"]
+    n, d, k, iters, repeats, partitions = (int(a) for a in (sys.argv[1:] + defaults[len(sys.argv[1:]):]))
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="microseg-spark-bench-"))
     data = tmp / "x.parquet"
     subprocess.run([CLI, "generate", "--rows", str(n), "--dims", str(d), "--clusters", str(k), "--out", data, "--quiet"], check=True)
@@ -58,8 +60,12 @@ def main() -> None:
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "8g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    df = spark.read.parquet(str(data)).select(*cols).repartition(8).cache()
+    df = spark.read.parquet(str(data)).select(*cols)
+    if partitions > 0:
+        df = df.repartition(partitions)
+    df = df.cache()
     df.count()
+    partitions = df.rdd.getNumPartitions()
 
     import microseg
 
@@ -92,7 +98,7 @@ def main() -> None:
         "microseg_spark_vs_mllib": out["microseg_spark"]["wall"] / out["mllib"]["wall"],
         "microseg_spark_vs_cli_wall": out["microseg_spark"]["wall"] / out["cli"]["wall"],
         "first_runs_vs_mllib": out["microseg_spark"]["walls"][0] / out["mllib"]["walls"][0],
-        "n": n, "d": d, "k": k, "iterations": iters,
+        "n": n, "d": d, "k": k, "iterations": iters, "partitions": partitions,
     }))
 
 

@@ -64,7 +64,7 @@ fn fit_distributed(cfg: &FitConfig, parts: &[Dataset], sample: &Dataset) -> (mic
         let mut merged = distributed::merge(&stats).unwrap();
         let empty = distributed::empty_clusters(&merged);
         if empty > 0 {
-            let cands: Vec<_> = tasks.iter().map(|t| t.candidates(empty)).collect();
+            let cands: Vec<_> = tasks.iter_mut().map(|t| t.candidates(empty)).collect();
             relocations += distributed::relocate(&mut merged, &cands);
         }
         let (next, _, done) = distributed::update(&merged, &c, cfg.metric, scaling.tol_scaled);

@@ -253,8 +253,8 @@ impl SparkPartition {
     }
 
     /// The `m` rows farthest from their centroids (JSON), for empty clusters.
-    fn candidates(&self, m: usize) -> PyResult<String> {
-        json(&self.part.lock().unwrap().candidates(m))
+    fn candidates(&self, py: Python<'_>, m: usize) -> PyResult<String> {
+        json(&py.detach(|| self.pool.install(|| self.part.lock().unwrap().candidates(m))))
     }
 
     /// The final pass (JSON).

@@ -484,7 +484,7 @@ fn bounds_from(nearest: &[Nearest]) -> Bounds {
 
 /// Exact distance of every point to its own centroid (needed to pick the farthest
 /// points when a cluster empties; Hamerly's pruned points carry stale distances).
-fn refresh_distances(x: &Matrix, c: &Centroids, nearest: &mut [Nearest]) {
+pub(crate) fn refresh_distances(x: &Matrix, c: &Centroids, nearest: &mut [Nearest]) {
     nearest.par_iter_mut().enumerate().for_each(|(i, nr)| {
         nr.dist = exact_sq_dist(x.row(i), c.row(nr.label as usize)) as f32;
     });

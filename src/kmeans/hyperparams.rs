@@ -48,13 +48,14 @@ impl Algorithm {
     }
 
     /// The faster exact variant on `backend` for k centroids of `dim` features: plain
-    /// Lloyd on a device, and on the CPU with 8-bit codes (a whole pass then costs less
-    /// than the bounds' bookkeeping: measured, docs/benchmarks.md); else `auto(k)`.
+    /// Lloyd on a device, and on the CPU with 8-bit codes or one panel of 16-lane f32
+    /// (a whole pass then costs less than the bounds' bookkeeping: measured,
+    /// docs/benchmarks.md); else `auto(k)`.
     pub fn auto_for<B: crate::backend::Backend + ?Sized>(k: usize, dim: usize, backend: &B) -> Self {
         match backend.as_cpu() {
             None => Algorithm::Lloyd,
             Some(_) if !backend.exact_labels() => Algorithm::Lloyd,
-            Some(cpu) if cpu.kernel.resolve(k, dim).is_quantised() => Algorithm::Lloyd,
+            Some(cpu) if cpu.kernel.resolve(k, dim).whole_pass_pays(k) => Algorithm::Lloyd,
             Some(_) => Algorithm::auto(k),
         }
     }

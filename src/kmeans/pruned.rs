@@ -137,12 +137,12 @@ pub(crate) fn step(
                 Some(a) => {
                     let p = &plans[*a];
                     let pc = PreparedCentroids::with_kernel(&p.cents, kernel);
-                    assign_block_with(&buf, &pc, &mut out, &mut scratch, Precision::LabelsOnly, view);
+                    assign_block_with(&buf, &pc, &mut out, &mut scratch, Precision::LabelsOnly, view, None);
                     for o in out.iter_mut() {
                         o.label = p.cand[o.label as usize];
                     }
                 }
-                None => assign_block_with(&buf, &full, &mut out, &mut scratch, Precision::LabelsOnly, view),
+                None => assign_block_with(&buf, &full, &mut out, &mut scratch, Precision::LabelsOnly, view, None),
             }
             out
         })

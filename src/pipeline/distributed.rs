@@ -78,12 +78,62 @@ pub struct Candidate {
 }
 
 /// A partition's final pass: statistics against the final centroids and the rows of the
-/// baseline's strided sample (model space) with their assignment.
+/// baseline's strided sample (model space) with their assignment. The sample (200,000
+/// rows of the whole table) travels as base64 of little-endian words, not as decimal
+/// text: exact, a third of the size, and no float parsing on the driver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartFinal {
     pub stats: ClusterStats,
+    #[serde(with = "packed")]
     pub rows: Vec<f32>,
-    pub nearest: Vec<(u32, f32, f32)>,
+    #[serde(with = "packed")]
+    pub labels: Vec<u32>,
+    #[serde(with = "packed")]
+    pub dist: Vec<f32>,
+    #[serde(with = "packed")]
+    pub second: Vec<f32>,
+}
+
+/// Vectors of 4-byte words as base64 text of their little-endian bytes.
+mod packed {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub trait Word: Copy {
+        fn to_le(self) -> [u8; 4];
+        fn from_le(b: [u8; 4]) -> Self;
+    }
+    impl Word for f32 {
+        fn to_le(self) -> [u8; 4] {
+            self.to_le_bytes()
+        }
+        fn from_le(b: [u8; 4]) -> Self {
+            f32::from_le_bytes(b)
+        }
+    }
+    impl Word for u32 {
+        fn to_le(self) -> [u8; 4] {
+            self.to_le_bytes()
+        }
+        fn from_le(b: [u8; 4]) -> Self {
+            u32::from_le_bytes(b)
+        }
+    }
+
+    pub fn serialize<T: Word, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le()).collect();
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, T: Word, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        let bytes = STANDARD.decode(text.as_bytes()).map_err(D::Error::custom)?;
+        if !bytes.len().is_multiple_of(4) {
+            return Err(D::Error::custom(format!("{} bytes are not whole 4-byte words", bytes.len())));
+        }
+        Ok(bytes.chunks_exact(4).map(|c| T::from_le([c[0], c[1], c[2], c[3]])).collect())
+    }
 }
 
 /// The merged statistics of an iteration and what the fit decided from them.
@@ -257,6 +307,7 @@ impl Plan {
             x: t.matrix,
             w: t.weights,
             nearest: vec![Nearest { label: u32::MAX, dist: 0.0, second: 0.0 }; n],
+            last: None,
             offset,
         })
     }
@@ -301,8 +352,17 @@ impl Plan {
         let (mut rows, mut nearest) = (Vec::new(), Vec::new());
         for f in finals {
             stats.merge(&f.stats);
+            if f.labels.len() != f.dist.len() || f.labels.len() != f.second.len() {
+                return Err(Error::Data(
+                    "a partition's final pass has labels and distances of different lengths".into(),
+                ));
+            }
             rows.extend_from_slice(&f.rows);
-            nearest.extend(f.nearest.iter().map(|&(label, dist, second)| Nearest { label, dist, second }));
+            nearest.extend(f.labels.iter().zip(&f.dist).zip(&f.second).map(|((&label, &dist), &second)| Nearest {
+                label,
+                dist,
+                second,
+            }));
         }
         let inertia = stats.inertia();
         let n = stats.count.iter().sum::<u64>() as usize;
@@ -348,6 +408,8 @@ pub struct Partition {
     pub x: Matrix,
     pub w: Option<Vec<f32>>,
     nearest: Vec<Nearest>,
+    /// The centroids of the last step while `nearest`'s distances may be inexact.
+    last: Option<Centroids>,
     /// Rows of the partitions before this one.
     pub offset: u64,
 }
@@ -362,16 +424,21 @@ impl Partition {
         if self.x.n() == 0 {
             return Ok(PartStats { stats: ClusterStats::zeros(c.k, c.dim), changed: 0 });
         }
-        let old: Vec<u32> = self.nearest.iter().map(|n| n.label).collect();
-        backend.assign(&self.x.data, c, &mut self.nearest)?;
-        let changed = crate::backend::count_changed(&old, &self.nearest);
-        let stats = backend.reduce(&self.x.data, self.w.as_deref(), &self.nearest, c.k)?;
+        // Assignment, changed labels and statistics in one pass, as on one machine.
+        // Its distances may carry the fast expansion's rounding: `candidates` makes them
+        // exact first.
+        let (stats, changed) = backend.assign_reduce(&self.x.data, self.w.as_deref(), c, &mut self.nearest)?;
+        self.last = Some(c.clone());
         Ok(PartStats { stats, changed })
     }
 
     /// The `m` rows farthest from their centroids (ties to the lower row), for the
-    /// re-seeding of empty clusters.
-    pub fn candidates(&self, m: usize) -> Vec<Candidate> {
+    /// re-seeding of empty clusters: from exact distances to the last step's centroids,
+    /// as the single-node fit chooses them.
+    pub fn candidates(&mut self, m: usize) -> Vec<Candidate> {
+        if let Some(c) = self.last.take() {
+            kmeans::algorithm::refresh_distances(&self.x, &c, &mut self.nearest);
+        }
         let mut idx: Vec<usize> = (0..self.x.n()).collect();
         idx.sort_by(|&a, &b| self.nearest[b].dist.total_cmp(&self.nearest[a].dist).then(a.cmp(&b)));
         idx.truncate(m);
@@ -390,19 +457,28 @@ impl Partition {
     /// `ceil(total / 200,000)`-th row of the whole table).
     pub fn finish(&mut self, c: &Centroids, total_rows: u64, backend: &dyn Backend) -> Result<PartFinal> {
         if self.x.n() == 0 {
-            return Ok(PartFinal { stats: ClusterStats::zeros(c.k, c.dim), rows: Vec::new(), nearest: Vec::new() });
+            return Ok(PartFinal {
+                stats: ClusterStats::zeros(c.k, c.dim),
+                rows: Vec::new(),
+                labels: Vec::new(),
+                dist: Vec::new(),
+                second: Vec::new(),
+            });
         }
         backend.assign(&self.x.data, c, &mut self.nearest)?;
+        self.last = None;
         let stats = backend.reduce(&self.x.data, self.w.as_deref(), &self.nearest, c.k)?;
         let step = (total_rows as usize).div_ceil(BASELINE_ROWS).max(1) as u64;
-        let (mut rows, mut nearest) = (Vec::new(), Vec::new());
+        let (mut rows, mut labels, mut dist, mut second) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, nr) in self.nearest.iter().enumerate() {
             if (self.offset + i as u64).is_multiple_of(step) {
                 rows.extend_from_slice(self.x.row(i));
-                nearest.push((nr.label, nr.dist, nr.second));
+                labels.push(nr.label);
+                dist.push(nr.dist);
+                second.push(nr.second);
             }
         }
-        Ok(PartFinal { stats, rows, nearest })
+        Ok(PartFinal { stats, rows, labels, dist, second })
     }
 }
 

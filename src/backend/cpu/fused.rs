@@ -279,3 +279,92 @@ pub unsafe fn candidates(v: &[f32], a: &[f32], b: &[f32], xnorm: f32, limit: f32
         }
     }
 }
+
+/// One panel's rows decided in registers: for k ≤ `PANEL` centroids and labels only,
+/// the label and distance that `values`, `candidates` and the single-candidate rule of
+/// `decide` give, without writing the values out or scanning them again (the second
+/// distance is left +inf, as the 8-bit kernels leave it: labels only). For each of the
+/// `rows` rows, either `out[r]` is decided (`several[r] == 0`) or `several[r]` holds the
+/// candidates (bit j: centroid j, two or more) for the exact decision. The same
+/// operations per lane as `tile512` and `candidates`, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2 and FMA (`available512()`); `pk` has one panel,
+/// `x` holds `rows × dim` values and `rows` ≤ ROWS.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn one_panel(
+    x: &[f32],
+    rows: usize,
+    pk: &PackedCentroids,
+    k: usize,
+    xnorm: &[f32; ROWS],
+    out: &mut [crate::backend::Nearest],
+    several: &mut [u16; ROWS],
+) {
+    debug_assert!(pk.n_panels == 1 && k <= PANEL && x.len() >= rows * pk.dim && out.len() >= rows);
+    unsafe {
+        match rows {
+            6 => one_panel_tile::<6>(x, pk, k, xnorm, out, several),
+            5 => one_panel_tile::<5>(x, pk, k, xnorm, out, several),
+            4 => one_panel_tile::<4>(x, pk, k, xnorm, out, several),
+            3 => one_panel_tile::<3>(x, pk, k, xnorm, out, several),
+            2 => one_panel_tile::<2>(x, pk, k, xnorm, out, several),
+            1 => one_panel_tile::<1>(x, pk, k, xnorm, out, several),
+            _ => unreachable!("tile of {rows} rows"),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn one_panel_tile<const R: usize>(
+    x: &[f32],
+    pk: &PackedCentroids,
+    k: usize,
+    xnorm: &[f32; ROWS],
+    out: &mut [crate::backend::Nearest],
+    several: &mut [u16; ROWS],
+) {
+    use std::arch::x86_64::*;
+    let dim = pk.dim;
+    let xp = x.as_ptr();
+    let bp = pk.panels.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); R];
+    for f in 0..dim {
+        let b = unsafe { _mm512_loadu_ps(bp.add(f * PANEL)) };
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *xp.add(r * dim + f) }), b, *a);
+        }
+    }
+    let (n, ea, eb) = unsafe {
+        (_mm512_loadu_ps(pk.norms.as_ptr()), _mm512_loadu_ps(pk.err_a.as_ptr()), _mm512_loadu_ps(pk.err_b.as_ptr()))
+    };
+    let two = _mm512_set1_ps(2.0);
+    let valid: u16 = if k == PANEL { u16::MAX } else { (1u16 << k) - 1 };
+    // `candidates` takes the lanes past the last whole 8 with a scalar, unfused sum.
+    let unfused: u16 = valid & !((1u32 << (k / 8 * 8)) - 1) as u16;
+    for r in 0..R {
+        let xn = _mm512_set1_ps(xnorm[r]);
+        let v = _mm512_fnmadd_ps(two, acc[r], n);
+        let u = _mm512_fmadd_ps(xn, eb, _mm512_add_ps(v, ea));
+        // The smallest upper bound (the second is not needed: labels only).
+        let u1 = _mm512_reduce_min_ps(u);
+        // Candidates: v ≤ limit + a + ‖x‖·b, fused as `candidates` computes it.
+        let lim = _mm512_set1_ps(u1);
+        let mut thr = _mm512_fmadd_ps(xn, eb, _mm512_add_ps(ea, lim));
+        if unfused != 0 {
+            let split = _mm512_add_ps(_mm512_add_ps(lim, ea), _mm512_mul_ps(xn, eb));
+            thr = _mm512_mask_mov_ps(thr, unfused, split);
+        }
+        let mask = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, thr) & valid;
+        if mask.count_ones() == 1 {
+            let j = mask.trailing_zeros();
+            let vj = _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), v));
+            let xn2 = xnorm[r] * xnorm[r];
+            out[r] = crate::backend::Nearest { label: j, dist: (vj + xn2).max(0.0), second: f32::INFINITY };
+            several[r] = 0;
+        } else {
+            several[r] = if mask == 0 { valid } else { mask };
+        }
+    }
+}

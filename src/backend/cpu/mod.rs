@@ -82,7 +82,7 @@ impl Kernel {
 
     /// The concrete kernels this CPU runs (for tests and benchmarks).
     pub fn available() -> Vec<Kernel> {
-        [Kernel::Gemm, Kernel::F32Avx2, Kernel::Int8Avx2, Kernel::Int8Vnni]
+        [Kernel::Gemm, Kernel::F32Avx2, Kernel::F32Avx512, Kernel::Int8Avx2, Kernel::Int8Vnni]
             .into_iter()
             .filter(|k| k.supported())
             .collect()
@@ -90,12 +90,13 @@ impl Kernel {
 
     /// The kernel a pass over k centroids of `dim` features runs. `Auto` takes
     /// `MICROSEG_CPU_KERNEL` when it names a kernel this CPU has, else the fastest
-    /// this CPU has: 8-bit codes with VNNI, else with AVX2 (they beat the fused f32
-    /// kernel at every k and d measured, from k = 4 and d = 16 on: docs/benchmarks.md),
+    /// this CPU has: for k ≤ 16 and d ≤ 64 the 16-lane f32 kernel, whose one panel of
+    /// centroids decides each row in registers (1.4–1.9× the 8-bit codes' speed at
+    /// every such shape measured); otherwise 8-bit codes with VNNI, else with AVX2 (they
+    /// beat the fused f32 kernel at every larger k and d measured: docs/benchmarks.md),
     /// else SGEMM. A named kernel the CPU lacks, or codes on rows wider than
-    /// `quant::MAX_DIM`, fall back to the same choice. (k is part of the signature so
-    /// that a shape-dependent rule needs no new call sites.)
-    pub fn resolve(self, _k: usize, dim: usize) -> Kernel {
+    /// `quant::MAX_DIM`, fall back to the same choice.
+    pub fn resolve(self, k: usize, dim: usize) -> Kernel {
         let fits = |kr: Kernel| kr.supported() && (!kr.is_quantised() || dim <= MAX_QUANT_DIM);
         match self {
             Kernel::Auto => {
@@ -105,13 +106,16 @@ impl Kernel {
                 {
                     return kr;
                 }
+                if k <= fused::PANEL && dim <= ONE_PANEL_MAX_DIM && fits(Kernel::F32Avx512) {
+                    return Kernel::F32Avx512;
+                }
                 [Kernel::Int8Vnni, Kernel::Int8Avx2, Kernel::F32Avx2]
                     .into_iter()
                     .find(|kr| fits(*kr))
                     .unwrap_or(Kernel::Gemm)
             }
             kr if fits(kr) => kr,
-            _ => Kernel::Auto.resolve(_k, dim),
+            _ => Kernel::Auto.resolve(k, dim),
         }
     }
 
@@ -129,7 +133,18 @@ impl Kernel {
     pub fn is_quantised(self) -> bool {
         matches!(self, Kernel::Int8Avx2 | Kernel::Int8Vnni)
     }
+
+    /// Whether a whole Lloyd pass of this (resolved) kernel over k centroids costs less
+    /// than the bounds' bookkeeping of Hamerly or pruning: with 8-bit codes, and with
+    /// the 16-lane f32 kernel when one panel holds every centroid (measured at k = 16:
+    /// Lloyd 10–13 ms per iteration, Hamerly 35–57, pruned 53–68; docs/benchmarks.md).
+    pub fn whole_pass_pays(self, k: usize) -> bool {
+        self.is_quantised() || (self == Kernel::F32Avx512 && k <= fused::PANEL)
+    }
 }
+
+/// The widest rows `auto` gives the one-panel f32 kernel (measured to d = 64).
+const ONE_PANEL_MAX_DIM: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 const MAX_QUANT_DIM: usize = quant::MAX_DIM;
@@ -151,6 +166,8 @@ struct Retained {
     depth: usize,
     #[cfg(target_arch = "x86_64")]
     codes: Option<std::sync::Arc<quant::RowCodes>>,
+    /// Its rows' norms ‖x‖ once an f32 fused pass needs them.
+    norms: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl std::fmt::Debug for Retained {
@@ -194,6 +211,21 @@ impl CpuBackend {
         Some(c)
     }
 
+    /// The norms ‖x‖ of the rows of `points` when it is the matrix `retain` announced:
+    /// computed at the first call, then kept until `release`. `None` for any other slice.
+    pub fn row_norms(&self, points: &[f32], dim: usize) -> Option<std::sync::Arc<Vec<f32>>> {
+        let mut g = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        if g.key != Some((points.as_ptr() as usize, points.len(), dim)) {
+            return None;
+        }
+        if let Some(n) = &g.norms {
+            return Some(n.clone());
+        }
+        let n = std::sync::Arc::new(points.par_chunks(dim).map(|x| sq_norm(x).sqrt()).collect::<Vec<f32>>());
+        g.norms = Some(n.clone());
+        Some(n)
+    }
+
     fn assign_with(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest], precision: Precision) {
         let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
         let dim = centroids.dim;
@@ -201,6 +233,7 @@ impl CpuBackend {
         debug_assert_eq!(points.len(), out.len() * dim);
         #[cfg(target_arch = "x86_64")]
         let codes = prepared.quant.as_ref().and_then(|qc| self.row_codes(points, dim, qc.isa));
+        let norms = prepared.packed.as_ref().and_then(|_| self.row_norms(points, dim));
         points.par_chunks(rows * dim).zip(out.par_chunks_mut(rows)).enumerate().for_each_init(
             Vec::new,
             |scratch, (ci, (p, o))| {
@@ -211,7 +244,8 @@ impl CpuBackend {
                     let _ = ci;
                     None
                 };
-                assign_block_with(p, &prepared, o, scratch, precision, view)
+                let n = norms.as_ref().map(|n| &n[ci * rows..ci * rows + o.len()]);
+                assign_block_with(p, &prepared, o, scratch, precision, view, n)
             },
         );
     }
@@ -254,6 +288,7 @@ impl Backend for CpuBackend {
         let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
         #[cfg(target_arch = "x86_64")]
         let codes = prepared.quant.as_ref().and_then(|qc| self.row_codes(points, dim, qc.isa));
+        let norms = prepared.packed.as_ref().and_then(|_| self.row_norms(points, dim));
         let rows = rows_per_block(k);
         let partials: Vec<(ClusterStats, u64)> = points
             .par_chunks(REDUCE_ROWS * dim)
@@ -270,7 +305,9 @@ impl Backend for CpuBackend {
                     #[cfg(not(target_arch = "x86_64"))]
                     let view = None;
                     let o = &mut out[..nb.len()];
-                    assign_block_with(pb, &prepared, o, &mut scratch, Precision::LabelsOnly, view);
+                    let at = ci * REDUCE_ROWS + bi * rows;
+                    let n = norms.as_ref().map(|n| &n[at..at + o.len()]);
+                    assign_block_with(pb, &prepared, o, &mut scratch, Precision::LabelsOnly, view, n);
                     changed += nb.iter().zip(o.iter()).filter(|(a, b)| a.label != b.label).count() as u64;
                     nb.copy_from_slice(o);
                     let wb = w.map(|w| &w[bi * rows..bi * rows + nb.len()]);
@@ -436,7 +473,7 @@ unsafe fn exact_sq_dist_avx2(x: &[f32], c: &[f32]) -> f64 {
 /// Assign a block of rows (any count) sequentially: values v = ‖c‖² − 2x·c for a
 /// few rows at a time, then the exact top-2 of each row.
 pub fn assign_block(points: &[f32], pc: &PreparedCentroids, out: &mut [Nearest], scratch: &mut Vec<f32>) {
-    assign_block_with(points, pc, out, scratch, Precision::Exact, None);
+    assign_block_with(points, pc, out, scratch, Precision::Exact, None, None);
 }
 
 /// The 8-bit codes of the rows an assignment is given, where they were coded ahead
@@ -526,7 +563,8 @@ pub enum Precision {
     LabelsOnly,
 }
 
-/// `assign_block` at the given precision.
+/// `assign_block` at the given precision, with the rows' 8-bit codes and norms ‖x‖
+/// where they were computed ahead (`row_codes`, `row_norms`).
 pub fn assign_block_with(
     points: &[f32],
     pc: &PreparedCentroids,
@@ -534,6 +572,7 @@ pub fn assign_block_with(
     scratch: &mut Vec<f32>,
     precision: Precision,
     codes: Option<RowCodesView<'_>>,
+    norms: Option<&[f32]>,
 ) {
     let (k, dim) = (pc.c.k, pc.c.dim);
     #[cfg(target_arch = "x86_64")]
@@ -595,9 +634,33 @@ pub fn assign_block_with(
         let mut upper = [[0.0f32; 2]; fused::ROWS];
         let mut xnorm = [0.0f32; fused::ROWS];
         let mut cand = Vec::with_capacity(16);
-        for (p, o) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)) {
-            for (xn, x) in xnorm.iter_mut().zip(p.chunks_exact(dim)) {
-                *xn = sq_norm(x).sqrt();
+        // One panel of AVX-512 lanes holds every centroid: the rows are decided in
+        // registers, and only those with several candidates are scanned.
+        let one_panel = precision == Precision::LabelsOnly && pk.n_panels == 1 && pc.kernel == Kernel::F32Avx512;
+        let mut several = [0u16; fused::ROWS];
+        for (ti, (p, o)) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)).enumerate() {
+            match norms {
+                Some(n) => xnorm[..o.len()].copy_from_slice(&n[ti * fused::ROWS..ti * fused::ROWS + o.len()]),
+                None => {
+                    for (xn, x) in xnorm.iter_mut().zip(p.chunks_exact(dim)) {
+                        *xn = sq_norm(x).sqrt();
+                    }
+                }
+            }
+            if one_panel {
+                // SAFETY: F32Avx512 is chosen only where the CPU has it (`Kernel::resolve`);
+                // one panel, and p holds o.len() ≤ ROWS rows.
+                unsafe { fused::one_panel(p, o.len(), pk, k, &xnorm, o, &mut several) };
+                for (r, o) in o.iter_mut().enumerate().filter(|(r, _)| several[*r] != 0) {
+                    let mut m = several[r];
+                    cand.clear();
+                    while m != 0 {
+                        cand.push(m.trailing_zeros());
+                        m &= m - 1;
+                    }
+                    *o = best_of(&p[r * dim..(r + 1) * dim], &cand, pc);
+                }
+                continue;
             }
             // SAFETY: `packed` exists only for a fused kernel the CPU has (AVX2 and FMA,
             // or AVX-512 too); the slices hold o.len() rows of points and o.len() × kp values.
