@@ -1,5 +1,5 @@
-//! Every CPU distance kernel this machine has (SGEMM, fused f32, 8-bit codes with AVX2
-//! and with AVX-512 VNNI) against an f64 reference and against each other: the same
+//! Every CPU distance kernel this machine has (SGEMM, fused f32 with 8 and 16 lanes,
+//! 8-bit codes with AVX2 and with AVX-512 VNNI) against an f64 reference and against each other: the same
 //! labels as the reference's argmin (ties to the lower index) on awkward shapes,
 //! scales, offsets, duplicate rows and exact ties, the same distances bit for bit, and
 //! the same model file byte for byte whichever kernel and exact algorithm ran.
@@ -175,8 +175,18 @@ proptest! {
 /// in the same centroids, labels and distances bit for bit, including across empties.
 #[test]
 fn fits_are_bit_identical_across_kernels_and_algorithms() {
-    let cases: &[(usize, usize, usize, usize, bool)] =
-        &[(6000, 16, 8, 16, false), (9000, 32, 12, 256, true), (3000, 3, 4, 300, false), (4000, 7, 5, 40, false)];
+    // k ≤ 16 takes the one-panel path of the fused f32 kernels (k = 5 and 12: the
+    // 8-lane kernel's partial registers); 300,000 rows take the fused assignment and
+    // statistics by chunks, with the rows' norms kept for the fit.
+    let cases: &[(usize, usize, usize, usize, bool)] = &[
+        (6000, 16, 8, 16, false),
+        (9000, 32, 12, 256, true),
+        (3000, 3, 4, 300, false),
+        (4000, 7, 5, 40, false),
+        (5000, 8, 6, 12, true),
+        (4000, 24, 4, 5, false),
+        (300_000, 4, 6, 6, true),
+    ];
     for &(n, dim, blobs_k, k, weighted) in cases {
         let x: Matrix = blobs(n, dim, blobs_k, 5.0, n as u64 + 1);
         let w: Option<Vec<f32>> = weighted.then(|| (0..n).map(|i| (i % 4) as f32 * 0.5).collect());

@@ -288,29 +288,135 @@ pub unsafe fn candidates(v: &[f32], a: &[f32], b: &[f32], xnorm: f32, limit: f32
 /// candidates (bit j: centroid j, two or more) for the exact decision. The same
 /// operations per lane as `tile512` and `candidates`, so the same bits.
 ///
+/// With `avx512` the panel is one 16-lane register (`tile512`'s operations), else two
+/// 8-lane ones (`tile`'s).
+///
 /// # Safety
-/// The CPU must support AVX-512 F, AVX2 and FMA (`available512()`); `pk` has one panel,
-/// `x` holds `rows × dim` values and `rows` ≤ ROWS.
+/// The CPU must support AVX2 and FMA (`available()`), and AVX-512 F with `avx512`
+/// (`available512()`); `pk` has one panel, `x` holds `rows × dim` values and `rows` ≤ ROWS.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn one_panel(
     x: &[f32],
     rows: usize,
     pk: &PackedCentroids,
     k: usize,
-    xnorm: &[f32; ROWS],
+    xnorm: &[f32],
     out: &mut [crate::backend::Nearest],
-    several: &mut [u16; ROWS],
+    several: &mut [u16],
+    avx512: bool,
 ) {
     debug_assert!(pk.n_panels == 1 && k <= PANEL && x.len() >= rows * pk.dim && out.len() >= rows);
+    debug_assert!(
+        rows <= if avx512 { ONE_PANEL_ROWS_512 } else { ROWS } && xnorm.len() >= rows && several.len() >= rows
+    );
+    macro_rules! run {
+        ($r:literal) => {
+            if avx512 {
+                one_panel_tile::<$r>(x, pk, k, xnorm, out, several)
+            } else {
+                one_panel_tile256::<$r>(x, pk, k, xnorm, out, several)
+            }
+        };
+    }
     unsafe {
         match rows {
-            6 => one_panel_tile::<6>(x, pk, k, xnorm, out, several),
-            5 => one_panel_tile::<5>(x, pk, k, xnorm, out, several),
-            4 => one_panel_tile::<4>(x, pk, k, xnorm, out, several),
-            3 => one_panel_tile::<3>(x, pk, k, xnorm, out, several),
-            2 => one_panel_tile::<2>(x, pk, k, xnorm, out, several),
-            1 => one_panel_tile::<1>(x, pk, k, xnorm, out, several),
+            8 if avx512 => one_panel_tile::<8>(x, pk, k, xnorm, out, several),
+            7 if avx512 => one_panel_tile::<7>(x, pk, k, xnorm, out, several),
+            6 => run!(6),
+            5 => run!(5),
+            4 => run!(4),
+            3 => run!(3),
+            2 => run!(2),
+            1 => run!(1),
             _ => unreachable!("tile of {rows} rows"),
+        }
+    }
+}
+
+/// Rows per one-panel tile with 16 lanes (8 accumulators of the 32 registers); the
+/// 8-lane tile takes `ROWS` (12 of the 16).
+pub const ONE_PANEL_ROWS_512: usize = 8;
+
+/// `one_panel_tile` with two 8-lane registers per row, lane for lane `tile`'s and
+/// `candidates`' operations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn one_panel_tile256<const R: usize>(
+    x: &[f32],
+    pk: &PackedCentroids,
+    k: usize,
+    xnorm: &[f32],
+    out: &mut [crate::backend::Nearest],
+    several: &mut [u16],
+) {
+    use std::arch::x86_64::*;
+    let dim = pk.dim;
+    let xp = x.as_ptr();
+    let bp = pk.panels.as_ptr();
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    for f in 0..dim {
+        let (b0, b1) = unsafe { (_mm256_loadu_ps(bp.add(f * PANEL)), _mm256_loadu_ps(bp.add(f * PANEL + 8))) };
+        for r in 0..R {
+            let a = unsafe { _mm256_broadcast_ss(&*xp.add(r * dim + f)) };
+            acc0[r] = _mm256_fmadd_ps(a, b0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(a, b1, acc1[r]);
+        }
+    }
+    let (n0, n1, a0, a1, e0, e1) = unsafe {
+        let (n, a, e) = (pk.norms.as_ptr(), pk.err_a.as_ptr(), pk.err_b.as_ptr());
+        (
+            _mm256_loadu_ps(n),
+            _mm256_loadu_ps(n.add(8)),
+            _mm256_loadu_ps(a),
+            _mm256_loadu_ps(a.add(8)),
+            _mm256_loadu_ps(e),
+            _mm256_loadu_ps(e.add(8)),
+        )
+    };
+    let two = _mm256_set1_ps(2.0);
+    let valid: u16 = if k == PANEL { u16::MAX } else { (1u16 << k) - 1 };
+    // `candidates` takes the lanes past the last whole 8 with a scalar, unfused sum:
+    // all of the first register below k = 8, the second below k = 16.
+    let (split0, split1) = (k < 8, k < PANEL);
+    let thr = |xn: __m256, lim: __m256, a: __m256, e: __m256, split: bool| {
+        if split {
+            _mm256_add_ps(_mm256_add_ps(lim, a), _mm256_mul_ps(xn, e))
+        } else {
+            _mm256_fmadd_ps(xn, e, _mm256_add_ps(a, lim))
+        }
+    };
+    for r in 0..R {
+        let xn = _mm256_set1_ps(xnorm[r]);
+        let v0 = _mm256_fnmadd_ps(two, acc0[r], n0);
+        let v1 = _mm256_fnmadd_ps(two, acc1[r], n1);
+        let u = _mm256_min_ps(
+            _mm256_fmadd_ps(xn, e0, _mm256_add_ps(v0, a0)),
+            _mm256_fmadd_ps(xn, e1, _mm256_add_ps(v1, a1)),
+        );
+        // The smallest upper bound (labels only: the second is not needed).
+        let h = _mm_min_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps::<1>(u));
+        let h = _mm_min_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_min_ss(h, _mm_movehdup_ps(h));
+        let lim = _mm256_broadcastss_ps(h);
+        let t0 = thr(xn, lim, a0, e0, split0);
+        let t1 = thr(xn, lim, a1, e1, split1);
+        let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v0, t0)) as u16;
+        let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v1, t1)) as u16;
+        let mask = (m0 | (m1 << 8)) & valid;
+        if mask.count_ones() == 1 {
+            let j = mask.trailing_zeros();
+            let mut vs = [0.0f32; PANEL];
+            unsafe {
+                _mm256_storeu_ps(vs.as_mut_ptr(), v0);
+                _mm256_storeu_ps(vs.as_mut_ptr().add(8), v1);
+            }
+            let xn2 = xnorm[r] * xnorm[r];
+            out[r] = crate::backend::Nearest { label: j, dist: (vs[j as usize] + xn2).max(0.0), second: f32::INFINITY };
+            several[r] = 0;
+        } else {
+            several[r] = if mask == 0 { valid } else { mask };
         }
     }
 }
@@ -321,9 +427,9 @@ unsafe fn one_panel_tile<const R: usize>(
     x: &[f32],
     pk: &PackedCentroids,
     k: usize,
-    xnorm: &[f32; ROWS],
+    xnorm: &[f32],
     out: &mut [crate::backend::Nearest],
-    several: &mut [u16; ROWS],
+    several: &mut [u16],
 ) {
     use std::arch::x86_64::*;
     let dim = pk.dim;

@@ -90,9 +90,9 @@ impl Kernel {
 
     /// The kernel a pass over k centroids of `dim` features runs. `Auto` takes
     /// `MICROSEG_CPU_KERNEL` when it names a kernel this CPU has, else the fastest
-    /// this CPU has: for k ≤ 16 and d ≤ 64 the 16-lane f32 kernel, whose one panel of
-    /// centroids decides each row in registers (1.4–1.9× the 8-bit codes' speed at
-    /// every such shape measured); otherwise 8-bit codes with VNNI, else with AVX2 (they
+    /// this CPU has: for k ≤ 16 and d ≤ 64 the fused f32 kernel (16 lanes, else 2 × 8),
+    /// whose one panel of centroids decides each row in registers (1.3–2.6× the 8-bit
+    /// codes' speed at every such shape measured); otherwise 8-bit codes with VNNI, else with AVX2 (they
     /// beat the fused f32 kernel at every larger k and d measured: docs/benchmarks.md),
     /// else SGEMM. A named kernel the CPU lacks, or codes on rows wider than
     /// `quant::MAX_DIM`, fall back to the same choice.
@@ -106,8 +106,10 @@ impl Kernel {
                 {
                     return kr;
                 }
-                if k <= fused::PANEL && dim <= ONE_PANEL_MAX_DIM && fits(Kernel::F32Avx512) {
-                    return Kernel::F32Avx512;
+                if k <= fused::PANEL && dim <= ONE_PANEL_MAX_DIM {
+                    if let Some(kr) = [Kernel::F32Avx512, Kernel::F32Avx2].into_iter().find(|kr| fits(*kr)) {
+                        return kr;
+                    }
                 }
                 [Kernel::Int8Vnni, Kernel::Int8Avx2, Kernel::F32Avx2]
                     .into_iter()
@@ -136,10 +138,10 @@ impl Kernel {
 
     /// Whether a whole Lloyd pass of this (resolved) kernel over k centroids costs less
     /// than the bounds' bookkeeping of Hamerly or pruning: with 8-bit codes, and with
-    /// the 16-lane f32 kernel when one panel holds every centroid (measured at k = 16:
+    /// the fused f32 kernel when one panel holds every centroid (measured at k = 16:
     /// Lloyd 10–13 ms per iteration, Hamerly 35–57, pruned 53–68; docs/benchmarks.md).
     pub fn whole_pass_pays(self, k: usize) -> bool {
-        self.is_quantised() || (self == Kernel::F32Avx512 && k <= fused::PANEL)
+        self.is_quantised() || (matches!(self, Kernel::F32Avx512 | Kernel::F32Avx2) && k <= fused::PANEL)
     }
 }
 
@@ -308,8 +310,10 @@ impl Backend for CpuBackend {
                     let at = ci * REDUCE_ROWS + bi * rows;
                     let n = norms.as_ref().map(|n| &n[at..at + o.len()]);
                     assign_block_with(pb, &prepared, o, &mut scratch, Precision::LabelsOnly, view, n);
-                    changed += nb.iter().zip(o.iter()).filter(|(a, b)| a.label != b.label).count() as u64;
-                    nb.copy_from_slice(o);
+                    for (a, b) in nb.iter_mut().zip(o.iter()) {
+                        changed += u64::from(a.label != b.label);
+                        *a = *b;
+                    }
                     let wb = w.map(|w| &w[bi * rows..bi * rows + nb.len()]);
                     accumulate(&mut stats, pb, wb, nb);
                 }
@@ -563,6 +567,18 @@ pub enum Precision {
     LabelsOnly,
 }
 
+/// The norms ‖x‖ of the rows of `p`: copied from those computed ahead, else computed.
+fn row_norms_into(out: &mut [f32], p: &[f32], dim: usize, ahead: Option<&[f32]>) {
+    match ahead {
+        Some(n) => out.copy_from_slice(n),
+        None => {
+            for (xn, x) in out.iter_mut().zip(p.chunks_exact(dim)) {
+                *xn = sq_norm(x).sqrt();
+            }
+        }
+    }
+}
+
 /// `assign_block` at the given precision, with the rows' 8-bit codes and norms ‖x‖
 /// where they were computed ahead (`row_codes`, `row_norms`).
 pub fn assign_block_with(
@@ -634,34 +650,34 @@ pub fn assign_block_with(
         let mut upper = [[0.0f32; 2]; fused::ROWS];
         let mut xnorm = [0.0f32; fused::ROWS];
         let mut cand = Vec::with_capacity(16);
-        // One panel of AVX-512 lanes holds every centroid: the rows are decided in
-        // registers, and only those with several candidates are scanned.
-        let one_panel = precision == Precision::LabelsOnly && pk.n_panels == 1 && pc.kernel == Kernel::F32Avx512;
-        let mut several = [0u16; fused::ROWS];
-        for (ti, (p, o)) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)).enumerate() {
-            match norms {
-                Some(n) => xnorm[..o.len()].copy_from_slice(&n[ti * fused::ROWS..ti * fused::ROWS + o.len()]),
-                None => {
-                    for (xn, x) in xnorm.iter_mut().zip(p.chunks_exact(dim)) {
-                        *xn = sq_norm(x).sqrt();
-                    }
-                }
-            }
-            if one_panel {
-                // SAFETY: F32Avx512 is chosen only where the CPU has it (`Kernel::resolve`);
-                // one panel, and p holds o.len() ≤ ROWS rows.
-                unsafe { fused::one_panel(p, o.len(), pk, k, &xnorm, o, &mut several) };
+        if precision == Precision::LabelsOnly && pk.n_panels == 1 {
+            // One panel holds every centroid: the rows are decided in registers, and
+            // only those with several candidates go to the exact decision.
+            let avx512 = pc.kernel == Kernel::F32Avx512;
+            let tr = if avx512 { fused::ONE_PANEL_ROWS_512 } else { fused::ROWS };
+            let mut xnorm = [0.0f32; fused::ONE_PANEL_ROWS_512];
+            let mut several = [0u16; fused::ONE_PANEL_ROWS_512];
+            for (ti, (p, o)) in points.chunks(tr * dim).zip(out.chunks_mut(tr)).enumerate() {
+                let m = o.len();
+                row_norms_into(&mut xnorm[..m], p, dim, norms.map(|n| &n[ti * tr..ti * tr + m]));
+                // SAFETY: a fused kernel runs only where the CPU has it (`Kernel::resolve`),
+                // AVX-512 F with F32Avx512; one panel, and p holds m ≤ tr rows.
+                unsafe { fused::one_panel(p, m, pk, k, &xnorm[..m], o, &mut several[..m], avx512) };
                 for (r, o) in o.iter_mut().enumerate().filter(|(r, _)| several[*r] != 0) {
-                    let mut m = several[r];
+                    let mut bits = several[r];
                     cand.clear();
-                    while m != 0 {
-                        cand.push(m.trailing_zeros());
-                        m &= m - 1;
+                    while bits != 0 {
+                        cand.push(bits.trailing_zeros());
+                        bits &= bits - 1;
                     }
                     *o = best_of(&p[r * dim..(r + 1) * dim], &cand, pc);
                 }
-                continue;
             }
+            return;
+        }
+        for (ti, (p, o)) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)).enumerate() {
+            let m = o.len();
+            row_norms_into(&mut xnorm[..m], p, dim, norms.map(|n| &n[ti * fused::ROWS..ti * fused::ROWS + m]));
             // SAFETY: `packed` exists only for a fused kernel the CPU has (AVX2 and FMA,
             // or AVX-512 too); the slices hold o.len() rows of points and o.len() × kp values.
             unsafe { fused::values(p, o.len(), pk, &xnorm, scratch, &mut upper, pc.kernel == Kernel::F32Avx512) };
