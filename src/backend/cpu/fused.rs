@@ -338,6 +338,28 @@ pub unsafe fn one_panel(
 /// 8-lane tile takes `ROWS` (12 of the 16).
 pub const ONE_PANEL_ROWS_512: usize = 8;
 
+/// A row of a one-panel tile: decided when its candidates (`mask`) are one, j, with the
+/// distance v_j + ‖x‖² (`v` gives v_j), as `decide` takes a single candidate; else its
+/// candidates (all valid ones should none pass) are left in `several`.
+#[inline(always)]
+fn settle(
+    mask: u16,
+    valid: u16,
+    xnorm: f32,
+    out: &mut crate::backend::Nearest,
+    several: &mut u16,
+    v: impl FnOnce(u32) -> f32,
+) {
+    if mask.count_ones() == 1 {
+        let j = mask.trailing_zeros();
+        let xn2 = xnorm * xnorm;
+        *out = crate::backend::Nearest { label: j, dist: (v(j) + xn2).max(0.0), second: f32::INFINITY };
+        *several = 0;
+    } else {
+        *several = if mask == 0 { valid } else { mask };
+    }
+}
+
 /// `one_panel_tile` with two 8-lane registers per row, lane for lane `tile`'s and
 /// `candidates`' operations.
 #[cfg(target_arch = "x86_64")]
@@ -405,19 +427,14 @@ unsafe fn one_panel_tile256<const R: usize>(
         let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v0, t0)) as u16;
         let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v1, t1)) as u16;
         let mask = (m0 | (m1 << 8)) & valid;
-        if mask.count_ones() == 1 {
-            let j = mask.trailing_zeros();
+        settle(mask, valid, xnorm[r], &mut out[r], &mut several[r], |j| {
             let mut vs = [0.0f32; PANEL];
             unsafe {
                 _mm256_storeu_ps(vs.as_mut_ptr(), v0);
                 _mm256_storeu_ps(vs.as_mut_ptr().add(8), v1);
             }
-            let xn2 = xnorm[r] * xnorm[r];
-            out[r] = crate::backend::Nearest { label: j, dist: (vs[j as usize] + xn2).max(0.0), second: f32::INFINITY };
-            several[r] = 0;
-        } else {
-            several[r] = if mask == 0 { valid } else { mask };
-        }
+            vs[j as usize]
+        });
     }
 }
 
@@ -463,14 +480,8 @@ unsafe fn one_panel_tile<const R: usize>(
             thr = _mm512_mask_mov_ps(thr, unfused, split);
         }
         let mask = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, thr) & valid;
-        if mask.count_ones() == 1 {
-            let j = mask.trailing_zeros();
-            let vj = _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), v));
-            let xn2 = xnorm[r] * xnorm[r];
-            out[r] = crate::backend::Nearest { label: j, dist: (vj + xn2).max(0.0), second: f32::INFINITY };
-            several[r] = 0;
-        } else {
-            several[r] = if mask == 0 { valid } else { mask };
-        }
+        settle(mask, valid, xnorm[r], &mut out[r], &mut several[r], |j| {
+            _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), v))
+        });
     }
 }
