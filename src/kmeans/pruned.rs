@@ -142,7 +142,9 @@ pub(crate) fn step(
                         o.label = p.cand[o.label as usize];
                     }
                 }
-                None => assign_block_with(&buf, &full, &mut out, &mut scratch, Precision::LabelsOnly, view, None),
+                None => {
+                    assign_block_with(&buf, &full, &mut out, &mut scratch, Precision::LabelsOnly, view, None);
+                }
             }
             out
         })

@@ -305,7 +305,7 @@ pub unsafe fn one_panel(
     out: &mut [crate::backend::Nearest],
     several: &mut [u16],
     avx512: bool,
-) {
+) -> u64 {
     debug_assert!(pk.n_panels == 1 && k <= PANEL && x.len() >= rows * pk.dim && out.len() >= rows);
     debug_assert!(
         rows <= if avx512 { ONE_PANEL_ROWS_512 } else { ROWS } && xnorm.len() >= rows && several.len() >= rows
@@ -339,8 +339,9 @@ pub unsafe fn one_panel(
 pub const ONE_PANEL_ROWS_512: usize = 8;
 
 /// A row of a one-panel tile: decided when its candidates (`mask`) are one, j, with the
-/// distance v_j + ‖x‖² (`v` gives v_j), as `decide` takes a single candidate; else its
-/// candidates (all valid ones should none pass) are left in `several`.
+/// distance v_j + ‖x‖² (`v` gives v_j), as `decide` takes a single candidate (returns 1
+/// when the label changed); else its candidates (all valid ones should none pass) are
+/// left in `several`, and `out` keeps the row's old label for the caller.
 #[inline(always)]
 fn settle(
     mask: u16,
@@ -349,14 +350,17 @@ fn settle(
     out: &mut crate::backend::Nearest,
     several: &mut u16,
     v: impl FnOnce(u32) -> f32,
-) {
+) -> u64 {
     if mask.count_ones() == 1 {
         let j = mask.trailing_zeros();
         let xn2 = xnorm * xnorm;
+        let changed = u64::from(out.label != j);
         *out = crate::backend::Nearest { label: j, dist: (v(j) + xn2).max(0.0), second: f32::INFINITY };
         *several = 0;
+        changed
     } else {
         *several = if mask == 0 { valid } else { mask };
+        0
     }
 }
 
@@ -371,8 +375,9 @@ unsafe fn one_panel_tile256<const R: usize>(
     xnorm: &[f32],
     out: &mut [crate::backend::Nearest],
     several: &mut [u16],
-) {
+) -> u64 {
     use std::arch::x86_64::*;
+    let mut changed = 0u64;
     let dim = pk.dim;
     let xp = x.as_ptr();
     let bp = pk.panels.as_ptr();
@@ -427,7 +432,7 @@ unsafe fn one_panel_tile256<const R: usize>(
         let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v0, t0)) as u16;
         let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v1, t1)) as u16;
         let mask = (m0 | (m1 << 8)) & valid;
-        settle(mask, valid, xnorm[r], &mut out[r], &mut several[r], |j| {
+        changed += settle(mask, valid, xnorm[r], &mut out[r], &mut several[r], |j| {
             let mut vs = [0.0f32; PANEL];
             unsafe {
                 _mm256_storeu_ps(vs.as_mut_ptr(), v0);
@@ -436,6 +441,7 @@ unsafe fn one_panel_tile256<const R: usize>(
             vs[j as usize]
         });
     }
+    changed
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -447,8 +453,9 @@ unsafe fn one_panel_tile<const R: usize>(
     xnorm: &[f32],
     out: &mut [crate::backend::Nearest],
     several: &mut [u16],
-) {
+) -> u64 {
     use std::arch::x86_64::*;
+    let mut changed = 0u64;
     let dim = pk.dim;
     let xp = x.as_ptr();
     let bp = pk.panels.as_ptr();
@@ -480,8 +487,9 @@ unsafe fn one_panel_tile<const R: usize>(
             thr = _mm512_mask_mov_ps(thr, unfused, split);
         }
         let mask = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, thr) & valid;
-        settle(mask, valid, xnorm[r], &mut out[r], &mut several[r], |j| {
+        changed += settle(mask, valid, xnorm[r], &mut out[r], &mut several[r], |j| {
             _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), v))
         });
     }
+    changed
 }

@@ -247,7 +247,7 @@ impl CpuBackend {
                     None
                 };
                 let n = norms.as_ref().map(|n| &n[ci * rows..ci * rows + o.len()]);
-                assign_block_with(p, &prepared, o, scratch, precision, view, n)
+                assign_block_with(p, &prepared, o, scratch, precision, view, n);
             },
         );
     }
@@ -299,21 +299,16 @@ impl Backend for CpuBackend {
             .map(|(ci, (p, nr))| {
                 let w = weights.map(|w| &w[ci * REDUCE_ROWS..ci * REDUCE_ROWS + nr.len()]);
                 let mut stats = ClusterStats::zeros(k, dim);
-                let (mut scratch, mut out) = (Vec::new(), vec![Nearest::default(); rows]);
+                let mut scratch = Vec::new();
                 let mut changed = 0u64;
                 for (bi, (pb, nb)) in p.chunks(rows * dim).zip(nr.chunks_mut(rows)).enumerate() {
                     #[cfg(target_arch = "x86_64")]
                     let view = codes.as_ref().map(|c| c.view().slice(ci * REDUCE_ROWS + bi * rows, nb.len()));
                     #[cfg(not(target_arch = "x86_64"))]
                     let view = None;
-                    let o = &mut out[..nb.len()];
                     let at = ci * REDUCE_ROWS + bi * rows;
-                    let n = norms.as_ref().map(|n| &n[at..at + o.len()]);
-                    assign_block_with(pb, &prepared, o, &mut scratch, Precision::LabelsOnly, view, n);
-                    for (a, b) in nb.iter_mut().zip(o.iter()) {
-                        changed += u64::from(a.label != b.label);
-                        *a = *b;
-                    }
+                    let n = norms.as_ref().map(|n| &n[at..at + nb.len()]);
+                    changed += assign_block_with(pb, &prepared, nb, &mut scratch, Precision::LabelsOnly, view, n);
                     let wb = w.map(|w| &w[bi * rows..bi * rows + nb.len()]);
                     accumulate(&mut stats, pb, wb, nb);
                 }
@@ -567,6 +562,14 @@ pub enum Precision {
     LabelsOnly,
 }
 
+/// Write a row's result; 1 when its label changed.
+#[inline(always)]
+fn replace(o: &mut Nearest, new: Nearest) -> u64 {
+    let c = u64::from(o.label != new.label);
+    *o = new;
+    c
+}
+
 /// The norms ‖x‖ of the rows of `p`: copied from those computed ahead, else computed.
 fn row_norms_into(out: &mut [f32], p: &[f32], dim: usize, ahead: Option<&[f32]>) {
     match ahead {
@@ -580,7 +583,8 @@ fn row_norms_into(out: &mut [f32], p: &[f32], dim: usize, ahead: Option<&[f32]>)
 }
 
 /// `assign_block` at the given precision, with the rows' 8-bit codes and norms ‖x‖
-/// where they were computed ahead (`row_codes`, `row_norms`).
+/// where they were computed ahead (`row_codes`, `row_norms`). Returns how many rows'
+/// labels differ from those `out` held.
 pub fn assign_block_with(
     points: &[f32],
     pc: &PreparedCentroids,
@@ -589,8 +593,9 @@ pub fn assign_block_with(
     precision: Precision,
     codes: Option<RowCodesView<'_>>,
     norms: Option<&[f32]>,
-) {
+) -> u64 {
     let (k, dim) = (pc.c.k, pc.c.dim);
+    let mut changed = 0u64;
     #[cfg(target_arch = "x86_64")]
     if let Some(qc) = &pc.quant {
         use crate::similarity::int8::Isa;
@@ -634,13 +639,16 @@ pub fn assign_block_with(
                     1 => Some((cand[0], 0.5 * (lower[cand[0] as usize] + limit) + view.sq_norm(r))),
                     _ => quant::proven_nearest(qc.isa, x, &cand, pc.c),
                 };
-                *o = match proven {
-                    Some((label, dist)) => Nearest { label, dist: dist.max(0.0), second: f32::INFINITY },
-                    None => best_of(x, &cand, pc),
-                };
+                changed += replace(
+                    o,
+                    match proven {
+                        Some((label, dist)) => Nearest { label, dist: dist.max(0.0), second: f32::INFINITY },
+                        None => best_of(x, &cand, pc),
+                    },
+                );
             }
         }
-        return;
+        return changed;
     }
     if let Some(pk) = &pc.packed {
         let kp = pk.padded_k();
@@ -662,7 +670,7 @@ pub fn assign_block_with(
                 row_norms_into(&mut xnorm[..m], p, dim, norms.map(|n| &n[ti * tr..ti * tr + m]));
                 // SAFETY: a fused kernel runs only where the CPU has it (`Kernel::resolve`),
                 // AVX-512 F with F32Avx512; one panel, and p holds m ≤ tr rows.
-                unsafe { fused::one_panel(p, m, pk, k, &xnorm[..m], o, &mut several[..m], avx512) };
+                changed += unsafe { fused::one_panel(p, m, pk, k, &xnorm[..m], o, &mut several[..m], avx512) };
                 for (r, o) in o.iter_mut().enumerate().filter(|(r, _)| several[*r] != 0) {
                     let mut bits = several[r];
                     cand.clear();
@@ -670,10 +678,10 @@ pub fn assign_block_with(
                         cand.push(bits.trailing_zeros());
                         bits &= bits - 1;
                     }
-                    *o = best_of(&p[r * dim..(r + 1) * dim], &cand, pc);
+                    changed += replace(o, best_of(&p[r * dim..(r + 1) * dim], &cand, pc));
                 }
             }
-            return;
+            return changed;
         }
         for (ti, (p, o)) in points.chunks(fused::ROWS * dim).zip(out.chunks_mut(fused::ROWS)).enumerate() {
             let m = o.len();
@@ -688,10 +696,10 @@ pub fn assign_block_with(
                 cand.clear();
                 // SAFETY: as above; `row` is this row's output of `values`.
                 unsafe { fused::candidates(v, &pc.err.a, &pc.err.b, xnorm[r], limit, &mut cand) };
-                *o = decide(x, v, xnorm[r], upper[r], &cand, pc, precision);
+                changed += replace(o, decide(x, v, xnorm[r], upper[r], &cand, pc, precision));
             }
         }
-        return;
+        return changed;
     }
     let rows = rows_per_block(k);
     if scratch.len() < rows * k {
@@ -733,9 +741,10 @@ pub fn assign_block_with(
             let limit = if precision == Precision::Exact { up[1] } else { up[0] };
             cand.clear();
             cand.extend((0..k as u32).filter(|&j| v[j as usize] <= limit + a[j as usize] + xn * b[j as usize]));
-            *o = decide(x, v, xn, up, &cand, pc, precision);
+            changed += replace(o, decide(x, v, xn, up, &cand, pc, precision));
         }
     }
+    changed
 }
 
 /// The row's result from its candidates: with one candidate for the nearest (labels
