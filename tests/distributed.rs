@@ -77,8 +77,52 @@ fn fit_distributed(cfg: &FitConfig, parts: &[Dataset], sample: &Dataset) -> (mic
     }
     let total = scaling.rows_used;
     let finals: Vec<_> = tasks.iter_mut().map(|t| t.finish(&c, total, &cpu).unwrap()).collect();
+    // Through JSON too, as each task's row of the stage's result carries them; the
+    // words of the baseline's sample come back bit for bit.
+    let finals: Vec<distributed::PartFinal> = finals
+        .iter()
+        .map(|f| {
+            let back: distributed::PartFinal = serde_json::from_str(&serde_json::to_string(f).unwrap()).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                (bits(&back.rows), bits(&back.dist), bits(&back.second)),
+                (bits(&f.rows), bits(&f.dist), bits(&f.second))
+            );
+            assert_eq!(back.labels, f.labels);
+            back
+        })
+        .collect();
     let (m, _) = plan.assemble(&scaling, c, &finals, iterations, converged, relocations, &cpu, 0.0).unwrap();
     (m, relocations)
+}
+
+/// A final pass that does not fit together (cut short, or not base64) is refused with a
+/// message, not a panic.
+#[test]
+fn a_malformed_final_pass_is_refused() {
+    let (whole, parts) = partitions(2);
+    let cfg = FitConfig { k: 3, seed: 1, max_iter: 3, ..Default::default() };
+    let cpu = CpuBackend::default();
+    let plan = Plan::new(&parts[0], cfg.clone()).unwrap();
+    let moments: Vec<_> = parts.iter().map(|p| plan.moments(p).unwrap()).collect();
+    let scaling = plan.scaling(&moments).unwrap();
+    let mut task = plan.partition(&scaling, &whole, 0).unwrap();
+    let c = plan.initial_centroids(&scaling, Some(&whole)).unwrap();
+    let good = task.finish(&c, scaling.rows_used, &cpu).unwrap();
+    let mut short = good.clone();
+    short.rows.pop();
+    let mut label = good.clone();
+    label.labels[0] = 3;
+    for bad in [short, label] {
+        let e = plan.assemble(&scaling, c.clone(), &[bad], 0, false, 0, &cpu, 0.0).unwrap_err();
+        assert!(e.to_string().contains("final pass"), "{e}");
+    }
+    let mut text: serde_json::Value = serde_json::to_value(&good).unwrap();
+    text["rows"] = serde_json::Value::String("not base64!".into());
+    assert!(serde_json::from_value::<distributed::PartFinal>(text.clone()).is_err());
+    text["rows"] = serde_json::Value::String("AAA=".into());
+    let e = serde_json::from_value::<distributed::PartFinal>(text).unwrap_err();
+    assert!(e.to_string().contains("4-byte words"), "{e}");
 }
 
 fn labels(model: &microseg::model::Model, ds: &Dataset) -> Vec<i32> {

@@ -176,7 +176,7 @@ proptest! {
 #[test]
 fn fits_are_bit_identical_across_kernels_and_algorithms() {
     // k ≤ 16 takes the one-panel path of the fused f32 kernels (k = 5 and 12: the
-    // 8-lane kernel's partial registers); 300,000 rows take the fused assignment and
+    // 8-lane kernel's partial registers); the last case takes the fused assignment and
     // statistics by chunks, with the rows' norms kept for the fit.
     let cases: &[(usize, usize, usize, usize, bool)] = &[
         (6000, 16, 8, 16, false),
@@ -185,7 +185,8 @@ fn fits_are_bit_identical_across_kernels_and_algorithms() {
         (4000, 7, 5, 40, false),
         (5000, 8, 6, 12, true),
         (4000, 24, 4, 5, false),
-        (300_000, 4, 6, 6, true),
+        // Enough rows for two chunks per thread, however many threads run.
+        (2 * microseg::backend::cpu::REDUCE_ROWS * rayon::current_num_threads() + 4096, 4, 6, 6, true),
     ];
     for &(n, dim, blobs_k, k, weighted) in cases {
         let x: Matrix = blobs(n, dim, blobs_k, 5.0, n as u64 + 1);

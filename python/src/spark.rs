@@ -188,7 +188,8 @@ impl SparkPlan {
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let part = py.detach(|| pool.install(|| self.plan.partition(&s, &ds, offset))).map_err(to_py)?;
         // The partition's rows stay put until it is dropped: the backend keeps what it
-        // prepares from them (the 8-bit codes) for every pass, as the single-node fit does.
+        // prepares from them (the 8-bit codes, the rows' norms) for every pass, as the
+        // single-node fit does.
         let cpu = CpuBackend::default();
         cpu.retain(&part.x.data, part.x.dim).map_err(to_py)?;
         Ok(SparkPartition { part: std::sync::Mutex::new(part), cpu, pool: Arc::new(pool), k: self.plan.cfg.k })

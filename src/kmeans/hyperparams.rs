@@ -48,7 +48,7 @@ impl Algorithm {
     }
 
     /// The faster exact variant on `backend` for k centroids of `dim` features: plain
-    /// Lloyd on a device, and on the CPU with 8-bit codes or one panel of 16-lane f32
+    /// Lloyd on a device, and on the CPU with 8-bit codes or one panel of fused f32
     /// (a whole pass then costs less than the bounds' bookkeeping: measured,
     /// docs/benchmarks.md); else `auto(k)`.
     pub fn auto_for<B: crate::backend::Backend + ?Sized>(k: usize, dim: usize, backend: &B) -> Self {

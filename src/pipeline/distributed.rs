@@ -80,7 +80,7 @@ pub struct Candidate {
 /// A partition's final pass: statistics against the final centroids and the rows of the
 /// baseline's strided sample (model space) with their assignment. The sample (200,000
 /// rows of the whole table) travels as base64 of little-endian words, not as decimal
-/// text: exact, a third of the size, and no float parsing on the driver.
+/// text: exact, about half the size, and no float parsing on the driver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartFinal {
     pub stats: ClusterStats,
@@ -351,12 +351,25 @@ impl Plan {
         let mut stats = ClusterStats::zeros(k, dim);
         let (mut rows, mut nearest) = (Vec::new(), Vec::new());
         for f in finals {
-            stats.merge(&f.stats);
-            if f.labels.len() != f.dist.len() || f.labels.len() != f.second.len() {
-                return Err(Error::Data(
-                    "a partition's final pass has labels and distances of different lengths".into(),
-                ));
+            if f.labels.len() != f.dist.len()
+                || f.labels.len() != f.second.len()
+                || f.rows.len() != f.labels.len() * dim
+                || (f.stats.k, f.stats.dim) != (k, dim)
+            {
+                return Err(Error::Data(format!(
+                    "a partition's final pass does not fit together: {} labels, {} distances, {} values of \
+                     {dim}-feature rows, statistics of {} × {}",
+                    f.labels.len(),
+                    f.dist.len().min(f.second.len()),
+                    f.rows.len(),
+                    f.stats.k,
+                    f.stats.dim
+                )));
             }
+            if let Some(l) = f.labels.iter().find(|&&l| l as usize >= k) {
+                return Err(Error::Data(format!("a partition's final pass labels a row {l}, not below k = {k}")));
+            }
+            stats.merge(&f.stats);
             rows.extend_from_slice(&f.rows);
             nearest.extend(f.labels.iter().zip(&f.dist).zip(&f.second).map(|((&label, &dist), &second)| Nearest {
                 label,

@@ -2,7 +2,8 @@
 //! panels of 16 centroids it keeps the dot products in 12 registers, writes
 //! v = ‖c‖² − 2x·c straight into a small per-row buffer and tracks, lane-wise in
 //! registers, the two smallest upper bounds v + e (e: the rounding bound, see
-//! `ErrorTerms`). Hand-written because a general SGEMM (matrixmultiply, measured in
+//! `ErrorTerms`). Where one panel holds every centroid (k ≤ 16), `one_panel` decides
+//! each row in registers instead. Hand-written because a general SGEMM (matrixmultiply, measured in
 //! benches/assign.rs) packs both operands on every call and stores a C tile per short
 //! (16–64) inner product, which costs it about a third of the time at k-means shapes.
 
@@ -293,7 +294,12 @@ pub unsafe fn candidates(v: &[f32], a: &[f32], b: &[f32], xnorm: f32, limit: f32
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA (`available()`), and AVX-512 F with `avx512`
-/// (`available512()`); `pk` has one panel, `x` holds `rows × dim` values and `rows` ≤ ROWS.
+/// (`available512()`); `pk` has one panel and 1 ≤ k ≤ PANEL; `x` holds `rows × dim`
+/// values; `xnorm`, `out` and `several` hold at least `rows`; and `rows` ≤
+/// `ONE_PANEL_ROWS_512` with `avx512`, ≤ `ROWS` without.
+///
+/// Rows are finite (`features::check_range`): with a NaN the minimum below is not
+/// `two_smallest`'s, and such a row would go to the exact decision with every centroid.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn one_panel(

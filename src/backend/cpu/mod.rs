@@ -36,7 +36,7 @@ pub enum Kernel {
     Gemm,
     /// The fused f32 kernel with AVX2 + FMA (`fused`).
     F32Avx2,
-    /// The fused f32 kernel with AVX-512 (16 lanes, `fused::values`).
+    /// The fused f32 kernel with AVX-512 (16 lanes, `fused::values`, `fused::one_panel`).
     F32Avx512,
     /// 8-bit codes with a proven bound, AVX2 (`quant`).
     Int8Avx2,
@@ -91,7 +91,7 @@ impl Kernel {
     /// The kernel a pass over k centroids of `dim` features runs. `Auto` takes
     /// `MICROSEG_CPU_KERNEL` when it names a kernel this CPU has, else the fastest
     /// this CPU has: for k ≤ 16 and d ≤ 64 the fused f32 kernel (16 lanes, else 2 × 8),
-    /// whose one panel of centroids decides each row in registers (1.3–2.6× the 8-bit
+    /// whose one panel of centroids decides each row in registers (1.2–2.6× the 8-bit
     /// codes' speed at every such shape measured); otherwise 8-bit codes with VNNI, else with AVX2 (they
     /// beat the fused f32 kernel at every larger k and d measured: docs/benchmarks.md),
     /// else SGEMM. A named kernel the CPU lacks, or codes on rows wider than
@@ -156,7 +156,8 @@ const MAX_QUANT_DIM: usize = 0;
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     pub kernel: Kernel,
-    /// The matrix `retain` announced, and its 8-bit codes once a quantised pass needs them.
+    /// The matrix `retain` announced, its 8-bit codes once a quantised pass needs them,
+    /// and its rows' norms once an f32 fused pass does.
     retained: std::sync::Mutex<Retained>,
 }
 
