@@ -833,18 +833,31 @@ fn accumulate(s: &mut ClusterStats, points: &[f32], weights: Option<&[f32]>, nea
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present.
-        return unsafe { accumulate_avx2(s, points, weights, nearest) };
+        return unsafe {
+            match s.dim {
+                8 => accumulate_avx2::<8>(s, points, weights, nearest),
+                16 => accumulate_avx2::<16>(s, points, weights, nearest),
+                32 => accumulate_avx2::<32>(s, points, weights, nearest),
+                _ => accumulate_avx2::<0>(s, points, weights, nearest),
+            }
+        };
     }
     accumulate_body(s, points, weights, nearest)
 }
 
 /// The same loop compiled for AVX2: the vector lanes are different features, so the
-/// bits are the portable loop's.
+/// bits are the portable loop's. `D` is `s.dim` when it is not 0.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(s: &mut ClusterStats, points: &[f32], weights: Option<&[f32]>, nearest: &[Nearest]) {
+unsafe fn accumulate_avx2<const D: usize>(
+    s: &mut ClusterStats,
+    points: &[f32],
+    weights: Option<&[f32]>,
+    nearest: &[Nearest],
+) {
     use std::arch::x86_64::*;
-    let dim = s.dim;
+    // D > 0: the width known at compile time (the common ones, unrolled); 0: any.
+    let dim = if D > 0 { D } else { s.dim };
     let d4 = dim / 4 * 4;
     for (i, (row, nr)) in points.chunks_exact(dim).zip(nearest).enumerate() {
         let l = nr.label as usize;
