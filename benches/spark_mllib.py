@@ -8,7 +8,9 @@ Data: `microseg generate` (unscaled, --scale none everywhere so all three iterat
 same values). The start: k rows drawn with a fixed seed. Spark on local[2]. Each Spark
 side runs REPEATS times in one session, microseg's runs first (so its first run also pays
 the Python workers' start); the ratios use the medians, the first runs are printed too.
-Prints one JSON line per method and the ratios.
+Prints one JSON line per method and the ratios; microseg's line carries task 0's
+phases (seconds receiving its rows, the start, converting, iterating, the final pass).
+MLLIB=0 leaves MLlib out (for profiling microseg's side alone).
 """
 
 import json
@@ -75,7 +77,14 @@ def main() -> None:
         m = microseg.spark.fit(df, k=k, scale="none", init=start, max_iter=iters, tol=0.0)
         walls.append(time.perf_counter() - t0)
     out["microseg_spark"] = {"wall": statistics.median(walls), "walls": walls, "iterations": m.report["iterations"],
-                             "inertia": m.report["inertia"]}
+                             "inertia": m.report["inertia"], "phases": m.report["spark"].get("phases")}
+    if os.environ.get("MLLIB", "1") == "0":
+        # Profiling microseg alone: MLLIB=0 skips the peer (no ratios against it).
+        spark.stop()
+        for name, v in out.items():
+            print(json.dumps({"run": name, **v}))
+        print(json.dumps({"microseg_spark_vs_cli_wall": out["microseg_spark"]["wall"] / out["cli"]["wall"]}))
+        return
 
     from pyspark.mllib.clustering import KMeans, KMeansModel
     from pyspark.mllib.linalg import Vectors

@@ -111,6 +111,7 @@ fn fixtures(p: &Path) {
         ("parquet_features/regression-fc9e086c288c", "nodict.parquet"),
         ("event_reader/regression-d3eec40a662e", "badfooter.parquet"),
         ("event_reader/regression-70eed4b98e7c", "hugedict.parquet"),
+        ("init_centroids/regression-boolean-map-footer", "boolfooter.parquet"),
     ] {
         let bytes = std::fs::read(crate::util::repo().join("fuzz/seeds").join(seed)).unwrap();
         std::fs::write(p.join(name), &bytes[1..]).unwrap();
@@ -327,6 +328,12 @@ const CASES: &[Case] = &[
         &["features", "--events", "hugedict.parquet", "--as-of", "2024-01-01", "--out", "o.parquet"],
         3,
         &["hugedict.parquet", "corrupt", "'timestamp'", "dictionary page claims"],
+    ),
+    (
+        "a 556-byte footer declaring a map of 10⁹ booleans (the parquet crate looped 4.7 s over it)",
+        &["fit", "in.parquet", "--k", "2", "--init", "boolfooter.parquet", "--model", "o.json"],
+        3,
+        &["boolfooter.parquet", "corrupt", "footer declares a map of 1031730483 booleans"],
     ),
     // Flags.
     ("k zero", &["fit", "in.parquet", "--k", "0", "--model", "o.json"], 2, &["--k"]),

@@ -316,8 +316,14 @@ fn tiny_log(dir: &Path) -> std::path::PathBuf {
         // Later than --as-of: left out.
         (3, day(60, 8), "purchase", Some(99.0)),
     ];
+    write_log(&p, &rows);
+    p
+}
+
+/// An event log of (subscriber, time in seconds, event, value) rows.
+fn write_log(p: &Path, rows: &[(i64, i64, &str, Option<f64>)]) {
     write_parquet(
-        &p,
+        p,
         vec![
             ("subscriber_id", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef),
             (
@@ -328,7 +334,6 @@ fn tiny_log(dir: &Path) -> std::path::PathBuf {
             ("value", Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.3))) as ArrayRef),
         ],
     );
-    p
 }
 
 #[test]
@@ -759,4 +764,31 @@ fn a_bgnbd_fit_on_a_flat_ridge_is_flagged_in_the_traits_and_the_log() {
     assert!(weak.iter().any(|w| w.starts_with("a = ")), "{weak:?}");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("warning: the BG/NBD fit sits on a flat ridge") && stderr.contains("a = "), "{stderr}");
+}
+
+#[test]
+fn a_degenerate_likelihood_ends_the_fit_unconverged_instead_of_searching_forever() {
+    // An order value at the top of f64 makes every step of the line search non-finite;
+    // argmin's More-Thuente search has no step limit of its own and stepped for ever (a
+    // fuzzing timeout). The evaluation budget ends it: the fit returns, not converged.
+    let g = microseg::events::btyd::fit_gamma_gamma(&[(1, 1.0), (3, f64::MAX)]).unwrap();
+    assert!(!g.convergence.converged, "{g:?}");
+    assert!(g.convergence.reason.contains("likelihood evaluations"), "{g:?}");
+
+    // Through the command: the traits record it and the log warns, and the run succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("log.parquet");
+    let day = |d: i64| (20_000 + d) * 86_400 + 9 * 3600;
+    let rows: Vec<(i64, i64, &str, Option<f64>)> =
+        [(1, 0, 10.0), (1, 7, 1.0e308), (2, 1, 5.0), (2, 9, 6.0), (3, 2, 4.0)]
+            .into_iter()
+            .map(|(id, d, v)| (id, day(d), "purchase", Some(v)))
+            .collect();
+    write_log(&p, &rows);
+    let o = predict_weekly(&p, "2024-11-01", &[], dir.path());
+    ok(&o);
+    let gg = &json(&dir.path().join("t.json"))["gamma_gamma"];
+    assert_eq!(gg["convergence"]["converged"], false, "{gg}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("warning: the Gamma-Gamma fit did not converge"), "{stderr}");
 }

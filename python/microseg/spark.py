@@ -235,6 +235,10 @@ def fit(
         "partitions": partitions, "tasks": result["tasks"], "barrier": barrier,
         "exchange": exchange if barrier else "jobs",
     }
+    if "phases" in result:
+        # Task 0's seconds: waiting for its rows (Spark reading and sending them), the
+        # moments and the start, converting its rows, the iterations, the final pass.
+        report["spark"]["phases"] = result["phases"]
     return Model(native, report)
 
 
@@ -301,6 +305,11 @@ def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, 
 
         ctx = BarrierTaskContext.get()
         pid = ctx.partitionId()
+        clock = [time.perf_counter()]
+
+        def lap():
+            clock.append(time.perf_counter())
+            return clock[-1] - clock[-2]
         if address is not None:
             conn, channel = _connect(address)
 
@@ -316,6 +325,7 @@ def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, 
 
         plan = _native.SparkPlan(_empty(schema), task_options)
         table = _table(batches, schema)
+        phases = {"receive": lap()}
         moments = gather(plan.moments(table))
         scaling = plan.scaling(moments)
         offsets, total = _offsets([json.loads(m) for m in moments])
@@ -326,8 +336,10 @@ def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, 
             fraction = min(1.0, 1.2 * want / max(total, 1))
             sample = _sample_table(gather(_sample_text(table, fraction, seed, pid)), schema)
             start = plan.initial_centroids(scaling, sample)
+        phases["start"] = lap()
         part = plan.partition(scaling, table, offsets[pid], _cpus(ctx))
         del table
+        phases["convert"] = lap()
 
         t0 = time.perf_counter()
         c, iterations, converged, relocations = list(start), 0, False, 0
@@ -342,15 +354,17 @@ def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, 
             if converged:
                 break
         seconds = time.perf_counter() - t0
+        phases["iterations"] = lap()
         if conn is not None:
             conn.close()
         # The final pass goes to the driver only, as this task's row of the result.
         final = part.finish(c, dim, total)
+        phases["final"] = lap()
         texts = [final]
         if pid == 0:
             texts.append(json.dumps({"centroids": c, "iterations": iterations, "converged": converged,
                                      "relocations": relocations, "scaling": scaling, "tasks": len(moments),
-                                     "seconds": seconds}))
+                                     "seconds": seconds, "phases": phases}))
         yield pa.RecordBatch.from_pydict({"pid": [pid] * len(texts), "part": list(range(len(texts))),
                                           "text": texts})
 

@@ -168,6 +168,9 @@ def test_store_failures_are_clear_and_leave_nothing(s3, tmp_path, case, args, co
         ("event_reader/regression-70eed4b98e7c", ["corrupt", "'timestamp'", "dictionary page claims"]),
         # A chunk whose dictionary page is missing: the decoder panics, contained.
         ("parquet_features/regression-fc9e086c288c", ["corrupt"]),
+        # A footer declaring a map of 10⁹ booleans, which the parquet crate would loop
+        # over for seconds: the footer's fetch is checked before it is decoded.
+        ("init_centroids/regression-boolean-map-footer", ["corrupt", "footer declares a map of"]),
     ],
 )
 def test_corrupt_remote_files_are_refused_as_local_ones_are(s3, tmp_path, seed, words):

@@ -223,9 +223,19 @@ pub(crate) fn run_features(a: FeaturesArgs) -> Result<()> {
         }
         if let Some(g) = &t.gamma_gamma {
             super::log(format!(
-                "Gamma-Gamma p={:.4} q={:.4} gamma={:.4} (LL {:.2})",
-                g.p, g.q, g.gamma, g.log_likelihood
+                "Gamma-Gamma p={:.4} q={:.4} gamma={:.4} (LL {:.2}, {}converged)",
+                g.p,
+                g.q,
+                g.gamma,
+                g.log_likelihood,
+                if g.convergence.converged { "" } else { "not " }
             ));
+            if !g.convergence.converged {
+                log::warn!(
+                    "the Gamma-Gamma fit did not converge ({}); treat its order values and lifetime values with care",
+                    g.convergence.reason
+                );
+            }
         }
     }
     if a.write.json {

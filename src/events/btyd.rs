@@ -168,14 +168,41 @@ trait Objective {
     fn eval(&self, theta: &[f64]) -> (f64, Vec<f64>);
 }
 
-/// An [`Objective`] as argmin's cost and gradient.
-struct Argmin<'a, O>(&'a O);
+/// The most objective evaluations one fit may make: 1000 L-BFGS iterations at about ten
+/// line-search steps each. argmin's More-Thuente line search has no step limit of its own,
+/// and on a degenerate likelihood (non-finite values along the search direction) it can
+/// step forever; past this budget the evaluation fails, which ends the line search and the
+/// fit with the best parameters found so far, reported as not converged.
+const MAX_EVALUATIONS: u64 = 10_000;
+
+/// An [`Objective`] as argmin's cost and gradient, counting evaluations against
+/// [`MAX_EVALUATIONS`].
+struct Argmin<'a, O> {
+    objective: &'a O,
+    evaluations: std::sync::atomic::AtomicU64,
+}
+
+impl<'a, O: Objective> Argmin<'a, O> {
+    fn new(objective: &'a O) -> Self {
+        Argmin { objective, evaluations: 0.into() }
+    }
+
+    fn eval(&self, theta: &[f64]) -> std::result::Result<(f64, Vec<f64>), argmin::core::Error> {
+        let n = self.evaluations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= MAX_EVALUATIONS {
+            return Err(argmin::core::Error::msg(format!(
+                "{MAX_EVALUATIONS} likelihood evaluations without converging"
+            )));
+        }
+        Ok(self.objective.eval(theta))
+    }
+}
 
 impl<O: Objective> CostFunction for Argmin<'_, O> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, theta: &Self::Param) -> std::result::Result<f64, argmin::core::Error> {
-        Ok(self.0.eval(theta).0)
+        Ok(self.eval(theta)?.0)
     }
 }
 
@@ -183,7 +210,7 @@ impl<O: Objective> Gradient for Argmin<'_, O> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, theta: &Self::Param) -> std::result::Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.0.eval(theta).1)
+        Ok(self.eval(theta)?.1)
     }
 }
 
@@ -192,7 +219,7 @@ fn minimise<O: Objective>(problem: &O, start: Vec<f64>) -> Result<(Vec<f64>, Con
         .with_tolerance_grad(1e-9)
         .and_then(|s| s.with_tolerance_cost(1e-14))
         .map_err(|e| Error::Runtime(format!("optimiser setup: {e}")))?;
-    let res = Executor::new(Argmin(problem), solver)
+    let res = Executor::new(Argmin::new(problem), solver)
         .configure(|s| s.param(start).max_iters(1000))
         .run()
         .map_err(|e| Error::Data(format!("the maximum-likelihood fit failed: {e}")))?;

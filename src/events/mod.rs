@@ -1483,7 +1483,8 @@ impl EventState {
                 .filter_map(|s| {
                     let (x, _, _) = summary_of(self, s)?;
                     let m = self.repeat_value(s, x)?;
-                    (m > 0.0).then_some((x, m))
+                    // A mean beyond f64 (order values summing past 1.8e308) says nothing.
+                    (m > 0.0 && m.is_finite()).then_some((x, m))
                 })
                 .collect();
             Some(btyd::fit_gamma_gamma(&data)?)

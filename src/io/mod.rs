@@ -2,6 +2,7 @@
 //! metadata, streaming projected record batches, and writing outputs atomically.
 //! It knows nothing of features or clustering; `features` turns batches into a matrix.
 
+mod footer;
 pub mod output;
 pub mod remote;
 
@@ -397,10 +398,22 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> {
     let source = open_source(path)?;
+    check_footer(path, &source)?;
     guarded(path, || {
         ParquetRecordBatchReaderBuilder::try_new(source)
             .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))
     })
+}
+
+/// [`footer::check`] on a local file's footer, before the parquet crate decodes it.
+/// A footer that cannot be found or read is left to the crate, which says why.
+fn check_footer(path: &Path, source: &Source) -> Result<()> {
+    use parquet::file::reader::{ChunkReader, Length};
+    let len = source.len();
+    let Some(tail) = len.checked_sub(8).and_then(|at| source.get_bytes(at, 8).ok()) else { return Ok(()) };
+    let Some(r) = footer::range(len, &tail) else { return Ok(()) };
+    let Ok(bytes) = source.get_bytes(r.start, (r.end - r.start) as usize) else { return Ok(()) };
+    footer::check(&bytes).map_err(|why| Error::input(path, corrupt(&format!("its footer {why}"))))
 }
 
 fn open_source(path: &Path) -> Result<Source> {

@@ -29,7 +29,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
+use parquet::arrow::async_reader::{AsyncFileReader, MetadataFetch, ParquetRecordBatchStream};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
@@ -605,9 +605,36 @@ impl AsyncFileReader for ObjectReader {
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
             let size = self.size;
+            let fetch = CheckedFooter { reader: self, size, footer: None };
             let meta =
-                ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(self, size).await?;
+                ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(fetch, size).await?;
             Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// The footer fetches of an [`ObjectReader`], each checked by `footer::check` before the
+/// parquet crate decodes it (the range is learnt from the fetch that ends the object).
+struct CheckedFooter<'a> {
+    reader: &'a mut ObjectReader,
+    size: u64,
+    footer: Option<std::ops::Range<u64>>,
+}
+
+impl MetadataFetch for CheckedFooter<'_> {
+    fn fetch(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        async move {
+            let b = self.reader.get_bytes(range.clone()).await?;
+            if range.end == self.size && b.len() >= 8 {
+                self.footer = super::footer::range(self.size, &b[b.len() - 8..]);
+            }
+            if let Some(f) = self.footer.clone().filter(|f| range.start <= f.start && f.end <= range.end) {
+                let lo = (f.start - range.start) as usize;
+                super::footer::check(&b[lo..lo + (f.end - f.start) as usize])
+                    .map_err(|why| ParquetError::External(Box::new(Corrupt(format!("its footer {why}")))))?;
+            }
+            Ok(b)
         }
         .boxed()
     }
