@@ -655,6 +655,10 @@ fn bad_event_logs_are_refused_with_the_column_and_nothing_written() {
     write("empty.parquet", secs(vec![]), vec![], vec![]);
     let ms = Arc::new(Int64Array::from(vec![t0 * 1000, t0 * 1000])) as ArrayRef;
     write("millis.parquet", ms, vec![Some("send"); 2], vec![None; 2]);
+    // Before 1900: a wrong unit or a corrupt column. Far enough back, the day number wrapped
+    // round the per-subscriber bitmaps and indexed out of bounds (a fuzzing crash).
+    write("old.parquet", secs(vec![Some(t0), Some(-4_000_000_000)]), vec![Some("send"); 2], vec![None; 2]);
+    write("ancient.parquet", secs(vec![Some(t0), Some(i64::MIN / 2)]), vec![Some("open"); 2], vec![None; 2]);
     let all = [
         "log.parquet",
         "nulls.parquet",
@@ -664,6 +668,8 @@ fn bad_event_logs_are_refused_with_the_column_and_nothing_written() {
         "notype.parquet",
         "empty.parquet",
         "millis.parquet",
+        "old.parquet",
+        "ancient.parquet",
     ];
     let on = |file: &str| {
         run(&["features", "--events", file, "--as-of", "2023-12-31", "--value-col", "value", "--out", "f.parquet"], d)
@@ -675,6 +681,8 @@ fn bad_event_logs_are_refused_with_the_column_and_nothing_written() {
     assert_fails(&on("notype.parquet"), 3, &["notype.parquet", "null event types"], d, &all);
     assert_fails(&on("empty.parquet"), 3, &["empty.parquet", "no rows"], d, &all);
     assert_fails(&on("millis.parquet"), 3, &["millis.parquet", "in the future", "milliseconds"], d, &all);
+    assert_fails(&on("old.parquet"), 3, &["old.parquet", "'timestamp'", "1843-", "before 1900"], d, &all);
+    assert_fails(&on("ancient.parquet"), 3, &["ancient.parquet", "'timestamp'", "before 1900"], d, &all);
     // An existing output is kept, and the command says how to replace it.
     std::fs::write(d.join("f.parquet"), b"precious").unwrap();
     let o = run(&["features", "--events", "log.parquet", "--as-of", "2024-11-23", "--out", "f.parquet"], d);

@@ -39,6 +39,9 @@ pub use btyd::{BgNbd, GammaGamma};
 const DAY: i64 = 86_400;
 /// 3000-01-01 in epoch seconds: later "seconds" are milliseconds or finer.
 const YEAR_3000: i64 = 32_503_680_000;
+/// 1900-01-01 in epoch seconds: earlier events are a wrong unit or a corrupt column (and
+/// their day numbers would not fit the per-subscriber day bitmaps).
+const YEAR_1900: i64 = -2_208_988_800;
 /// Days of the cadence window (engagement days are kept for this many days before as-of).
 pub const CADENCE_DAYS: i64 = 365;
 const CADENCE_WORDS: usize = 6;
@@ -615,6 +618,17 @@ fn scan(ds: &Dataset, spec: &EventSpec, table: &HashMap<String, Kind>) -> Result
                 ),
             ));
         }
+        if let Some(i) = ts.iter().position(|t| *t < YEAR_1900) {
+            return Err(Error::input(
+                sb.path,
+                format!(
+                    "column '{}': an event at {} is before 1900; fix the unit or the column (times are seconds since 1970 \
+                     or a timestamp type)",
+                    spec.time_col,
+                    time_string(ts[i])
+                ),
+            ));
+        }
         for &t in &ts {
             s.first_day = s.first_day.min(day_of(t));
         }
@@ -1114,6 +1128,19 @@ pub fn accumulate(ds: &Dataset, spec: &EventSpec) -> Result<EventState> {
                 }
                 let s = idx[i] as usize;
                 let day = day_of(t);
+                if day < first_day {
+                    // The pre-pass saw every time: only a file that changed between the
+                    // passes, or decodes differently, gets here.
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "column '{}': an event at {} was not there on the first pass over the file; \
+                             the file changed while it was read, or is corrupt",
+                            spec.time_col,
+                            time_string(t)
+                        ),
+                    ));
+                }
                 if t > cal_end {
                     // The holdout period: only purchase days count.
                     if kind == Kind::Purchase {

@@ -480,6 +480,10 @@ pub(crate) fn check_chunk_dictionary<R: parquet::file::reader::ChunkReader + 'st
     use parquet::column::page::{Page, PageReader};
     let name = col.column_descr().path().string();
     let at = |e: parquet::errors::ParquetError| format!("row group {g}, column '{name}': {e}");
+    // The page headers first: the crate's decoder can loop for seconds on one.
+    let (start, len) = col.byte_range();
+    footer::check_pages(&*source, start, start.saturating_add(len))
+        .map_err(|why| format!("row group {g}, column '{name}': {why}"))?;
     let mut pages =
         parquet::file::serialized_reader::SerializedPageReader::new(source, col, rows.max(0) as usize, None)
             .map_err(at)?;
