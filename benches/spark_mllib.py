@@ -10,7 +10,9 @@ side runs REPEATS times in one session, microseg's runs first (so its first run 
 the Python workers' start); the ratios use the medians, the first runs are printed too.
 Prints one JSON line per method and the ratios; microseg's line carries task 0's
 phases (seconds receiving its rows, the start, converting, iterating, the final pass).
-MLLIB=0 leaves MLlib out (for profiling microseg's side alone).
+MLLIB=0 leaves MLlib out (for profiling microseg's side alone). With PARTITIONS 0 the
+frame is the plain scan of the file, which microseg's tasks read themselves; READ=spark
+makes Spark send the rows instead (the frame cached).
 """
 
 import json
@@ -64,9 +66,15 @@ def main() -> None:
     spark.sparkContext.setLogLevel("ERROR")
     df = spark.read.parquet(str(data)).select(*cols)
     if partitions > 0:
-        df = df.repartition(partitions)
-    df = df.cache()
-    df.count()
+        # Repartitioned rows come through Spark: cached, so each run pays only the
+        # conversion to Arrow, not the shuffle.
+        df = df.repartition(partitions).cache()
+        df.count()
+    # PARTITIONS 0: the plain scan of the file, which microseg's tasks read themselves
+    # (read="auto"; READ=spark forces Spark's path, with the frame cached).
+    elif os.environ.get("READ", "auto") == "spark":
+        df = df.cache()
+        df.count()
     partitions = df.rdd.getNumPartitions()
 
     import microseg
@@ -74,10 +82,12 @@ def main() -> None:
     walls = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        m = microseg.spark.fit(df, k=k, scale="none", init=start, max_iter=iters, tol=0.0)
+        m = microseg.spark.fit(df, k=k, scale="none", init=start, max_iter=iters, tol=0.0,
+                               read=os.environ.get("READ", "auto"))
         walls.append(time.perf_counter() - t0)
     out["microseg_spark"] = {"wall": statistics.median(walls), "walls": walls, "iterations": m.report["iterations"],
-                             "inertia": m.report["inertia"], "phases": m.report["spark"].get("phases")}
+                             "inertia": m.report["inertia"], "read": m.report["spark"]["read"],
+                             "phases": m.report["spark"].get("phases")}
     if os.environ.get("MLLIB", "1") == "0":
         # Profiling microseg alone: MLLIB=0 skips the peer (no ratios against it).
         spark.stop()

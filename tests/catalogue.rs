@@ -109,6 +109,7 @@ fn fixtures(p: &Path) {
     // choice byte, then the file).
     for (seed, name) in [
         ("parquet_features/regression-fc9e086c288c", "nodict.parquet"),
+        ("parquet_features/regression-page-header-skip-past-eof", "pastend.parquet"),
         ("event_reader/regression-d3eec40a662e", "badfooter.parquet"),
         ("event_reader/regression-70eed4b98e7c", "hugedict.parquet"),
     ] {
@@ -118,11 +119,14 @@ fn fixtures(p: &Path) {
     // A footer declaring a map of 10⁹ booleans, over which the parquet crate loops for
     // seconds. Kept out of the fuzz seeds: its mutations reach that loop and time out.
     // Made by hand from pyarrow files: a page header with a list of booleans in an
-    // unknown field, and a footer whose created_by (a string) is sent as a boolean.
+    // unknown field, a footer whose created_by (a string) is sent as a boolean, and a
+    // dictionary page header claiming 1.75·10⁹ values (its CRC field taken out to keep
+    // the header's length).
     for (file, name) in [
         ("boolean-map-footer.parquet", "boolfooter.parquet"),
         ("boolean-list-page-header.parquet", "boolpage.parquet"),
         ("created-by-as-boolean.parquet", "wiretype.parquet"),
+        ("dictionary-claims-1.75e9.parquet", "dictclaims.parquet"),
     ] {
         std::fs::copy(crate::util::repo().join("tests/data/corrupt").join(file), p.join(name)).unwrap();
     }
@@ -334,16 +338,30 @@ const CASES: &[Case] = &[
         &["badfooter.parquet", "corrupt"],
     ),
     (
+        // Found by fuzzing; its page headers also run past their chunk, which is now
+        // found first.
         "a dictionary page claiming 1.75·10⁹ values in 72 bytes (the parquet crate filled 14 GB)",
         &["features", "--events", "hugedict.parquet", "--as-of", "2024-01-01", "--out", "o.parquet"],
         3,
-        &["hugedict.parquet", "corrupt", "'timestamp'", "dictionary page claims"],
+        &["hugedict.parquet", "corrupt", "'timestamp'"],
+    ),
+    (
+        "a dictionary page claiming 1.75·10⁹ values in 8 bytes, in a file otherwise whole",
+        &["fit", "dictclaims.parquet", "--k", "2", "--model", "o.json"],
+        3,
+        &["dictclaims.parquet", "corrupt", "column 'a'", "dictionary page claims 1750000000 values but holds 8 bytes"],
     ),
     (
         "a 556-byte footer declaring a map of 10⁹ booleans (the parquet crate looped 4.7 s over it)",
         &["fit", "in.parquet", "--k", "2", "--init", "boolfooter.parquet", "--model", "o.json"],
         3,
         &["boolfooter.parquet", "corrupt", "footer declares a map of 1031730483 booleans"],
+    ),
+    (
+        "a page header running past its column chunk (the crate's stream reader skipped past the file's end 2³¹ times)",
+        &["fit", "pastend.parquet", "--k", "2", "--model", "o.json"],
+        3,
+        &["pastend.parquet", "corrupt", "column 'a'", "runs past the end of its column chunk"],
     ),
     (
         "a page header declaring a list of booleans (the parquet crate loops over them too)",

@@ -4,9 +4,11 @@
 in one barrier stage (``mapInArrow(..., barrier=True)``) whose tasks exchange small
 messages through a gather the driver serves (or ``BarrierTaskContext.allGather``):
 
-1. each task converts its partition to Arrow once and sends its moments (count, mean,
-   squared deviations: a few numbers per feature); every task merges them in partition
-   order into the same scaling;
+1. each task converts its partition to Arrow once (or, where the DataFrame is a plain
+   scan of Parquet files, reads its share of their row groups itself with pyarrow, which
+   skips Spark's row-by-row conversion) and sends its moments (count, mean, squared
+   deviations: a few numbers per feature); every task merges them in partition order
+   into the same scaling;
 2. the start is the given centroids, or k-means++ on a seeded sample that every task
    draws from its rows and sends; every task runs the same k-means++ on it;
 3. every iteration the tasks exchange their partition's statistics (k·d sums, weights,
@@ -47,7 +49,14 @@ def _empty(schema: pa.Schema) -> pa.Table:
 
 
 def _table(batches, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_batches(list(batches), schema=schema)
+    """A task's batches as one table of ``schema``. Spark's batches can be stricter than
+    the DataFrame's schema: after ``filter("x >= 0")`` the optimiser knows x is not null
+    and sends it so."""
+    batches = list(batches)
+    if not batches:
+        return _empty(schema)
+    t = pa.Table.from_batches(batches)
+    return t if t.schema.equals(schema) else t.cast(schema)
 
 
 def _task_partition(ctx, batches, schema, task_options, scaling, offsets):
@@ -127,6 +136,79 @@ def _cpus(ctx) -> int:
         return 1
 
 
+def _parquet_shares(sdf, tasks: int, schema: pa.Schema):
+    """Where ``sdf`` is a plain scan of Parquet files (columns selected, no filter, no
+    partition columns, not cached), the files' row groups split into at most ``tasks``
+    contiguous shares of about equal rows, for the barrier tasks to read themselves
+    with pyarrow: Spark's own path converts every row to Arrow in the JVM and streams it
+    to the Python worker, which takes longer than the whole fit (measured in
+    docs/benchmarks.md). None where the plan is anything else or a file cannot be
+    opened or cast to the DataFrame's schema: Spark then sends the rows."""
+    try:
+        import pyarrow.fs as pafs
+        import pyarrow.parquet as pq
+
+        def kind(o) -> str:
+            return str(o.getClass().getSimpleName())
+
+        node = sdf._jdf.queryExecution().optimizedPlan()
+        if kind(node) == "Project":
+            exprs = node.projectList()
+            if any(kind(exprs.apply(i)) != "AttributeReference" for i in range(exprs.size())):
+                return None
+            node = node.child()
+        if kind(node) != "LogicalRelation":
+            return None
+        rel = node.relation()
+        if kind(rel) != "HadoopFsRelation" or kind(rel.fileFormat()) != "ParquetFileFormat":
+            return None
+        if rel.partitionSchema().length() > 0:
+            return None
+        files = sorted(sdf.inputFiles())
+        units = []
+        for uri in files:
+            fs, path = pafs.FileSystem.from_uri(uri)
+            with fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
+            have = meta.schema.to_arrow_schema()
+            if not all(n in have.names for n in schema.names):
+                return None
+            # Fails where a column's type cannot be cast to the DataFrame's.
+            _empty(pa.schema([have.field(n) for n in schema.names])).cast(schema)
+            units += [(uri, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    except Exception:  # noqa: BLE001 - anything unexpected: Spark sends the rows
+        return None
+    total = sum(u[2] for u in units)
+    if total == 0:
+        return None
+    shares = [[] for _ in range(tasks)]
+    seen = 0
+    for u in units:
+        shares[min(tasks - 1, seen * tasks // total)].append(u)
+        seen += u[2]
+    return [sh for sh in shares if sh]
+
+
+def _read_share(share, schema: pa.Schema, cpus: int):
+    """A share's row groups as record batches of ``schema``, in file and group order."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    batches = []
+    i = 0
+    while i < len(share):
+        uri = share[i][0]
+        groups = []
+        while i < len(share) and share[i][0] == uri:
+            groups.append(share[i][1])
+            i += 1
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_file(path) as f:
+            t = pq.ParquetFile(f).read_row_groups(groups, columns=schema.names, use_threads=cpus > 1)
+        batches += t.select(schema.names).cast(schema).to_batches()
+    return batches
+
+
 def fit(
     df,
     *,
@@ -150,6 +232,7 @@ def fit(
     barrier: bool = True,
     num_workers: Optional[int] = None,
     exchange: str = "driver",
+    read: str = "auto",
 ) -> Model:
     """Fit k-means on a Spark DataFrame; the options are ``microseg.fit``'s. The model's
     ``report`` says what the fit did (iterations, inertia, seconds).
@@ -161,9 +244,16 @@ def fit(
 
     exchange: how the barrier tasks exchange their statistics each iteration: "driver"
     (a gather the driver serves over TCP: the tasks must reach ``spark.driver.host``) or
-    "allgather" (``BarrierTaskContext.allGather``, about a second per call)."""
+    "allgather" (``BarrierTaskContext.allGather``, about a second per call).
+
+    read: "auto" lets the barrier tasks read a plain scan of Parquet files themselves
+    (``spark.read.parquet(...)``, columns selected and nothing else; the files' row groups
+    split among the tasks), which skips Spark's row-by-row conversion to Arrow; any other
+    DataFrame, and ``read="spark"``, has Spark send the rows."""
     if exchange not in ("driver", "allgather"):
         raise ValueError(f"exchange={exchange!r}: use 'driver' or 'allgather'")
+    if read not in ("auto", "spark"):
+        raise ValueError(f"read={read!r}: use 'auto' or 'spark'")
     if not isinstance(init, str):
         init_centroids, init = init, "k-means++"
     options = {
@@ -188,6 +278,8 @@ def fit(
     plan = _native.SparkPlan(_empty(_arrow_schema(df)), json.dumps(options))
     sdf = df.select(*plan.columns())
     partitions = tasks = sdf.rdd.getNumPartitions()
+    schema = _arrow_schema(sdf)
+    shares = None
     if barrier:
         # A barrier stage starts all its tasks at once: no more tasks than task slots.
         # (coalesce is not allowed before a barrier stage; repartition shuffles once.)
@@ -196,10 +288,13 @@ def fit(
         sc = df.sparkSession.sparkContext
         cpus = int(sc.getConf().get("spark.task.cpus", "1"))
         slots = num_workers or max(1, sc.defaultParallelism // max(cpus, 1))
-        if partitions > slots:
+        if read == "auto":
+            shares = _parquet_shares(sdf, slots, schema)
+        if shares is not None:
+            tasks = len(shares)
+        elif partitions > slots:
             sdf = sdf.repartition(slots)
             tasks = slots
-    schema = _arrow_schema(sdf)
     task_options = plan.task_options()
     dim = plan.dim()
 
@@ -207,7 +302,7 @@ def fit(
     if barrier:
         # Moments, the start and the iterations in one barrier stage: one conversion of
         # each partition, no job before it.
-        result = _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, want, exchange)
+        result = _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, want, exchange, shares)
         scaling = result["scaling"]
     else:
         scaling, offsets, total, tol_scaled = _moments_job(sdf, schema, task_options, plan)
@@ -233,7 +328,7 @@ def fit(
     report = json.loads(report)
     report["spark"] = {
         "partitions": partitions, "tasks": result["tasks"], "barrier": barrier,
-        "exchange": exchange if barrier else "jobs",
+        "exchange": exchange if barrier else "jobs", "read": "parquet" if shares is not None else "spark",
     }
     if "phases" in result:
         # Task 0's seconds: waiting for its rows (Spark reading and sending them), the
@@ -287,9 +382,9 @@ def _sample_table(texts, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else _empty(schema)
 
 
-def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, want, exchange="driver"):
-    """Everything in one barrier stage. Every task converts its partition once, then
-    exchanges: the moments (every task merges them in partition order into the same
+def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, want, exchange="driver", shares=None):
+    """Everything in one barrier stage. Every task converts its partition (or, with
+    ``shares``, reads its share of the Parquet files) once, then exchanges: the moments (every task merges them in partition order into the same
     scaling); when no start is given (``want`` is the sample size), a seeded sample of
     its rows (every task draws the same k-means++ start from the same gathered sample);
     and each iteration's statistics."""
@@ -368,8 +463,25 @@ def _fit_barrier(sdf, tasks, schema, task_options, dim, metric, max_iter, seed, 
         yield pa.RecordBatch.from_pydict({"pid": [pid] * len(texts), "part": list(range(len(texts))),
                                           "text": texts})
 
+    def read_and_train(_):
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+
+        def batches():
+            # Read when train asks for its rows, so that its "receive" phase times it.
+            yield from _read_share(shares[ctx.partitionId()], schema, _cpus(ctx))
+
+        for b in train(batches()):
+            yield from zip(*b.to_pydict().values())
+
     try:
-        rows = sdf.mapInArrow(train, "pid long, part long, text string", barrier=True).toArrow()
+        if shares is None:
+            rows = sdf.mapInArrow(train, "pid long, part long, text string", barrier=True).toArrow()
+        else:
+            sc = sdf.sparkSession.sparkContext
+            got = sc.parallelize(range(tasks), tasks).barrier().mapPartitions(read_and_train).collect()
+            rows = pa.table({name: [r[i] for r in got] for i, name in enumerate(["pid", "part", "text"])})
     finally:
         if server is not None:
             server.close()

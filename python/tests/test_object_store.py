@@ -163,9 +163,12 @@ def test_store_failures_are_clear_and_leave_nothing(s3, tmp_path, case, args, co
 @pytest.mark.parametrize(
     "seed, words",
     [
-        # A dictionary page claiming 1.75·10⁹ values in 72 bytes: the parquet crate would
+        # A dictionary page claiming 1.75·10⁹ values in 8 bytes: the parquet crate would
         # fill 14 GB. Remote chunks are checked on the bytes fetched for decoding.
-        ("event_reader/regression-70eed4b98e7c", ["corrupt", "'timestamp'", "dictionary page claims"]),
+        ("tests/data/corrupt/dictionary-claims-1.75e9.parquet", ["corrupt", "'a'", "dictionary page claims"]),
+        # Found by fuzzing: a page header running past its chunk, which the crate's
+        # stream reader would skip past the object's end 2³¹ times.
+        ("parquet_features/regression-page-header-skip-past-eof", ["corrupt", "runs past the end of its column chunk"]),
         # A chunk whose dictionary page is missing: the decoder panics, contained.
         ("parquet_features/regression-fc9e086c288c", ["corrupt"]),
         # A footer declaring a map of 10⁹ booleans, which the parquet crate would loop

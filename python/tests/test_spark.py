@@ -74,21 +74,12 @@ def test_spark_fit_equals_the_single_node_fit_from_the_same_start(spark, table, 
     df = spark.read.parquet(str(RETAIL)).repartition(8)
     assert df.rdd.getNumPartitions() == 8
     dist = microseg.spark.fit(df, k=k, log1p=["monetary", "frequency"], init=start, barrier=barrier, exchange=exchange)
-    a, b = dist.to_dict(), single.to_dict()
-    assert a["manifest"]["iterations"] == b["manifest"]["iterations"]
-    assert a["manifest"]["rows_used"] == b["manifest"]["rows_used"] == table.num_rows
-    for sa, sb in zip(a["segments"], b["segments"]):
-        assert sa["size"] == sb["size"]
-        np.testing.assert_allclose(sa["centroid"], sb["centroid"], rtol=1e-6, atol=1e-6)
-    assert abs(a["manifest"]["objective"] / b["manifest"]["objective"] - 1) < 1e-6
-    # The same label for every subscriber.
-    la = pa.Table.from_batches(list(dist._native.assign(table, id_col="subscriber_id")))
-    lb = pa.Table.from_batches(list(single._native.assign(table, id_col="subscriber_id")))
-    assert la.column("segment").to_pylist() == lb.column("segment").to_pylist()
+    assert_same_model(dist, single, table)
     spark_report = dict(dist.report["spark"])
     phases = spark_report.pop("phases", None)
     assert spark_report == {
-        "partitions": 8, "tasks": 2 if barrier else 8, "barrier": barrier, "exchange": exchange if barrier else "jobs"
+        "partitions": 8, "tasks": 2 if barrier else 8, "barrier": barrier, "exchange": exchange if barrier else "jobs",
+        "read": "spark",
     }
     if barrier:
         # Task 0's timings of the barrier stage, in the order they happen.
@@ -136,6 +127,58 @@ def test_bad_options_are_refused_before_any_job(spark):
         microseg.spark.fit(df, k=0)
     with pytest.raises(ValueError, match="exchange"):
         microseg.spark.fit(df, k=3, exchange="carrier pigeon")
+    with pytest.raises(ValueError, match="read"):
+        microseg.spark.fit(df, k=3, read="telepathy")
+
+
+def assert_same_model(dist, single, table):
+    """The same iterations, sizes, objective and labels; centroids within 1e-6."""
+    a, b = dist.to_dict(), single.to_dict()
+    assert a["manifest"]["iterations"] == b["manifest"]["iterations"]
+    assert a["manifest"]["rows_used"] == b["manifest"]["rows_used"] == table.num_rows
+    for sa, sb in zip(a["segments"], b["segments"]):
+        assert sa["size"] == sb["size"]
+        np.testing.assert_allclose(sa["centroid"], sb["centroid"], rtol=1e-6, atol=1e-6)
+    assert abs(a["manifest"]["objective"] / b["manifest"]["objective"] - 1) < 1e-6
+    la = pa.Table.from_batches(list(dist._native.assign(table, id_col="subscriber_id")))
+    lb = pa.Table.from_batches(list(single._native.assign(table, id_col="subscriber_id")))
+    # The same label for every subscriber.
+    assert la.column("segment").to_pylist() == lb.column("segment").to_pylist()
+
+
+def test_a_plain_parquet_scan_is_read_by_the_tasks_and_fits_as_on_one_machine(spark, table, tmp_path):
+    # Three files of several row groups each: the tasks share the row groups out in
+    # file and group order (the files' names sort as the rows run).
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    third = table.num_rows // 3 + 1
+    for i in range(3):
+        pq.write_table(table.slice(i * third, third), parts / f"part-{i}.parquet", row_group_size=400)
+    k = 6
+    start = start_centroids(table, k, seed=8)
+    single = microseg.fit(table, k=k, log1p=["monetary", "frequency"], init=start)
+    df = spark.read.parquet(str(parts))
+    direct = microseg.spark.fit(df, k=k, log1p=["monetary", "frequency"], init=start)
+    assert direct.report["spark"]["read"] == "parquet"
+    assert direct.report["spark"]["tasks"] == 2
+    assert_same_model(direct, single, table)
+    # The same frame with Spark sending the rows, and frames that are not a plain scan
+    # (a filter, a cached frame, a computed column): the same model, through Spark.
+    for other in [
+        dict(df=df, read="spark"),
+        dict(df=df.filter("frequency >= 0")),
+        dict(df=df.cache()),
+        dict(df=df.withColumn("monetary", df.monetary * 1.0)),
+    ]:
+        m = microseg.spark.fit(other["df"], k=k, log1p=["monetary", "frequency"], init=start,
+                               read=other.get("read", "auto"))
+        assert m.report["spark"]["read"] == "spark", other
+        assert_same_model(m, single, table)
+    df.unpersist()
+    # Spark's batches after a filter are stricter than the frame's schema (frequency
+    # not null): assign takes them too.
+    out = microseg.spark.assign(df.filter("frequency >= 0"), direct, id_col="subscriber_id").toArrow()
+    assert out.num_rows == table.num_rows
 
 
 def test_assign_without_an_id_numbers_rows_across_partitions_as_the_cli(spark, table, tmp_path):

@@ -203,6 +203,10 @@ enum Stop {
     Refused(String),
     /// The walk cannot go on; the crate stops with an error here or earlier.
     Unsure,
+    /// The bytes ended. The crate's slice reader (the footer) stops there with an error;
+    /// its stream reader (page headers) does not: a skip past the end of the file reads
+    /// nothing and goes on, once per element of a list of up to 2³¹ (a fuzz timeout).
+    End,
 }
 
 struct Walk<'a> {
@@ -214,7 +218,7 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn byte(&mut self) -> Result<u8, Stop> {
-        let v = *self.b.get(self.pos).ok_or(Stop::Unsure)?;
+        let v = *self.b.get(self.pos).ok_or(Stop::End)?;
         self.pos += 1;
         Ok(v)
     }
@@ -234,7 +238,7 @@ impl Walk<'_> {
     }
 
     fn skip(&mut self, n: u64) -> Result<(), Stop> {
-        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.b.len() as u64).ok_or(Stop::Unsure)?;
+        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.b.len() as u64).ok_or(Stop::End)?;
         self.pos = end as usize;
         Ok(())
     }
@@ -423,7 +427,7 @@ impl Walk<'_> {
 /// magic). `Err` says why the footer is refused.
 pub(crate) fn check(footer: &[u8]) -> Result<(), String> {
     match (Walk { b: footer, pos: 0, capture: None }).fields(&FILE_METADATA) {
-        Ok(()) | Err(Stop::Unsure) => Ok(()),
+        Ok(()) | Err(Stop::Unsure | Stop::End) => Ok(()),
         Err(Stop::Refused(why)) => Err(why),
     }
 }
@@ -435,9 +439,10 @@ pub(crate) enum Page {
     Header { header: u64, body: u64 },
     /// The header is refused, for this reason.
     Refused(String),
-    /// The walk cannot follow the bytes (they may go on past the buffer): the crate
-    /// decides.
+    /// The walk cannot follow the bytes: the crate stops with an error.
     Unsure,
+    /// The header goes on past the buffer.
+    Truncated,
 }
 
 /// Check the page header at the start of `b` as [`check`] checks a footer: page headers
@@ -447,10 +452,12 @@ pub(crate) fn page_header(b: &[u8]) -> Page {
     match w.fields(&PAGE_HEADER) {
         Ok(()) => match w.capture {
             Some((_, Some(body))) if body >= 0 => Page::Header { header: w.pos as u64, body: body as u64 },
-            // No size, or a negative one: the crate refuses the header itself.
+            Some((_, Some(body))) => Page::Refused(format!("declares a page of {body} bytes")),
+            // No size: the crate refuses the header itself.
             _ => Page::Unsure,
         },
         Err(Stop::Unsure) => Page::Unsure,
+        Err(Stop::End) => Page::Truncated,
         Err(Stop::Refused(why)) => Page::Refused(why),
     }
 }
@@ -463,6 +470,8 @@ pub(crate) fn check_pages<R: parquet::file::reader::ChunkReader>(
     start: u64,
     end: u64,
 ) -> Result<(), String> {
+    // No writer writes a page header near this size (statistics are small).
+    const MAX_HEADER: u64 = 64 << 20;
     let mut pos = start;
     while pos < end {
         // Headers are small: a window that grows until the header fits in it.
@@ -470,13 +479,26 @@ pub(crate) fn check_pages<R: parquet::file::reader::ChunkReader>(
         loop {
             let n = want.min(end - pos);
             let Ok(bytes) = source.get_bytes(pos, n as usize) else { return Ok(()) };
+            let refuse = |why: &str| Err(format!("the page header at byte {pos} {why}"));
             match page_header(&bytes) {
                 Page::Header { header, body } => {
-                    pos = pos.saturating_add(header).saturating_add(body);
+                    let next = pos.saturating_add(header).saturating_add(body);
+                    if next > end {
+                        return refuse(&format!(
+                            "declares a page of {body} bytes, past the end of its column chunk at byte {end}"
+                        ));
+                    }
+                    pos = next;
                     break;
                 }
-                Page::Refused(why) => return Err(format!("the page header at byte {pos} {why}")),
-                Page::Unsure if n < end - pos && n < 1 << 24 => want *= 4,
+                Page::Refused(why) => return refuse(&why),
+                Page::Truncated if n < end - pos && n < MAX_HEADER => want *= 4,
+                // The crate's stream reader would read on past the chunk, and past the
+                // end of the file without stopping.
+                Page::Truncated if n < MAX_HEADER => {
+                    return refuse(&format!("runs past the end of its column chunk at byte {end}"));
+                }
+                Page::Truncated => return refuse("is larger than 64 MiB"),
                 Page::Unsure => return Ok(()),
             }
         }
@@ -570,14 +592,21 @@ mod tests {
         let len = h.len() as u64;
         h.extend([0xAA; 9]); // the page
         assert_eq!(page_header(&h), Page::Header { header: len, body: 9 });
-        // Cut short: not judged (the caller reads more).
-        assert_eq!(page_header(&h[..5]), Page::Unsure);
+        // Cut short: the caller reads more, or refuses a header past its chunk.
+        assert_eq!(page_header(&h[..5]), Page::Truncated);
         // An unknown field 9 with a list of booleans, after the DataPageHeader.
         let mut bad = h[..len as usize - 1].to_vec();
         bad.extend([0x49, 0xF1, 0xFF, 0xFF, 0xFF, 0xFF, 0x07, 0x00]);
         assert!(matches!(page_header(&bad), Page::Refused(w) if w.contains("2147483647 booleans")));
-        // A negative page size: the crate refuses it itself.
-        assert_eq!(page_header(&[0x15, 0x00, 0x15, 0x14, 0x15, 0x13, 0x00]), Page::Unsure);
+        // A negative page size.
+        assert!(
+            matches!(page_header(&[0x15, 0x00, 0x15, 0x14, 0x15, 0x13, 0x00]), Page::Refused(w) if w.contains("-10"))
+        );
+        // An unknown field holding a list of 2³¹ - 1 strings, each longer than the file:
+        // the crate's stream reader skips each to the end of the file, reads nothing and
+        // goes on (a fuzz timeout). The walk runs out of bytes.
+        let long = [0x15, 0x00, 0x15, 0x14, 0x15, 0x12, 0x79, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x07, 0xFF, 0x7F];
+        assert_eq!(page_header(&long), Page::Truncated);
     }
 
     #[test]
