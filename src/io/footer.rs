@@ -212,8 +212,6 @@ enum Stop {
 struct Walk<'a> {
     b: &'a [u8],
     pos: usize,
-    /// A top-level integer field whose value is kept, and its value once read.
-    capture: Option<(i16, Option<i64>)>,
 }
 
 impl Walk<'_> {
@@ -380,15 +378,11 @@ impl Walk<'_> {
 
     /// The fields of a struct the crate reads as `schema`, to its end.
     fn fields(&mut self, schema: &Schema) -> Result<(), Stop> {
-        // Only the outermost struct's field is captured.
-        let capture = self.capture.take();
-        let r = self.fields_capturing(schema, capture.map(|c| c.0));
-        if let (Some((id, _)), Ok(v)) = (capture, &r) {
-            self.capture = Some((id, *v));
-        }
-        r.map(|_| ())
+        self.fields_capturing(schema, None).map(|_| ())
     }
 
+    /// [`Self::fields`], returning the value of the integer field `capture` of this
+    /// struct (not of the structs it holds) where it has one.
     fn fields_capturing(&mut self, schema: &Schema, capture: Option<i16>) -> Result<Option<i64>, Stop> {
         let mut captured = None;
         let mut last = 0i16;
@@ -426,7 +420,7 @@ impl Walk<'_> {
 /// Check a Parquet footer (the Thrift `FileMetaData` bytes, without the length and the
 /// magic). `Err` says why the footer is refused.
 pub(crate) fn check(footer: &[u8]) -> Result<(), String> {
-    match (Walk { b: footer, pos: 0, capture: None }).fields(&FILE_METADATA) {
+    match (Walk { b: footer, pos: 0 }).fields(&FILE_METADATA) {
         Ok(()) | Err(Stop::Unsure | Stop::End) => Ok(()),
         Err(Stop::Refused(why)) => Err(why),
     }
@@ -448,11 +442,11 @@ pub(crate) enum Page {
 /// Check the page header at the start of `b` as [`check`] checks a footer: page headers
 /// are Thrift too, and the crate decodes them the same way, loop included.
 pub(crate) fn page_header(b: &[u8]) -> Page {
-    let mut w = Walk { b, pos: 0, capture: Some((COMPRESSED_PAGE_SIZE, None)) };
-    match w.fields(&PAGE_HEADER) {
-        Ok(()) => match w.capture {
-            Some((_, Some(body))) if body >= 0 => Page::Header { header: w.pos as u64, body: body as u64 },
-            Some((_, Some(body))) => Page::Refused(format!("declares a page of {body} bytes")),
+    let mut w = Walk { b, pos: 0 };
+    match w.fields_capturing(&PAGE_HEADER, Some(COMPRESSED_PAGE_SIZE)) {
+        Ok(size) => match size {
+            Some(body) if body >= 0 => Page::Header { header: w.pos as u64, body: body as u64 },
+            Some(body) => Page::Refused(format!("declares a page of {body} bytes")),
             // No size: the crate refuses the header itself.
             _ => Page::Unsure,
         },
