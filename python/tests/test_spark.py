@@ -52,9 +52,9 @@ def table():
     return pq.read_table(RETAIL)
 
 
-def start_centroids(table, k, seed):
+def start_centroids(table, k, seed, **options):
     """A k-means++ start in model space, as the single-node fit draws it."""
-    opts = {"k": k, "log1p": ["monetary", "frequency"], "seed": seed, "init_centroids": None}
+    opts = {"k": k, "log1p": ["monetary", "frequency"], "seed": seed, "init_centroids": None, **options}
     plan = microseg._native.SparkPlan(table, json.dumps(opts))
     scaling = plan.scaling([plan.moments(table)])
     c = np.asarray(plan.initial_centroids(scaling, table), dtype=np.float32)
@@ -79,7 +79,7 @@ def test_spark_fit_equals_the_single_node_fit_from_the_same_start(spark, table, 
     phases = spark_report.pop("phases", None)
     assert spark_report == {
         "partitions": 8, "tasks": 2 if barrier else 8, "barrier": barrier, "exchange": exchange if barrier else "jobs",
-        "read": "spark",
+        "read": "spark", "delivery": "arrow-batches" if barrier else "mapInArrow",
     }
     if barrier:
         # Task 0's timings of the barrier stage, in the order they happen.
@@ -179,6 +179,48 @@ def test_a_plain_parquet_scan_is_read_by_the_tasks_and_fits_as_on_one_machine(sp
     # not null): assign takes them too.
     out = microseg.spark.assign(df.filter("frequency >= 0"), direct, id_col="subscriber_id").toArrow()
     assert out.num_rows == table.num_rows
+
+
+def test_rows_spark_sends_fit_the_same_as_its_arrow_batches_or_through_mapinarrow(spark, tmp_path, monkeypatch):
+    # An embedding (array<float>) beside scalars and a weight: Spark's own Arrow batches
+    # of the rows (shuffled from 8 partitions into the 2 tasks), and mapInArrow where
+    # those are not available (Spark Connect), give the single-node model.
+    rng = np.random.default_rng(11)
+    n = 3000
+    emb = rng.normal(size=(n, 4)).astype(np.float32) + rng.integers(0, 3, size=(n, 1)).astype(np.float32)
+    t = pa.table({
+        "subscriber_id": np.arange(n),
+        "spend": rng.gamma(2.0, 30.0, size=n),
+        "visits": rng.poisson(4, size=n),
+        "vec": pa.array(list(emb), type=pa.list_(pa.float32())),
+        "w": rng.uniform(0.5, 2.0, size=n),
+    })
+    pq.write_table(t, tmp_path / "e.parquet")
+    opts = dict(features=["spend", "visits", "vec"], weight_col="w", log1p=["spend"])
+    start = start_centroids(t, 4, 5, **opts)
+    opts.update(k=4, init=start)
+    single = microseg.fit(t, **opts)
+    df = spark.read.parquet(str(tmp_path / "e.parquet")).repartition(8)
+    got = {}
+    for delivery in ["arrow-batches", "mapInArrow"]:
+        if delivery == "mapInArrow":
+            monkeypatch.setattr(microseg.spark, "_arrow_batches", lambda sdf, slots: None)
+        m = microseg.spark.fit(df, **opts)
+        assert m.report["spark"]["delivery"] == delivery
+        assert m.report["spark"]["tasks"] == 2
+        got[delivery] = m
+    for m in got.values():
+        a, b = m.to_dict(), single.to_dict()
+        assert a["manifest"]["rows_used"] == n
+        assert [s["size"] for s in a["segments"]] == [s["size"] for s in b["segments"]]
+        for sa, sb in zip(a["segments"], b["segments"]):
+            np.testing.assert_allclose(sa["centroid"], sb["centroid"], rtol=1e-5, atol=1e-5)
+    # Assignments of the embedding frame on Spark are the model's own, row for row.
+    m = got["arrow-batches"]
+    out = microseg.spark.assign(df, m, id_col="subscriber_id").toArrow().sort_by("subscriber_id")
+    local = pa.Table.from_batches(list(m._native.assign(t, id_col="subscriber_id")))
+    assert out.column("segment").to_pylist() == local.column("segment").to_pylist()
+    np.testing.assert_allclose(out.column("distance").to_numpy(), local.column("distance").to_numpy(), rtol=1e-6)
 
 
 def test_assign_without_an_id_numbers_rows_across_partitions_as_the_cli(spark, table, tmp_path):

@@ -66,6 +66,11 @@ fn is_float_or_int(dt: &DataType) -> bool {
     dt.is_floating() || dt.is_integer()
 }
 
+/// A `List`/`LargeList` of numbers: an embedding whose width only its values show.
+pub fn is_numeric_list(dt: &DataType) -> bool {
+    matches!(dt, DataType::List(f) | DataType::LargeList(f) if is_float_or_int(f.data_type()))
+}
+
 impl Dataset {
     /// Expand inputs (files, or directories of `*.parquet` files) and read each footer.
     pub fn open(inputs: &[PathBuf]) -> Result<Self> {
@@ -176,11 +181,7 @@ impl Dataset {
         if let Some(k) = column_kind(&dt) {
             return Ok(Some(k));
         }
-        let is_numeric_list = match &dt {
-            DataType::List(f) | DataType::LargeList(f) => is_float_or_int(f.data_type()),
-            _ => false,
-        };
-        if !is_numeric_list {
+        if !is_numeric_list(&dt) {
             return Ok(None);
         }
         let cols = vec![name.to_string()];

@@ -26,6 +26,9 @@ pub(crate) fn check_columns(model: &Model, ds: &Dataset) -> Result<()> {
         let width = match ds.feature_kind(&c.column)? {
             Some(ColumnKind::Scalar) => 1,
             Some(ColumnKind::Embedding { width }) => width,
+            // A list column without a non-empty row (no rows at all, or only nulls) shows
+            // no width to contradict the model's: each row's length is checked as it is read.
+            None if c.width > 1 && crate::io::is_numeric_list(&dt) => c.width,
             None => 0,
         };
         if width != c.width {
