@@ -2,7 +2,7 @@
 the same rows, the same start, the same number of Lloyd iterations.
 
     .venv/bin/python benches/spark_mllib.py [ROWS] [DIMS] [K] [ITERATIONS] [REPEATS] [PARTITIONS]
-    (default 10^6 32 256 20 3 8; PARTITIONS 0: the DataFrame as Spark reads the file)
+    (default 10^6 32 256 20 5 8; PARTITIONS 0: the DataFrame as Spark reads the file)
 
 Data: `microseg generate` (unscaled, --scale none everywhere so all three iterate on the
 same values). The start: k rows drawn with a fixed seed. Spark on local[2]. Each Spark
@@ -34,7 +34,7 @@ CLI = REPO / "target" / "release" / "microseg"
 
 
 def main() -> None:
-    defaults = ["1000000", "32", "256", "20", "3", "8"]
+    defaults = ["1000000", "32", "256", "20", "5", "8"]
     n, d, k, iters, repeats, partitions = (int(a) for a in (sys.argv[1:] + defaults[len(sys.argv[1:]):]))
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="microseg-spark-bench-"))
     data = tmp / "x.parquet"
@@ -62,7 +62,7 @@ def main() -> None:
     from pyspark.sql import SparkSession
 
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-             .config("spark.driver.memory", "8g").getOrCreate())
+             .config("spark.driver.memory", "8g").config("spark.ui.showConsoleProgress", "false").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     df = spark.read.parquet(str(data)).select(*cols)
     if partitions > 0:

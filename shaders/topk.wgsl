@@ -1,7 +1,10 @@
 // topk: running top-k inner products of query rows against a chunk of base rows.
 //
-// A workgroup of 16 × 16 invocations owns 64 queries for the whole chunk. It walks the
-// base in tiles of 64, staging 16 features of the queries and of the base tile in
+// The dispatch's base rows are split into `slices` spans of `span` rows; workgroup
+// (x, y) owns 64 queries (x) for span y, with a list of its own per query, so that a
+// few queries still fill a large GPU with workgroups. The host merges a query's
+// `slices` lists into one (each keeps its span's best, so their union holds the best
+// of all). A workgroup walks its span in tiles of 64, staging 16 features of the queries and of the base tile in
 // workgroup memory, each invocation accumulating a 4 × 4 register micro-tile of dot
 // products (as assign.wgsl). The 64 × 64 tile of scores goes to workgroup memory;
 // then one invocation per query merges the tile into that query's running top-k list
@@ -19,9 +22,9 @@ struct Params {
     d: u32,
     k: u32,        // list length kept per query
     offset: u32,   // index of the chunk's first base row
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    span: u32,     // base rows per slice (a multiple of TILE)
+    slices: u32,   // lists per query
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -42,7 +45,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let q0 = wid.x * TILE;
     let d = params.d;
     let k = params.k;
-    for (var b0 = 0u; b0 < params.nb; b0 += TILE) {
+    let s0 = wid.y * params.span;
+    let s1 = min(s0 + params.span, params.nb);
+    for (var b0 = s0; b0 < s1; b0 += TILE) {
         var acc: array<array<f32, 4>, 4>;
         for (var f0 = 0u; f0 < d; f0 += TD) {
             for (var s = 0u; s < 4u; s++) {
@@ -56,7 +61,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 }
                 qs[f * TILE + r] = qv;
                 var bv = 0.0;
-                if (b0 + r < params.nb && feat < d) {
+                if (b0 + r < s1 && feat < d) {
                     bv = base[(b0 + r) * d + feat];
                 }
                 bs[f * TILE + r] = bv;
@@ -84,7 +89,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
         if (flat < TILE && q0 + flat < params.nq) {
-            let list = (q0 + flat) * k;
+            let list = ((q0 + flat) * params.slices + wid.y) * k;
             // The current worst kept entry (lowest score; among equals the highest index).
             var worst = 0u;
             for (var t = 1u; t < k; t++) {
@@ -95,7 +100,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 }
             }
             for (var j = 0u; j < TILE; j++) {
-                if (b0 + j >= params.nb) {
+                if (b0 + j >= s1) {
                     break;
                 }
                 let s = tile[flat * TILE + j];

@@ -304,3 +304,23 @@ fn the_fused_pass_equals_assign_then_reduce() {
         }
     }
 }
+
+/// The top-k dispatch's slices of the base: enough for the target's workgroups however
+/// few the queries, never a slice under one tile of rows, the lists within their budget.
+#[test]
+fn topk_slices_fill_the_gpu_within_the_tiles_and_the_memory() {
+    use microseg::backend::wgpu::{TOPK_SLICES_ENV, topk_slices};
+    if std::env::var_os(TOPK_SLICES_ENV).is_some() {
+        return; // a forced count applies everywhere
+    }
+    // 1,000 queries are 16 workgroups of 64: 64 slices of a 4,096-row dispatch give 1,024.
+    assert_eq!(topk_slices(1000, 116, 4096), 64);
+    // Slices hold a tile of rows at least.
+    assert_eq!(topk_slices(10, 28, 512), 8);
+    assert_eq!(topk_slices(10, 28, 10), 1);
+    // Many queries fill the GPU alone.
+    assert_eq!(topk_slices(100_000, 16, 4096), 1);
+    // The lists stay within 256 MiB: 20,000 queries × 1,000 kept × 8 bytes is 160 MB.
+    assert_eq!(topk_slices(20_000, 1000, 4096), 1);
+    assert_eq!(topk_slices(2_000, 1000, 4096), 16);
+}

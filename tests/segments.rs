@@ -598,31 +598,40 @@ fn neighbors_and_look_alikes_match_a_float64_brute_force_on_both_backends() {
                 s
             })
             .collect();
-        let backends: &[&str] = if gpu_present { &["cpu", "gpu"] } else { &["cpu"] };
-        for backend in backends {
-            let out = format!("n_{metric}_{backend}.parquet");
+        // On the GPU also with the base of each dispatch in 1 and in 5 slices (lists per
+        // query merged on the host): the same lists.
+        let backends: &[(&str, Option<&str>)] = if gpu_present {
+            &[("cpu", None), ("gpu", None), ("gpu", Some("1")), ("gpu", Some("5"))]
+        } else {
+            &[("cpu", None)]
+        };
+        for &(backend, slices) in backends {
+            let out = format!("n_{metric}_{backend}_{}.parquet", slices.unwrap_or("auto"));
             let ks = k.to_string();
-            ok(&run(
-                &[
-                    "neighbors",
-                    "--base",
-                    "base.parquet",
-                    "--queries",
-                    "q.parquet",
-                    "--embedding",
-                    "emb",
-                    "--k",
-                    &ks,
-                    "--metric",
-                    metric,
-                    "--backend",
-                    backend,
-                    "--allow-software-gpu",
-                    "--out",
-                    &out,
-                ],
-                p,
-            ));
+            let mut cmd = crate::util::bin();
+            cmd.args([
+                "neighbors",
+                "--base",
+                "base.parquet",
+                "--queries",
+                "q.parquet",
+                "--embedding",
+                "emb",
+                "--k",
+                &ks,
+                "--metric",
+                metric,
+                "--backend",
+                backend,
+                "--allow-software-gpu",
+                "--out",
+                &out,
+            ])
+            .current_dir(p);
+            if let Some(s) = slices {
+                cmd.env(microseg::backend::wgpu::TOPK_SLICES_ENV, s);
+            }
+            ok(&cmd.output().unwrap());
             let b = first_batch(&p.join(&out));
             assert_eq!(b.num_rows(), qrows.len() * k);
             let col = |i: usize| b.column(i).clone();

@@ -61,6 +61,26 @@ pub fn topk_dispatch_rows(software: bool, keep: usize, dim: usize) -> Option<usi
     (rows >= ASSIGN_TILE as usize).then_some(rows.min(TOPK_DISPATCH_ROWS))
 }
 
+/// Workgroups a top-k dispatch aims for: enough for every SM of a large GPU (132 on an
+/// H100) to hold several, however few the queries (1,000 queries are 16 workgroups of
+/// 64 without slicing the base).
+const TOPK_TARGET_GROUPS: usize = 1024;
+/// Device memory the per-slice top-k lists may take (scores and indices).
+const TOPK_LISTS_BUDGET: usize = 256 << 20;
+/// Environment variable: slices of the base per top-k dispatch (tests force counts).
+pub const TOPK_SLICES_ENV: &str = "MICROSEG_GPU_TOPK_SLICES";
+
+/// How many slices each top-k dispatch splits its base rows into, each with its own
+/// list per query: enough for TOPK_TARGET_GROUPS workgroups, no slice under one tile
+/// of rows, the lists within TOPK_LISTS_BUDGET.
+pub fn topk_slices(nq: usize, keep: usize, dispatch_rows: usize) -> usize {
+    let most = dispatch_rows.div_ceil(ASSIGN_TILE as usize).max(1);
+    let memory = (TOPK_LISTS_BUDGET / (nq.max(1) * keep.max(1) * 8)).max(1);
+    let forced = std::env::var(TOPK_SLICES_ENV).ok().and_then(|v| v.parse::<usize>().ok());
+    let want = forced.unwrap_or_else(|| TOPK_TARGET_GROUPS.div_ceil(nq.div_ceil(ASSIGN_TILE as usize).max(1)));
+    want.clamp(1, most.min(memory))
+}
+
 /// Mirrors of the shaders' constants.
 pub const ASSIGN_TILE: u32 = 64;
 pub const REDUCE_WG: u32 = 64;
@@ -104,7 +124,9 @@ struct TopkParams {
     d: u32,
     k: u32,
     offset: u32,
-    _pad: [u32; 3],
+    span: u32,
+    slices: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -411,10 +433,14 @@ impl GpuContext {
     }
 
     fn dispatch(&self, enc: &mut wgpu::CommandEncoder, pipe: &Pipe, bg: &wgpu::BindGroup, groups: u32) {
+        self.dispatch_2d(enc, pipe, bg, groups, 1);
+    }
+
+    fn dispatch_2d(&self, enc: &mut wgpu::CommandEncoder, pipe: &Pipe, bg: &wgpu::BindGroup, x: u32, y: u32) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         pass.set_pipeline(&pipe.pipeline);
         pass.set_bind_group(0, bg, &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
+        pass.dispatch_workgroups(x, y, 1);
     }
 }
 
@@ -966,6 +992,8 @@ pub struct DeviceTopK<'a> {
     dim: usize,
     keep: usize,
     dispatch_rows: usize,
+    /// Lists per query: the slices of each dispatch's base rows.
+    slices: usize,
 }
 
 impl WgpuBackend {
@@ -976,16 +1004,19 @@ impl WgpuBackend {
         self.ctx.topk.as_ref()?;
         let dispatch_rows = topk_dispatch_rows(self.ctx.adapter.software, keep, dim)?;
         let nq = queries.len() / dim;
+        let slices = topk_slices(nq, keep, dispatch_rows);
+        let lists = nq * slices * keep;
         let st = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         Some(DeviceTopK {
             gpu: self,
             queries: self.ctx.upload("queries", bytemuck::cast_slice(queries), wgpu::BufferUsages::STORAGE),
-            scores: self.ctx.upload("top-score", bytemuck::cast_slice(&vec![f32::NEG_INFINITY; nq * keep]), st),
-            index: self.ctx.upload("top-index", bytemuck::cast_slice(&vec![u32::MAX; nq * keep]), st),
+            scores: self.ctx.upload("top-score", bytemuck::cast_slice(&vec![f32::NEG_INFINITY; lists]), st),
+            index: self.ctx.upload("top-index", bytemuck::cast_slice(&vec![u32::MAX; lists]), st),
             nq,
             dim,
             keep,
             dispatch_rows,
+            slices,
         })
     }
 }
@@ -1013,13 +1044,17 @@ impl DeviceTopK<'_> {
                     if off + (r0 + nb) as u64 > u32::MAX as u64 {
                         return Err(Error::Runtime("GPU top-k: more than 2³² base rows".into()));
                     }
+                    // Slices of whole tiles; a short last dispatch may leave some empty.
+                    let span = nb.div_ceil(self.slices).next_multiple_of(ASSIGN_TILE as usize);
                     let params = TopkParams {
                         nq: self.nq as u32,
                         nb: nb as u32,
                         d: self.dim as u32,
                         k: self.keep as u32,
                         offset: (off + r0 as u64) as u32,
-                        _pad: [0; 3],
+                        span: span as u32,
+                        slices: self.slices as u32,
+                        _pad: 0,
                     };
                     let pbuf = ctx.upload("params", bytemuck::bytes_of(&params), wgpu::BufferUsages::UNIFORM);
                     let range = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -1037,7 +1072,7 @@ impl DeviceTopK<'_> {
                             self.index.as_entire_binding(),
                         ],
                     );
-                    ctx.dispatch(&mut enc, pipe, &bg, (self.nq as u32).div_ceil(ASSIGN_TILE));
+                    ctx.dispatch_2d(&mut enc, pipe, &bg, (self.nq as u32).div_ceil(ASSIGN_TILE), self.slices as u32);
                     r0 += nb;
                 }
                 self.gpu.run(enc)?;
@@ -1046,17 +1081,31 @@ impl DeviceTopK<'_> {
         })
     }
 
-    /// Per query, the kept (base index, f32 score) pairs so far.
+    /// Per query, the kept (base index, f32 score) pairs so far: its slices' lists
+    /// merged into the `keep` best (highest score, ties to the lower index), the list one
+    /// workgroup would have kept over all the rows.
     pub fn lists(&self) -> Result<Vec<Vec<(u64, f32)>>> {
-        let s: Vec<f32> = self.gpu.read(&self.scores, (self.nq * self.keep * 4) as u64)?;
-        let i: Vec<u32> = self.gpu.read(&self.index, (self.nq * self.keep * 4) as u64)?;
+        let per_query = self.slices * self.keep;
+        let s: Vec<f32> = self.gpu.read(&self.scores, (self.nq * per_query * 4) as u64)?;
+        let i: Vec<u32> = self.gpu.read(&self.index, (self.nq * per_query * 4) as u64)?;
         Ok((0..self.nq)
             .map(|q| {
-                (0..self.keep)
-                    .filter(|&t| i[q * self.keep + t] != u32::MAX)
-                    .map(|t| (i[q * self.keep + t] as u64, s[q * self.keep + t]))
-                    .collect()
+                let mut kept: Vec<(u64, f32)> = (q * per_query..(q + 1) * per_query)
+                    .filter(|&t| i[t] != u32::MAX)
+                    .map(|t| (i[t] as u64, s[t]))
+                    .collect();
+                if self.slices > 1 {
+                    // The shader's order: f32 comparison (-0 equals 0; no NaN is ever kept).
+                    kept.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+                    kept.truncate(self.keep);
+                }
+                kept
             })
             .collect())
+    }
+
+    /// Lists kept per query on the device (slices of each dispatch's base rows).
+    pub fn slices(&self) -> usize {
+        self.slices
     }
 }
