@@ -1,12 +1,14 @@
 """k-means on Spark DataFrames, and assignments through ``mapInArrow``.
 
 ``fit`` runs the single-node fit's Lloyd iterations over the DataFrame's partitions, all
-in one barrier stage (``mapInArrow(..., barrier=True)``) whose tasks exchange small
-messages through a gather the driver serves (or ``BarrierTaskContext.allGather``):
+in one barrier stage whose tasks exchange small messages through a gather the driver
+serves (or ``BarrierTaskContext.allGather``):
 
-1. each task converts its partition to Arrow once (or, where the DataFrame is a plain
-   scan of Parquet files, reads its share of their row groups itself with pyarrow, which
-   skips Spark's row-by-row conversion) and sends its moments (count, mean, squared
+1. each task receives its rows once: Spark's own Arrow batches of its partition (made in
+   the JVM by ``toArrowBatchRdd``, shuffled as whole batches where the frame has more
+   partitions than task slots; ``mapInArrow`` where that method is missing, as on Spark
+   Connect), or, where the DataFrame is a plain scan of Parquet files, its share of their
+   row groups, read by the task itself with pyarrow. It sends its moments (count, mean, squared
    deviations: a few numbers per feature); every task merges them in partition order
    into the same scaling;
 2. the start is the given centroids, or k-means++ on a seeded sample that every task
