@@ -4,8 +4,8 @@
 // (x, y) owns 64 queries (x) for span y, with a list of its own per query, so that a
 // few queries still fill a large GPU with workgroups. The host merges a query's
 // `slices` lists into one (each keeps its span's best, so their union holds the best
-// of all). A workgroup walks its span in tiles of 64, staging 16 features of the queries and of the base tile in
-// workgroup memory, each invocation accumulating a 4 × 4 register micro-tile of dot
+// of all). A workgroup walks its span in tiles of 64, staging 16 features of the
+// queries and of the base tile in workgroup memory, each invocation accumulating a 4 × 4 register micro-tile of dot
 // products (as assign.wgsl). The 64 × 64 tile of scores goes to workgroup memory;
 // then one invocation per query merges the tile into that query's running top-k list
 // in device memory (the workgroup owns those lists, so no atomics), keeping the k

@@ -1103,9 +1103,4 @@ impl DeviceTopK<'_> {
             })
             .collect())
     }
-
-    /// Lists kept per query on the device (slices of each dispatch's base rows).
-    pub fn slices(&self) -> usize {
-        self.slices
-    }
 }
