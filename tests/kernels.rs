@@ -35,6 +35,16 @@ fn reference(x: &[f32], c: &Centroids) -> (u32, f64, f64) {
     (best.1, best.0, second)
 }
 
+/// The nearest centroid other than `best` in f64 (ties to the lower index); `best`
+/// itself when k = 1.
+fn second_label(x: &[f32], c: &Centroids, best: u32) -> u32 {
+    let d = |j: usize| -> f64 { x.iter().zip(c.row(j)).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum() };
+    (0..c.k)
+        .filter(|&j| j as u32 != best)
+        .min_by(|&a, &b| d(a).total_cmp(&d(b)).then(a.cmp(&b)))
+        .unwrap_or(best as usize) as u32
+}
+
 /// Rows and centroids of one case: uniform in ±scale around `offset`, with some rows
 /// repeated, some centroids duplicated (every row then ties between the copies) and
 /// some rows exactly halfway between two centroids on a grid (a real tie).
@@ -109,10 +119,45 @@ fn check_case(x: &[f32], c: &Centroids) -> Result<(), TestCaseError> {
         b.assign(x, c, &mut exact).unwrap();
         let mut labels = vec![Nearest::default(); n];
         b.assign_labels(x, c, &mut labels).unwrap();
+        // Labels from an earlier pass: the right ones, the runner-up (a near-tie in the
+        // aligned cases), a stale shift of them, or none for some rows; each must end
+        // in the reference's labels.
+        let runner_up: Vec<u32> = (0..n).map(|i| second_label(&x[i * dim..(i + 1) * dim], c, want[i].0)).collect();
+        let mut near: Vec<Vec<Nearest>> = [0u32, 1, 7, u32::MAX]
+            .iter()
+            .map(|&shift| {
+                (0..n)
+                    .map(|i| {
+                        let label = match shift {
+                            0 => want[i].0,
+                            u32::MAX => runner_up[i],
+                            _ if i % 5 == 4 => u32::MAX,
+                            _ => (want[i].0 + shift + i as u32) % c.k as u32,
+                        };
+                        Nearest { label, ..Nearest::default() }
+                    })
+                    .collect()
+            })
+            .collect();
+        for prior in near.iter_mut() {
+            b.assign_labels_near(x, c, prior);
+        }
         for i in 0..n {
             let (l, d, s) = want[i];
             prop_assert_eq!(exact[i].label, l, "{} row {} (exact pass): want {} at {}", kernel.name(), i, l, d);
             prop_assert_eq!(labels[i].label, l, "{} row {} (labels pass): want {} at {}", kernel.name(), i, l, d);
+            for (p, prior) in near.iter().enumerate() {
+                prop_assert_eq!(
+                    prior[i].label,
+                    l,
+                    "{} row {} (labels from prior {}): want {} at {}",
+                    kernel.name(),
+                    i,
+                    p,
+                    l,
+                    d
+                );
+            }
             // The exact pass's distances are the f64 ones rounded to f32.
             let tol = 1e-6 * d.max(f64::MIN_POSITIVE);
             prop_assert!(
@@ -187,6 +232,9 @@ fn fits_are_bit_identical_across_kernels_and_algorithms() {
         (4000, 24, 4, 5, false),
         // Enough rows for two chunks per thread, however many threads run.
         (2 * microseg::backend::cpu::REDUCE_ROWS * rayon::current_num_threads() + 4096, 4, 6, 6, true),
+        // The same with several panels, the last partial (the 8-bit kernels bound the
+        // rows by their previous labels there).
+        (2 * microseg::backend::cpu::REDUCE_ROWS * rayon::current_num_threads() + 4100, 12, 20, 70, false),
     ];
     for &(n, dim, blobs_k, k, weighted) in cases {
         let x: Matrix = blobs(n, dim, blobs_k, 5.0, n as u64 + 1);

@@ -229,6 +229,15 @@ impl CpuBackend {
         Some(n)
     }
 
+    /// Labels as `assign_labels` gives them, where `out` already holds a label for each
+    /// row from an earlier pass with the same k (u32::MAX or any index ≥ k: none). The
+    /// 8-bit kernels then bound each row by that centroid before its tile (one pass, no
+    /// sweep of the bounds); the labels are the same whatever `out` held. Lloyd's
+    /// iterations use it through `assign_reduce`.
+    pub fn assign_labels_near(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) {
+        self.assign_with(points, centroids, out, Precision::NearPrior);
+    }
+
     fn assign_with(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest], precision: Precision) {
         let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
         let dim = centroids.dim;
@@ -309,7 +318,7 @@ impl Backend for CpuBackend {
                     let view = None;
                     let at = ci * REDUCE_ROWS + bi * rows;
                     let n = norms.as_ref().map(|n| &n[at..at + nb.len()]);
-                    changed += assign_block_with(pb, &prepared, nb, &mut scratch, Precision::LabelsOnly, view, n);
+                    changed += assign_block_with(pb, &prepared, nb, &mut scratch, Precision::NearPrior, view, n);
                     let wb = w.map(|w| &w[bi * rows..bi * rows + nb.len()]);
                     accumulate(&mut stats, pb, wb, nb);
                 }
@@ -561,6 +570,40 @@ pub enum Precision {
     /// expansion's, or the 8-bit codes', a few per cent), and `second` possibly +inf.
     /// An exact distance is only computed when two centroids cannot be told apart.
     LabelsOnly,
+    /// As `LabelsOnly`, where `out` already holds a label for each row (from an earlier
+    /// pass with the same k; u32::MAX or any index ≥ k: none). The 8-bit kernels then
+    /// bound each row by that centroid's upper bound, known before the tile, and take
+    /// the candidates in the tile's own pass; labels are the same whatever `out` held.
+    NearPrior,
+}
+
+impl Precision {
+    fn exact(self) -> bool {
+        self == Precision::Exact
+    }
+}
+
+/// The 8-bit kernels' decision among a row's candidates (ascending). Labels only
+/// (`single` given): a single candidate is the nearest, at `single`; f32 distances
+/// settle all but near-ties among several. The rest, and every row of an exact pass
+/// (`single` none: the model's last pass), go to the exact f64 rule.
+#[cfg(target_arch = "x86_64")]
+fn decide_quant(
+    isa: crate::similarity::int8::Isa,
+    x: &[f32],
+    cand: &[u32],
+    pc: &PreparedCentroids,
+    single: Option<f32>,
+) -> Nearest {
+    let proven = match (cand.len(), single) {
+        (_, None) => None,
+        (1, Some(d)) => Some((cand[0], d)),
+        _ => quant::proven_nearest(isa, x, cand, pc.c),
+    };
+    match proven {
+        Some((label, dist)) => Nearest { label, dist: dist.max(0.0), second: f32::INFINITY },
+        None => best_of(x, cand, pc),
+    }
 }
 
 /// Write a row's result; 1 when its label changed.
@@ -600,14 +643,17 @@ pub fn assign_block_with(
     #[cfg(target_arch = "x86_64")]
     if let Some(qc) = &pc.quant {
         use crate::similarity::int8::Isa;
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let kp = qc.padded_k();
         if scratch.len() < quant::TR * kp {
             scratch.resize(quant::TR * kp, 0.0);
         }
-        let exact = precision == Precision::Exact;
+        let exact = precision.exact();
         let mut tile = codes.is_none().then(|| quant::RowCodes::new(qc.isa, dim, quant::TR));
         let mut upper = [[0.0f32; 2]; quant::TR];
         let mut cand = Vec::with_capacity(16);
+        let mw = qc.mask_words();
+        let mut masks = vec![0u64; if precision == Precision::NearPrior { quant::TR * mw / 4 } else { 0 }];
         for (ti, (p, o)) in points.chunks(quant::TR * dim).zip(out.chunks_mut(quant::TR)).enumerate() {
             let view = match (&mut tile, codes) {
                 (Some(t), _) => {
@@ -617,6 +663,35 @@ pub fn assign_block_with(
                 (None, Some(c)) => c.slice(ti * quant::TR, o.len()),
                 (None, None) => unreachable!(),
             };
+            // The rows themselves are read only where several candidates remain, and then
+            // by the statistics: fetch them while the tile works on their codes.
+            for line in p.chunks(16) {
+                // SAFETY: a prefetch of memory the slice holds.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+            }
+            if precision == Precision::NearPrior && o.iter().all(|o| (o.label as usize) < k) {
+                // Each row is bounded against the centroid it had: the tile keeps every
+                // centroid that could be nearer, without a sweep of its own.
+                let (mut label, mut limit) = ([0usize; quant::TR], [0.0f32; quant::TR]);
+                for (l, o) in label.iter_mut().zip(o.iter()) {
+                    *l = o.label as usize;
+                }
+                // SAFETY: the view holds o.len() rows for `qc.isa` (which the CPU has,
+                // `Kernel::resolve`); the labels are below k.
+                unsafe { quant::limits(view, o.len(), qc, &label, &mut limit) };
+                // SAFETY: as for `bounds` below; `masks` holds TR × mask_words() words.
+                unsafe { quant::near(view, o.len(), qc, &limit, bytemuck::cast_slice_mut(&mut masks)) };
+                for (r, o) in o.iter_mut().enumerate() {
+                    quant::from_masks(&masks[r * mw / 4..(r + 1) * mw / 4], k, &mut cand);
+                    if cand.is_empty() {
+                        // Only a limit that is not a number passes none: decide exactly.
+                        cand.extend(0..k as u32);
+                    }
+                    let single = limit[r] + view.sq_norm(r);
+                    changed += replace(o, decide_quant(qc.isa, &p[r * dim..(r + 1) * dim], &cand, pc, Some(single)));
+                }
+                continue;
+            }
             // SAFETY: `quant` exists only for an instruction set the CPU has (`Kernel::
             // resolve`); the view holds o.len() rows coded for it and `scratch` o.len() × kp.
             unsafe { quant::bounds(view, o.len(), qc, exact, scratch, &mut upper) };
@@ -632,21 +707,10 @@ pub fn assign_block_with(
                         quant::candidates(lower, limit, &mut cand)
                     }
                 };
-                // Labels only: a single candidate is the nearest (its distance the
-                // middle of its bounds); f32 distances settle all but near-ties among
-                // several. Exact distances, for the model's last pass, come from f64.
-                let proven = match cand.len() {
-                    _ if exact => None,
-                    1 => Some((cand[0], 0.5 * (lower[cand[0] as usize] + limit) + view.sq_norm(r))),
-                    _ => quant::proven_nearest(qc.isa, x, &cand, pc.c),
-                };
-                changed += replace(
-                    o,
-                    match proven {
-                        Some((label, dist)) => Nearest { label, dist: dist.max(0.0), second: f32::INFINITY },
-                        None => best_of(x, &cand, pc),
-                    },
-                );
+                // A single candidate's distance: the middle of its bounds.
+                let single = (!exact)
+                    .then(|| cand.first().map_or(0.0, |&j| 0.5 * (lower[j as usize] + limit)) + view.sq_norm(r));
+                changed += replace(o, decide_quant(qc.isa, x, &cand, pc, single));
             }
         }
         return changed;
@@ -659,7 +723,7 @@ pub fn assign_block_with(
         let mut upper = [[0.0f32; 2]; fused::ROWS];
         let mut xnorm = [0.0f32; fused::ROWS];
         let mut cand = Vec::with_capacity(16);
-        if precision == Precision::LabelsOnly && pk.n_panels == 1 {
+        if !precision.exact() && pk.n_panels == 1 {
             // One panel holds every centroid: the rows are decided in registers, and
             // only those with several candidates go to the exact decision.
             let avx512 = pc.kernel == Kernel::F32Avx512;
@@ -693,7 +757,7 @@ pub fn assign_block_with(
             for (r, o) in o.iter_mut().enumerate() {
                 let x = &p[r * dim..(r + 1) * dim];
                 let v = &scratch[r * kp..r * kp + k];
-                let limit = if precision == Precision::Exact { upper[r][1] } else { upper[r][0] };
+                let limit = if precision.exact() { upper[r][1] } else { upper[r][0] };
                 cand.clear();
                 // SAFETY: as above; `row` is this row's output of `values`.
                 unsafe { fused::candidates(v, &pc.err.a, &pc.err.b, xnorm[r], limit, &mut cand) };
@@ -739,7 +803,7 @@ pub fn assign_block_with(
             let xn = sq_norm(x).sqrt();
             let (a, b) = (&pc.err.a, &pc.err.b);
             let up = two_smallest((0..k).map(|j| v[j] + a[j] + xn * b[j]));
-            let limit = if precision == Precision::Exact { up[1] } else { up[0] };
+            let limit = if precision.exact() { up[1] } else { up[0] };
             cand.clear();
             cand.extend((0..k as u32).filter(|&j| v[j as usize] <= limit + a[j as usize] + xn * b[j as usize]));
             changed += replace(o, decide(x, v, xn, up, &cand, pc, precision));
@@ -760,7 +824,7 @@ fn decide(
     pc: &PreparedCentroids,
     precision: Precision,
 ) -> Nearest {
-    if precision == Precision::LabelsOnly && cand.len() == 1 {
+    if !precision.exact() && cand.len() == 1 {
         let j = cand[0];
         let xn2 = xn * xn;
         return Nearest { label: j, dist: (v[j as usize] + xn2).max(0.0), second: (upper[1] + xn2).max(0.0) };

@@ -23,6 +23,12 @@
 //! the nearest (nor the second), ties included. The candidates, in index order, go to
 //! the same exact decision as the f32 kernels, so labels, distances and models are
 //! bit-identical whichever kernel runs.
+//!
+//! Lloyd's iterations know each row's previous label a before the tile (`near`): U is
+//! then est_a + t_a, at least the smallest upper bound (so every centroid the smallest
+//! keeps, the nearest included, is kept), computed first from the row's and centroid
+//! a's codes alone (`limits`), and the tile compares each lower bound with it as it
+//! goes, leaving a bit per centroid instead of k bounds to store and sweep.
 
 use std::arch::x86_64::*;
 
@@ -54,6 +60,9 @@ pub struct QuantCentroids {
     groups: usize,
     n_panels: usize,
     panels: Vec<u8>,
+    /// Each centroid's codes as the panels hold them (code + 128), `groups`·4 bytes per
+    /// centroid in index order: one centroid's bound without its panel (`upper_of`).
+    rows_u8: Vec<u8>,
     scale: Vec<f32>,
     norm2: Vec<f32>,
     ta: Vec<f32>,
@@ -71,6 +80,7 @@ impl QuantCentroids {
         let n_panels = k.div_ceil(PW);
         let padded = n_panels * PW;
         let mut panels = vec![128u8; n_panels * groups * PW * 4];
+        let mut rows_u8 = vec![128u8; k * kp4];
         let (mut scale, mut norm2) = (vec![0.0f32; padded], vec![f32::INFINITY; padded]);
         let (mut ta, mut tb, mut tc) = (vec![0.0f32; padded], vec![0.0f32; padded], vec![0.0f32; padded]);
         let g = (dim as f64 + 4.0) * f32::EPSILON as f64;
@@ -85,18 +95,27 @@ impl QuantCentroids {
                     panels[at + t] = (q as u8) ^ 0x80;
                 }
             }
+            for (o, &q) in rows_u8[j * kp4..(j + 1) * kp4].iter_mut().zip(&code) {
+                *o = (q as u8) ^ 0x80;
+            }
             scale[j] = rc.scale;
             norm2[j] = norms[j];
             ta[j] = up32(g * norms[j] as f64 + 1e-36 * dim as f64);
             tb[j] = up32(2.0 * rc.err as f64 + 32.0 * UNIT * rc.dq as f64);
             tc[j] = up32(2.0 * rc.norm as f64);
         }
-        QuantCentroids { isa, groups, n_panels, panels, scale, norm2, ta, tb, tc }
+        QuantCentroids { isa, groups, n_panels, panels, rows_u8, scale, norm2, ta, tb, tc }
     }
 
     /// Length of one row's buffer of lower bounds (k rounded up to whole panels).
     pub fn padded_k(&self) -> usize {
         self.n_panels * PW
+    }
+
+    /// Candidate masks per row for `near`: one `u16` per 16 centroids, rounded up to
+    /// whole `u64`s.
+    pub fn mask_words(&self) -> usize {
+        (self.n_panels * PW / 16).next_multiple_of(4)
     }
 }
 
@@ -328,28 +347,52 @@ fn lanes_two_smallest(m1: &[f32], m2: &[f32], top2: bool) -> [f32; 2] {
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni<const R: usize, const T2: bool>(
-    tile: RowView<'_>,
-    r0: usize,
-    qc: &QuantCentroids,
-    lower: &mut [f32],
-    upper: &mut [[f32; 2]],
-) {
-    let groups = qc.groups;
-    let kp = qc.padded_k();
-    let cp = unsafe { tile.codes.as_ptr().add(r0 * tile.kp4) };
-    let inf = _mm512_set1_ps(f32::INFINITY);
-    let (mut m1, mut m2) = ([inf; R], [inf; R]);
-    // Row terms stay in memory: broadcast where used, so that the accumulators and
-    // minima keep the registers.
-    let (corr, alpha, ex, xq) =
-        (&tile.corr[r0..r0 + R], &tile.alpha[r0..r0 + R], &tile.ex[r0..r0 + R], &tile.xq[r0..r0 + R]);
-    for p in 0..qc.n_panels {
-        let mut acc0 = [_mm512_setzero_si512(); R];
-        for r in 0..R {
-            acc0[r] = _mm512_set1_epi32(corr[r]);
+/// The per-centroid vectors (scale, ‖c‖², a, 2‖e‖ + 32u‖c'‖, 2‖c‖) at centroid `at`,
+/// loaded with `$load` (the caller's lane width; the vectors are padded to whole panels).
+macro_rules! centroid_terms {
+    ($load:ident, $qc:expr, $at:expr) => {{
+        let (qc, at) = ($qc, $at);
+        // SAFETY: the per-centroid vectors are padded to whole panels.
+        unsafe {
+            (
+                $load(qc.scale.as_ptr().add(at)),
+                $load(qc.norm2.as_ptr().add(at)),
+                $load(qc.ta.as_ptr().add(at)),
+                $load(qc.tb.as_ptr().add(at)),
+                $load(qc.tc.as_ptr().add(at)),
+            )
         }
+    }};
+}
+
+/// est_j = fl(‖c_j‖²) − α·(I_j·s_j) and t_j = a_j + ‖e_x‖·2‖c_j‖ + ‖x'‖·tb_j for one
+/// row's accumulator register, in 512- or 256-bit lanes: the operations and order the
+/// bound's proof (module header) and `limits` count on.
+macro_rules! est_and_bound {
+    (512, $acc:expr, $terms:expr, $alpha:expr, $ex:expr, $xq:expr) => {{
+        let (s, n, ta, tb, tc) = $terms;
+        let est = _mm512_fnmadd_ps(_mm512_set1_ps($alpha), _mm512_mul_ps(_mm512_cvtepi32_ps($acc), s), n);
+        let t = _mm512_fmadd_ps(_mm512_set1_ps($xq), tb, _mm512_fmadd_ps(_mm512_set1_ps($ex), tc, ta));
+        (est, t)
+    }};
+    (256, $acc:expr, $terms:expr, $alpha:expr, $ex:expr, $xq:expr) => {{
+        let (s, n, ta, tb, tc) = $terms;
+        let est = _mm256_fnmadd_ps(_mm256_set1_ps($alpha), _mm256_mul_ps(_mm256_cvtepi32_ps($acc), s), n);
+        let t = _mm256_fmadd_ps(_mm256_set1_ps($xq), tb, _mm256_fmadd_ps(_mm256_set1_ps($ex), tc, ta));
+        (est, t)
+    }};
+}
+
+/// The integer products I_j of rows r0..r0 + R with the 32 centroids of panel p, as two
+/// arrays of R registers of 16: the accumulators start at −128·Σc_x and end at I_j
+/// exactly. A macro, so that the accumulators stay in the caller's registers (the
+/// caller has AVX-512 F/BW/VNNI; `tile` holds rows r0..r0 + R; p < n_panels).
+macro_rules! products_vnni {
+    ($R:ident, $tile:expr, $r0:expr, $qc:expr, $p:expr) => {{
+        let (tile, r0, qc, p) = ($tile, $r0, $qc, $p);
+        let groups = qc.groups;
+        let cp = unsafe { tile.codes.as_ptr().add(r0 * tile.kp4) };
+        let mut acc0: [__m512i; $R] = std::array::from_fn(|r| _mm512_set1_epi32(tile.corr[r0 + r]));
         let mut acc1 = acc0;
         let bp = unsafe { qc.panels.as_ptr().add(p * groups * PW * 4) };
         for g in 0..groups {
@@ -360,30 +403,40 @@ unsafe fn tile_vnni<const R: usize, const T2: bool>(
                     _mm512_loadu_si512(bp.add(g * PW * 4 + 64) as *const __m512i),
                 )
             };
-            for r in 0..R {
+            for r in 0..$R {
                 let w = unsafe { (cp.add(r * tile.kp4 + g * 4) as *const i32).read_unaligned() };
                 let a = _mm512_set1_epi32(w);
                 acc0[r] = _mm512_dpbusd_epi32(acc0[r], b0, a);
                 acc1[r] = _mm512_dpbusd_epi32(acc1[r], b1, a);
             }
         }
+        (acc0, acc1)
+    }};
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni<const R: usize, const T2: bool>(
+    tile: RowView<'_>,
+    r0: usize,
+    qc: &QuantCentroids,
+    lower: &mut [f32],
+    upper: &mut [[f32; 2]],
+) {
+    let kp = qc.padded_k();
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    let (mut m1, mut m2) = ([inf; R], [inf; R]);
+    // Row terms stay in memory: broadcast where used, so that the accumulators and
+    // minima keep the registers.
+    let (alpha, ex, xq) = (&tile.alpha[r0..r0 + R], &tile.ex[r0..r0 + R], &tile.xq[r0..r0 + R]);
+    for p in 0..qc.n_panels {
+        let (acc0, acc1) = products_vnni!(R, tile, r0, qc, p);
         let o = p * PW;
         for h in 0..2 {
             let at = o + 16 * h;
-            // SAFETY: the per-centroid vectors are padded to whole panels.
-            let (s, n, ta, tb, tc) = unsafe {
-                (
-                    _mm512_loadu_ps(qc.scale.as_ptr().add(at)),
-                    _mm512_loadu_ps(qc.norm2.as_ptr().add(at)),
-                    _mm512_loadu_ps(qc.ta.as_ptr().add(at)),
-                    _mm512_loadu_ps(qc.tb.as_ptr().add(at)),
-                    _mm512_loadu_ps(qc.tc.as_ptr().add(at)),
-                )
-            };
+            let terms = centroid_terms!(_mm512_loadu_ps, qc, at);
             for r in 0..R {
                 let acc = if h == 0 { acc0[r] } else { acc1[r] };
-                let est = _mm512_fnmadd_ps(_mm512_set1_ps(alpha[r]), _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), n);
-                let t = _mm512_fmadd_ps(_mm512_set1_ps(xq[r]), tb, _mm512_fmadd_ps(_mm512_set1_ps(ex[r]), tc, ta));
+                let (est, t) = est_and_bound!(512, acc, terms, alpha[r], ex[r], xq[r]);
                 let u = _mm512_add_ps(est, t);
                 unsafe { _mm512_storeu_ps(lower.as_mut_ptr().add(r * kp + at), _mm512_sub_ps(est, t)) };
                 if T2 {
@@ -408,6 +461,34 @@ unsafe fn tile_vnni<const R: usize, const T2: bool>(
     }
 }
 
+/// As `products_vnni!` with AVX2, for the 16 centroids of half h of panel p (two arrays
+/// of R registers of 8); the caller has AVX2.
+macro_rules! products_avx2 {
+    ($R:ident, $tile:expr, $r0:expr, $qc:expr, $p:expr, $h:expr) => {{
+        let (tile, r0, qc, p, h) = ($tile, $r0, $qc, $p, $h);
+        let groups = qc.groups;
+        let cp = unsafe { tile.codes.as_ptr().add(r0 * tile.kp4) };
+        let ones = _mm256_set1_epi16(1);
+        let bp = unsafe { qc.panels.as_ptr().add(p * groups * PW * 4) };
+        let mut acc0: [__m256i; $R] = std::array::from_fn(|r| _mm256_set1_epi32(tile.corr[r0 + r]));
+        let mut acc1 = acc0;
+        for g in 0..groups {
+            // SAFETY: as in `products_vnni!`.
+            let (b0, b1) = unsafe {
+                let at = bp.add(g * PW * 4 + h * 64);
+                (_mm256_loadu_si256(at as *const __m256i), _mm256_loadu_si256(at.add(32) as *const __m256i))
+            };
+            for r in 0..$R {
+                let w = unsafe { (cp.add(r * tile.kp4 + g * 4) as *const i32).read_unaligned() };
+                let a = _mm256_set1_epi32(w);
+                acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(b0, a), ones));
+                acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, a), ones));
+            }
+        }
+        (acc0, acc1)
+    }};
+}
+
 /// As `tile_vnni` with AVX2: 4 rows × 16 centroids of i32 accumulators at a time.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize, const T2: bool>(
@@ -417,51 +498,19 @@ unsafe fn tile_avx2<const R: usize, const T2: bool>(
     lower: &mut [f32],
     upper: &mut [[f32; 2]],
 ) {
-    let groups = qc.groups;
     let kp = qc.padded_k();
-    let cp = unsafe { tile.codes.as_ptr().add(r0 * tile.kp4) };
-    let ones = _mm256_set1_epi16(1);
     let inf = _mm256_set1_ps(f32::INFINITY);
     let (mut m1, mut m2) = ([inf; R], [inf; R]);
     for p in 0..qc.n_panels {
-        let bp = unsafe { qc.panels.as_ptr().add(p * groups * PW * 4) };
         for h in 0..2 {
-            let mut acc0: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(tile.corr[r0 + r]));
-            let mut acc1 = acc0;
-            for g in 0..groups {
-                // SAFETY: as in `tile_vnni`.
-                let (b0, b1) = unsafe {
-                    let at = bp.add(g * PW * 4 + h * 64);
-                    (_mm256_loadu_si256(at as *const __m256i), _mm256_loadu_si256(at.add(32) as *const __m256i))
-                };
-                for r in 0..R {
-                    let w = unsafe { (cp.add(r * tile.kp4 + g * 4) as *const i32).read_unaligned() };
-                    let a = _mm256_set1_epi32(w);
-                    acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(b0, a), ones));
-                    acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, a), ones));
-                }
-            }
+            let (acc0, acc1) = products_avx2!(R, tile, r0, qc, p, h);
             for e in 0..2 {
                 let at = p * PW + 16 * h + 8 * e;
-                // SAFETY: the per-centroid vectors are padded to whole panels.
-                let (s, n, ta, tb, tc) = unsafe {
-                    (
-                        _mm256_loadu_ps(qc.scale.as_ptr().add(at)),
-                        _mm256_loadu_ps(qc.norm2.as_ptr().add(at)),
-                        _mm256_loadu_ps(qc.ta.as_ptr().add(at)),
-                        _mm256_loadu_ps(qc.tb.as_ptr().add(at)),
-                        _mm256_loadu_ps(qc.tc.as_ptr().add(at)),
-                    )
-                };
+                let terms = centroid_terms!(_mm256_loadu_ps, qc, at);
                 for r in 0..R {
                     let acc = if e == 0 { acc0[r] } else { acc1[r] };
-                    let (alpha, ex, xq) = (
-                        _mm256_set1_ps(tile.alpha[r0 + r]),
-                        _mm256_set1_ps(tile.ex[r0 + r]),
-                        _mm256_set1_ps(tile.xq[r0 + r]),
-                    );
-                    let est = _mm256_fnmadd_ps(alpha, _mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), n);
-                    let t = _mm256_fmadd_ps(xq, tb, _mm256_fmadd_ps(ex, tc, ta));
+                    let (est, t) =
+                        est_and_bound!(256, acc, terms, tile.alpha[r0 + r], tile.ex[r0 + r], tile.xq[r0 + r]);
                     let u = _mm256_add_ps(est, t);
                     unsafe { _mm256_storeu_ps(lower.as_mut_ptr().add(r * kp + at), _mm256_sub_ps(est, t)) };
                     if T2 {
@@ -479,6 +528,208 @@ unsafe fn tile_avx2<const R: usize, const T2: bool>(
             _mm256_storeu_ps(b.as_mut_ptr(), m2[r]);
         }
         upper[r] = lanes_two_smallest(&a, &b, T2);
+    }
+}
+
+/// The limits of `near` for `rows` rows of `tile` labelled `label` ahead: for each,
+/// the upper bound u_a = est_a + t_a of v_a (the previous centroid's), computed with
+/// the tile's own f32 operations in the tile's order, so with the bits the tile would
+/// give it.
+///
+/// # Safety
+/// `qc.isa` must be supported by the CPU; `tile` holds `rows` ≤ TR rows coded for it;
+/// every label is below k.
+pub unsafe fn limits(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, label: &[usize; TR], out: &mut [f32; TR]) {
+    // SAFETY: the caller's.
+    unsafe {
+        match qc.isa {
+            Isa::Avx512Vnni => limits_vnni(tile, rows, qc, label, out),
+            Isa::Avx2 => limits_avx2(tile, rows, qc, label, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+unsafe fn limits_vnni(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, label: &[usize; TR], out: &mut [f32; TR]) {
+    let kp4 = tile.kp4;
+    for r in 0..rows {
+        let a = label[r];
+        // SAFETY: VNNI is the caller's; the slices are one code each.
+        let dot = unsafe { dot_vnni(&qc.rows_u8[a * kp4..(a + 1) * kp4], &tile.codes[r * kp4..(r + 1) * kp4]) };
+        out[r] = limit_of(tile, r, qc, a, dot);
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn limits_avx2(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, label: &[usize; TR], out: &mut [f32; TR]) {
+    let kp4 = tile.kp4;
+    for r in 0..rows {
+        let a = label[r];
+        // SAFETY: AVX2 is the caller's; the slices are one code each.
+        let dot = unsafe { dot_avx2(&qc.rows_u8[a * kp4..(a + 1) * kp4], &tile.codes[r * kp4..(r + 1) * kp4]) };
+        out[r] = limit_of(tile, r, qc, a, dot);
+    }
+}
+
+/// `limits` for one row, from its code's product with centroid a's (inlined into the
+/// callers, whose FMA the `mul_add`s use): fnmadd is fma(−α, ·, ·), one rounding.
+#[inline(always)]
+fn limit_of(tile: RowView<'_>, r: usize, qc: &QuantCentroids, a: usize, dot: i32) -> f32 {
+    let i = (tile.corr[r] + dot) as f32;
+    let est = (-tile.alpha[r]).mul_add(i * qc.scale[a], qc.norm2[a]);
+    est + tile.xq[r].mul_add(qc.tb[a], tile.ex[r].mul_add(qc.tc[a], qc.ta[a]))
+}
+
+/// Σ c_i·x_i of unsigned and signed bytes, 64 at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+#[inline]
+unsafe fn dot_vnni(c: &[u8], x: &[i8]) -> i32 {
+    let n = c.len().min(x.len());
+    let mut acc = _mm512_setzero_si512();
+    let mut i = 0;
+    while i < n {
+        let m: __mmask64 = if n - i >= 64 { !0 } else { (1u64 << (n - i)) - 1 };
+        // SAFETY: the mask keeps both loads inside the slices.
+        let (a, b) = unsafe {
+            (_mm512_maskz_loadu_epi8(m, c.as_ptr().add(i) as *const i8), _mm512_maskz_loadu_epi8(m, x.as_ptr().add(i)))
+        };
+        acc = _mm512_dpbusd_epi32(acc, a, b);
+        i += 64;
+    }
+    _mm512_reduce_add_epi32(acc)
+}
+
+/// `dot_vnni` with AVX2 (`vpmaddubsw` pairs stay below 2¹⁵ for codes within ±63).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_avx2(c: &[u8], x: &[i8]) -> i32 {
+    let n = c.len().min(x.len());
+    let n32 = n / 32 * 32;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    while i < n32 {
+        // SAFETY: i + 32 ≤ n.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_si256(c.as_ptr().add(i) as *const __m256i),
+                _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i),
+            )
+        };
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+        i += 32;
+    }
+    let mut l = [0i32; 8];
+    // SAFETY: eight lanes into eight integers.
+    unsafe { _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, acc) };
+    l.iter().sum::<i32>() + c[n32..n].iter().zip(&x[n32..n]).map(|(&c, &x)| i32::from(c) * i32::from(x)).sum::<i32>()
+}
+
+/// The candidates of `rows` coded rows under limits known ahead, in one pass: bit l of
+/// `masks[r·mask_words() + w]` is set when centroid j = 16w + l has est_j − t_j ≤
+/// `limit[r]`, the test `candidates` makes with the smallest upper bound. With
+/// `limit[r]` the upper bound of some v_a (`limits`), which is at least the smallest,
+/// no centroid left out can be the row's nearest, ties included (and a itself passes);
+/// padding centroids never pass a finite limit.
+///
+/// # Safety
+/// `qc.isa` must be supported by the CPU; `tile` must hold `rows` ≤ TR rows coded for
+/// it and `masks` `rows × mask_words()` words.
+pub unsafe fn near(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, limit: &[f32; TR], masks: &mut [u16]) {
+    debug_assert!(rows <= TR && masks.len() >= rows * qc.mask_words());
+    let step = if qc.isa == Isa::Avx2 { 4 } else { 8 };
+    let mw = qc.mask_words();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = step.min(rows - r0);
+        let m = &mut masks[r0 * mw..];
+        let l = &limit[r0..];
+        macro_rules! go {
+            ($f:ident, $($n:literal)*) => {
+                match n {
+                    $($n => unsafe { $f::<$n>(tile, r0, qc, l, m) },)*
+                    _ => unreachable!("tile of {n} rows"),
+                }
+            };
+        }
+        match qc.isa {
+            Isa::Avx512Vnni => go!(near_vnni, 8 7 6 5 4 3 2 1),
+            Isa::Avx2 => go!(near_avx2, 4 3 2 1),
+        }
+        r0 += n;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn near_vnni<const R: usize>(
+    tile: RowView<'_>,
+    r0: usize,
+    qc: &QuantCentroids,
+    limit: &[f32],
+    masks: &mut [u16],
+) {
+    let mw = qc.mask_words();
+    let (alpha, ex, xq) = (&tile.alpha[r0..r0 + R], &tile.ex[r0..r0 + R], &tile.xq[r0..r0 + R]);
+    for p in 0..qc.n_panels {
+        let (acc0, acc1) = products_vnni!(R, tile, r0, qc, p);
+        for h in 0..2 {
+            let at = p * PW + 16 * h;
+            let terms = centroid_terms!(_mm512_loadu_ps, qc, at);
+            for r in 0..R {
+                let acc = if h == 0 { acc0[r] } else { acc1[r] };
+                let (est, t) = est_and_bound!(512, acc, terms, alpha[r], ex[r], xq[r]);
+                let lo = _mm512_sub_ps(est, t);
+                masks[r * mw + 2 * p + h] = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(lo, _mm512_set1_ps(limit[r]));
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn near_avx2<const R: usize>(
+    tile: RowView<'_>,
+    r0: usize,
+    qc: &QuantCentroids,
+    limit: &[f32],
+    masks: &mut [u16],
+) {
+    let mw = qc.mask_words();
+    for p in 0..qc.n_panels {
+        for h in 0..2 {
+            let (acc0, acc1) = products_avx2!(R, tile, r0, qc, p, h);
+            let mut word = [0u16; R];
+            for e in 0..2 {
+                let at = p * PW + 16 * h + 8 * e;
+                let terms = centroid_terms!(_mm256_loadu_ps, qc, at);
+                for r in 0..R {
+                    let acc = if e == 0 { acc0[r] } else { acc1[r] };
+                    let (est, t) =
+                        est_and_bound!(256, acc, terms, tile.alpha[r0 + r], tile.ex[r0 + r], tile.xq[r0 + r]);
+                    let lo = _mm256_sub_ps(est, t);
+                    let pass = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(lo, _mm256_set1_ps(limit[r])));
+                    word[r] |= (pass as u16) << (8 * e);
+                }
+            }
+            for r in 0..R {
+                masks[r * mw + 2 * p + h] = word[r];
+            }
+        }
+    }
+}
+
+/// The centroids j < k whose bits are set in one row's `near` masks (as `u64`s),
+/// ascending.
+pub fn from_masks(masks: &[u64], k: usize, out: &mut Vec<u32>) {
+    out.clear();
+    for (w, &m) in masks.iter().enumerate() {
+        let mut bits = m;
+        while bits != 0 {
+            let j = 64 * w as u32 + bits.trailing_zeros();
+            if (j as usize) < k {
+                out.push(j);
+            }
+            bits &= bits - 1;
+        }
     }
 }
 
