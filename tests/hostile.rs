@@ -509,6 +509,9 @@ fn no_panics_and_closed_pipes_exit_quietly() {
         vec!["bench", "--dims", "0", "--k", "2"],
         vec!["bench", "--rows", "0", "--k", "2"],
         vec!["bench", "--rows", "100", "--dims", "2", "--k", "2", "--iters", "0"],
+        vec!["bench", "--rows", "100", "--dims", "2", "--k", "2", "--topk", "0"],
+        vec!["bench", "--rows", "100", "--dims", "2", "--k", "101", "--topk", "3"],
+        vec!["bench", "in.parquet", "--k", "2", "--topk", "3"],
         vec![
             "generate",
             "--rows",
@@ -828,5 +831,22 @@ fn catalogue_of_bad_input_covers_every_command() {
     for (args, code, needle) in cases {
         let o = run(&args, p);
         assert_fails(&o, code, &[needle], p, &keep);
+    }
+}
+
+/// MICROSEG_ALLOW_SOFTWARE_GPU takes 1 and 0 as the README writes it, and true/false
+/// (clap's plain bool parser refused "1" with exit 2).
+#[test]
+fn the_software_gpu_variable_takes_one_and_zero() {
+    let d = fitted(3000, "3");
+    for v in ["1", "0", "true", "false"] {
+        let model = format!("m_{v}.json");
+        let o = bin()
+            .args(["fit", "in.parquet", "--k", "3", "--model", &model, "--backend", "cpu", "--quiet"])
+            .env("MICROSEG_ALLOW_SOFTWARE_GPU", v)
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "MICROSEG_ALLOW_SOFTWARE_GPU={v}: {}", stderr(&o));
     }
 }

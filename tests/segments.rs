@@ -551,6 +551,156 @@ fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
 /// `neighbors` end to end on the shipped embeddings, on the CPU and (where an adapter
 /// exists: lavapipe in CI) the GPU: the same ordered lists as a float64 brute force, ids
 /// from the id column, ranks from 1; `similar --backend gpu` writes the CPU's file.
+/// `--backend auto` follows the file gpu-check writes (MICROSEG_AUTO_FILE) where it
+/// names the adapter auto would use: here the CPU for k-means and the GPU (lavapipe in
+/// CI) for top-k, then the reverse; another adapter's file leaves the default rule
+/// (GPU for k-means, CPU for top-k) with a notice; a file that is not one exits 2.
+#[test]
+fn auto_follows_the_measured_file_for_this_adapter() {
+    let Some(adapter) = microseg::backend::wgpu::pick_adapter(true) else {
+        assert!(
+            std::env::var_os("MICROSEG_REQUIRE_GPU_TESTS").is_none(),
+            "no wgpu adapter but MICROSEG_REQUIRE_GPU_TESTS is set"
+        );
+        return;
+    };
+    let d = crate::util::fitted(2000, "3");
+    let p = d.path();
+    let (m, _) = crate::util::load(
+        &repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet"),
+        &["embedding"],
+        None,
+    );
+    let emb = |rows: std::ops::Range<usize>| -> ArrayRef {
+        let v: Vec<f32> = rows.flat_map(|r| m.row(r).to_vec()).collect();
+        Arc::new(
+            arrow::array::FixedSizeListArray::try_new(
+                Arc::new(Field::new("item", arrow::datatypes::DataType::Float32, true)),
+                m.dim as i32,
+                Arc::new(arrow::array::Float32Array::from(v)),
+                None,
+            )
+            .unwrap(),
+        )
+    };
+    write(&p.join("base.parquet"), vec![("emb", emb(0..300))]);
+    write(&p.join("q.parquet"), vec![("emb", emb(300..305))]);
+    let backends = |file: Option<&str>, tag: &str| -> (String, String, String) {
+        let with = |args: &[&str]| {
+            let mut c = crate::util::bin();
+            c.args(args).arg("--allow-software-gpu").arg("--json").current_dir(p);
+            match file {
+                Some(f) => c.env(microseg::cli::AUTO_FILE_ENV, f),
+                None => c.env_remove(microseg::cli::AUTO_FILE_ENV),
+            };
+            c.output().unwrap()
+        };
+        let model = format!("m_{tag}.json");
+        let fit = with(&["fit", "in.parquet", "--k", "3", "--model", &model]);
+        ok(&fit);
+        let out = format!("n_{tag}.parquet");
+        let nb = with(&[
+            "neighbors",
+            "--base",
+            "base.parquet",
+            "--queries",
+            "q.parquet",
+            "--embedding",
+            "emb",
+            "--k",
+            "3",
+            "--out",
+            &out,
+        ]);
+        ok(&nb);
+        let b = |o: &std::process::Output| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["backend"].as_str().unwrap_or("?").to_string()
+        };
+        (b(&fit), b(&nb), String::from_utf8_lossy(&nb.stderr).into_owned())
+    };
+    let file = |name: &str, adapter: &str, kmeans: &str, similarity: &str| {
+        let f = p.join(name);
+        std::fs::write(
+            &f,
+            serde_json::json!({"adapter": adapter, "kmeans": kmeans, "similarity": similarity}).to_string(),
+        )
+        .unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let (fit, nb, _) = backends(None, "none");
+    assert_eq!((fit.as_str(), nb.as_str()), ("wgpu", "cpu"), "the default rule");
+    let f = file("a.json", &adapter.name, "cpu", "gpu");
+    let (fit, nb, _) = backends(Some(&f), "a");
+    assert_eq!((fit.as_str(), nb.as_str()), ("cpu", "gpu"), "measured: cpu for k-means, gpu for top-k");
+    let f = file("b.json", &adapter.name, "gpu", "cpu");
+    let (fit, nb, _) = backends(Some(&f), "b");
+    assert_eq!((fit.as_str(), nb.as_str()), ("wgpu", "cpu"), "measured: gpu for k-means, cpu for top-k");
+    let f = file("c.json", "Some Other GPU", "cpu", "gpu");
+    let (fit, nb, err) = backends(Some(&f), "c");
+    assert_eq!((fit.as_str(), nb.as_str()), ("wgpu", "cpu"), "another adapter's measurement: the default rule");
+    assert!(err.contains("Some Other GPU"), "said on stderr: {err}");
+    // Not a measurement: exit 2, the file named, nothing written.
+    std::fs::write(p.join("bad.json"), "{\"adapter\": 3}").unwrap();
+    for f in ["bad.json", "missing.json"] {
+        let o = crate::util::bin()
+            .args(["fit", "in.parquet", "--k", "3", "--model", "m_bad.json", "--allow-software-gpu"])
+            .env(microseg::cli::AUTO_FILE_ENV, f)
+            .current_dir(p)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{f}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(f), "names {f}");
+        assert!(!p.join("m_bad.json").exists());
+    }
+}
+
+/// `bench --topk` (what scripts/gpu-check.sh times): each backend's lists are the
+/// CPU's, and the report says so; on the GPU (lavapipe in CI) with 1 and 4 slices too.
+#[test]
+fn bench_topk_times_both_backends_and_compares_their_lists() {
+    let gpu_present = microseg::backend::wgpu::WgpuBackend::open(true).ok().flatten().is_some();
+    assert!(
+        gpu_present || std::env::var_os("MICROSEG_REQUIRE_GPU_TESTS").is_none(),
+        "no wgpu adapter but MICROSEG_REQUIRE_GPU_TESTS is set"
+    );
+    let d = tempfile::tempdir().unwrap();
+    for slices in [None, Some("1"), Some("4")] {
+        let mut cmd = crate::util::bin();
+        cmd.args([
+            "bench",
+            "--topk",
+            "70",
+            "--rows",
+            "3000",
+            "--dims",
+            "24",
+            "--k",
+            "7",
+            "--iters",
+            "1",
+            "--backends",
+            "cpu,gpu",
+            "--allow-software-gpu",
+            "--json",
+        ])
+        .current_dir(d.path());
+        if let Some(s) = slices {
+            cmd.env(microseg::backend::wgpu::TOPK_SLICES_ENV, s);
+        }
+        let o = cmd.output().unwrap();
+        ok(&o);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!((r["mode"].as_str(), r["n"].as_u64(), r["queries"].as_u64()), (Some("topk"), Some(3000), Some(70)));
+        let res = r["results"].as_array().unwrap();
+        assert_eq!(res.len(), if gpu_present { 2 } else { 1 }, "{r}");
+        for b in res {
+            assert_eq!(b["lists_identical_to_cpu"], serde_json::json!(true), "{b}");
+            assert!(b["seconds"].as_f64().unwrap() > 0.0 && b["queries_per_second"].as_f64().unwrap() > 0.0, "{b}");
+        }
+    }
+}
+
 #[test]
 fn neighbors_and_look_alikes_match_a_float64_brute_force_on_both_backends() {
     let d = TempDir::new().unwrap();

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use crate::backend::cpu::Kernel;
 use crate::backend::wgpu::{self as gpu, WgpuBackend};
 use crate::backend::{Backend, BackendChoice};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendArg {
@@ -24,7 +24,7 @@ pub(crate) struct BackendArgs {
     pub backend: BackendArg,
     /// Also accept a software GPU adapter (Mesa's lavapipe); slower than the CPU
     /// backend, useful to test the shaders on a machine without a GPU.
-    #[arg(long, env = "MICROSEG_ALLOW_SOFTWARE_GPU")]
+    #[arg(long, env = "MICROSEG_ALLOW_SOFTWARE_GPU", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_software_gpu: bool,
     /// The CPU distance kernel. Every kernel gives the same labels and model byte for
     /// byte; auto picks the fastest for the CPU and the shape (`microseg info` lists
@@ -76,19 +76,79 @@ impl BackendArg {
     }
 }
 
-/// The GPU for the similarity commands: `Some` only under `--backend gpu` (their
-/// `auto` stays on the CPU, whose 8-bit scan is the measured fast path; the top-k
-/// shader has not been timed on hardware yet).
+/// The file `scripts/gpu-check.sh` writes (its auto.json): where each kind of pass ran
+/// faster on that machine's GPU adapter. With it, `auto` follows the measurement.
+pub const AUTO_FILE_ENV: &str = "MICROSEG_AUTO_FILE";
+
+/// Where a kind of pass won in gpu-check's measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Side {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Measured {
+    /// The adapter measured (as `microseg info` names it).
+    adapter: String,
+    /// k-means passes (fit, assign, ...).
+    kmeans: Side,
+    /// Exact top-k (`neighbors`, `similar`).
+    similarity: Side,
+}
+
+/// The measured side for one kind of pass under `--backend auto`: `None` without the
+/// file (the default rule), or where it was measured on another adapter than the one
+/// `auto` would use here (said on stderr); the CPU where there is no adapter.
+fn measured_side(allow_software: bool, kind: fn(&Measured) -> Side) -> Result<Option<Side>> {
+    let Some(path) = std::env::var_os(AUTO_FILE_ENV) else { return Ok(None) };
+    let path = std::path::PathBuf::from(path);
+    let what = "point it at the auto.json scripts/gpu-check.sh wrote, or unset it";
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Usage(format!("{AUTO_FILE_ENV}={}: cannot read it ({e}); {what}", path.display())))?;
+    let m: Measured = serde_json::from_str(&text).map_err(|e| {
+        Error::Usage(format!(
+            "{AUTO_FILE_ENV}={}: not gpu-check's auto.json ({e}): it needs \"adapter\", and \"kmeans\" and              \"similarity\" each \"cpu\" or \"gpu\"; {what}",
+            path.display()
+        ))
+    })?;
+    match gpu::pick_adapter(allow_software) {
+        None => Ok(Some(Side::Cpu)),
+        Some(a) if a.name == m.adapter => Ok(Some(kind(&m))),
+        Some(a) => {
+            super::log(format!(
+                "{AUTO_FILE_ENV}: measured on {}, not on this machine's {}: auto's default rule applies",
+                m.adapter, a.name
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The GPU for the similarity commands: under `--backend gpu`, or under `auto` where
+/// gpu-check measured the top-k shader faster than the CPU's scan on this adapter
+/// (`MICROSEG_AUTO_FILE`). Without a measurement `auto` stays on the CPU, whose 8-bit
+/// scan is the measured fast path.
 pub(crate) fn similarity_gpu(a: &BackendArgs) -> Result<Option<WgpuBackend>> {
     match a.backend {
-        BackendArg::Cpu | BackendArg::Auto => Ok(None),
+        BackendArg::Cpu => Ok(None),
+        BackendArg::Auto => match measured_side(a.allow_software_gpu, |m| m.similarity)? {
+            Some(Side::Gpu) => crate::backend::open_gpu(a.allow_software_gpu).map(Some),
+            _ => Ok(None),
+        },
         BackendArg::Gpu => crate::backend::open_gpu(a.allow_software_gpu).map(Some),
     }
 }
 
-/// Open the backend the flags ask for.
+/// Open the backend the flags ask for; under `auto` with `MICROSEG_AUTO_FILE`, the CPU
+/// where gpu-check measured it faster for k-means passes on this adapter.
 pub(crate) fn open(a: &BackendArgs) -> Result<Box<dyn Backend>> {
-    crate::backend::open_with_kernel(a.backend.choice(), a.allow_software_gpu, a.kernel.into())
+    let choice = match a.backend {
+        BackendArg::Auto if measured_side(a.allow_software_gpu, |m| m.kmeans)? == Some(Side::Cpu) => BackendChoice::Cpu,
+        other => other.choice(),
+    };
+    crate::backend::open_with_kernel(choice, a.allow_software_gpu, a.kernel.into())
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +177,7 @@ pub(crate) fn run_info(a: InfoArgs) -> Result<()> {
             "cpu_kernel_k256_d32": Kernel::Auto.resolve(256, 32).name(),
             "adapters": adapters,
             "auto_backend": would_use,
+            "auto_adapter": chosen.as_ref().map(|c| c.name.clone()),
         }));
     }
     let mut text = format!("microseg {}\n", crate::ENGINE_VERSION);

@@ -1,5 +1,7 @@
 //! `microseg bench`: the same data through each backend: per-pass times (upload,
-//! assign, reduce, readback folded into the pass), throughput, and label agreement.
+//! assign, reduce, readback folded into the pass), throughput, and label agreement;
+//! with `--topk`, exact top-k search of queries over the rows instead (what
+//! `neighbors` and `similar` run), and whether every backend's lists are the CPU's.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,15 +26,21 @@ pub(crate) struct BenchArgs {
     /// Generated features (without INPUT).
     #[arg(long, default_value_t = 32)]
     dims: usize,
+    /// Centroids; with --topk, the length of each query's list.
     #[arg(long)]
     k: usize,
+    /// Time exact top-k search (cosine) of this many generated queries over the
+    /// generated rows instead of k-means passes.
+    #[arg(long)]
+    topk: Option<usize>,
     /// Timed repetitions of each pass (after one warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
     /// Backends to compare: cpu, gpu or both (gpu skipped with a notice when absent).
     #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
     backends: Vec<BackendArg>,
-    #[arg(long)]
+    /// Also accept a software GPU adapter (Mesa's lavapipe).
+    #[arg(long, env = "MICROSEG_ALLOW_SOFTWARE_GPU", value_parser = clap::builder::BoolishValueParser::new())]
     allow_software_gpu: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -41,6 +49,10 @@ pub(crate) struct BenchArgs {
 }
 
 fn data(a: &BenchArgs) -> Result<Matrix> {
+    generated_or_read(a, a.rows)
+}
+
+fn generated_or_read(a: &BenchArgs, rows: usize) -> Result<Matrix> {
     if let Some(p) = &a.input {
         let ds = Dataset::open(std::slice::from_ref(p))?;
         let cols = features::select_columns(&ds, None, &[], &[], &["subscriber_id"])?;
@@ -52,8 +64,8 @@ fn data(a: &BenchArgs) -> Result<Matrix> {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let centres: Vec<f32> = (0..64 * a.dims).map(|_| rng.random::<f32>() * 6.0 - 3.0).collect();
-    let mut v = Vec::with_capacity(a.rows * a.dims);
-    for i in 0..a.rows {
+    let mut v = Vec::with_capacity(rows * a.dims);
+    for i in 0..rows {
         let c = (i * 7919) % 64;
         for f in 0..a.dims {
             v.push(centres[c * a.dims + f] + rng.random::<f32>() - 0.5);
@@ -76,6 +88,117 @@ struct Row {
 enum Timed {
     Cpu(CpuBackend),
     Gpu(Box<WgpuBackend>),
+}
+
+/// Open each backend `--backends` names (the GPU skipped with a notice when absent).
+fn open_backends(a: &BenchArgs) -> Result<Vec<Timed>> {
+    let mut out = Vec::new();
+    for which in &a.backends {
+        out.push(match which {
+            BackendArg::Cpu => Timed::Cpu(CpuBackend::default()),
+            _ => match WgpuBackend::open(a.allow_software_gpu)? {
+                Some(g) => {
+                    super::log(format!(
+                        "GPU adapter {} ({}, {})",
+                        g.ctx.adapter.name, g.ctx.adapter.backend, g.ctx.adapter.device_type
+                    ));
+                    Timed::Gpu(Box::new(g))
+                }
+                None => {
+                    super::log("no GPU adapter (--allow-software-gpu accepts lavapipe): GPU skipped");
+                    continue;
+                }
+            },
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "no backend to time: --backends names only the GPU and wgpu found none \
+             (--allow-software-gpu accepts lavapipe; or add cpu)"
+                .into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Base rows per chunk of a timed top-k search (the lists merge between chunks; on a
+/// GPU each chunk is one upload and one read-back of the lists).
+const TOPK_CHUNK_ROWS: usize = 1 << 18;
+
+/// `--topk`: the first `rows` generated rows are the base, `queries` more the queries;
+/// each backend searches `iters` times after a first (timed apart: it includes the
+/// GPU's shader set-up), and its lists are compared with the CPU's.
+fn run_topk(a: &BenchArgs, queries: usize) -> Result<()> {
+    use crate::similarity::{ScanKernel, SimMetric, search_gpu, search_with};
+    if a.input.is_some() {
+        return Err(Error::Usage("--topk times generated rows only: leave out INPUT".into()));
+    }
+    if queries == 0 || a.k == 0 || a.k > a.rows {
+        return Err(Error::Usage(format!("--topk must be at least 1 and --k between 1 and the {} rows", a.rows)));
+    }
+    let all = generated_or_read(a, a.rows + queries)?;
+    let (d, n) = (all.dim, a.rows);
+    let (base, q) = all.data.split_at(n * d);
+    let mut lists: Vec<(&'static str, f64, f64, Vec<Vec<u64>>)> = Vec::new();
+    for b in open_backends(a)? {
+        let search = || -> Result<Vec<Vec<u64>>> {
+            let hits = match &b {
+                Timed::Cpu(_) => search_with(ScanKernel::Auto, q, base, d, a.k, SimMetric::Cosine, TOPK_CHUNK_ROWS),
+                Timed::Gpu(g) => search_gpu(g, q, base, d, a.k, SimMetric::Cosine, TOPK_CHUNK_ROWS)?,
+            };
+            Ok(hits.into_iter().map(|l| l.into_iter().map(|h| h.index).collect()).collect())
+        };
+        let t = Instant::now();
+        let got = search()?;
+        let first = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..a.iters {
+            search()?;
+        }
+        let name = match &b {
+            Timed::Cpu(_) => "cpu",
+            Timed::Gpu(_) => "wgpu",
+        };
+        lists.push((name, first, t.elapsed().as_secs_f64() / a.iters as f64, got));
+    }
+    let cpu = lists.iter().position(|l| l.0 == "cpu");
+    let flops = 2.0 * n as f64 * queries as f64 * d as f64;
+    let out: Vec<serde_json::Value> = lists
+        .iter()
+        .map(|(name, first, secs, got)| {
+            serde_json::json!({
+                "backend": name,
+                "first_seconds": first,
+                "seconds": secs,
+                "queries_per_second": queries as f64 / secs,
+                "score_gflops": flops / secs / 1e9,
+                "lists_identical_to_cpu": cpu.map(|i| &lists[i].3 == got),
+            })
+        })
+        .collect();
+    if a.json {
+        return super::print_json(&serde_json::json!({
+            "command": "bench", "mode": "topk", "n": n, "d": d, "queries": queries, "k": a.k,
+            "metric": "cosine", "iters": a.iters, "results": out,
+        }));
+    }
+    let mut text = format!(
+        "top-{} of {queries} queries over n={n} rows, d={d}, cosine ({} timed repetitions; the first apart)\n",
+        a.k, a.iters
+    );
+    text += "| backend | first s | search s | queries/s | score GFLOP/s | lists identical to cpu |\n|---|---|---|---|---|---|\n";
+    for o in &out {
+        text += &format!(
+            "| {} | {:.4} | {:.4} | {:.0} | {:.1} | {} |\n",
+            o["backend"].as_str().unwrap_or("?"),
+            o["first_seconds"].as_f64().unwrap_or(f64::NAN),
+            o["seconds"].as_f64().unwrap_or(f64::NAN),
+            o["queries_per_second"].as_f64().unwrap_or(f64::NAN),
+            o["score_gflops"].as_f64().unwrap_or(f64::NAN),
+            o["lists_identical_to_cpu"].as_bool().map_or("-".to_string(), |v| v.to_string()),
+        );
+    }
+    crate::io::output::print_stdout(&text)
 }
 
 fn time_backend(which: &Timed, x: &Matrix, c: &Centroids, iters: usize) -> Result<Row> {
@@ -128,6 +251,9 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(p) = &a.input {
         crate::io::output::check_paths(&[p.as_path()], &[], a.json)?;
     }
+    if let Some(q) = a.topk {
+        return run_topk(&a, q);
+    }
     let x = data(&a)?;
     if a.k == 0 || a.k > x.n() {
         return Err(Error::Usage(format!("--k must be between 1 and the {} rows", x.n())));
@@ -136,31 +262,8 @@ pub(crate) fn run_bench(a: BenchArgs) -> Result<()> {
     let step = n / k;
     let c = Centroids::new((0..k).flat_map(|j| x.row(j * step).to_vec()).collect(), d);
     let mut rows = Vec::new();
-    for which in &a.backends {
-        let b = match which {
-            BackendArg::Cpu => Timed::Cpu(CpuBackend::default()),
-            _ => match WgpuBackend::open(a.allow_software_gpu)? {
-                Some(g) => {
-                    super::log(format!(
-                        "GPU adapter {} ({}, {})",
-                        g.ctx.adapter.name, g.ctx.adapter.backend, g.ctx.adapter.device_type
-                    ));
-                    Timed::Gpu(Box::new(g))
-                }
-                None => {
-                    super::log("no GPU adapter (--allow-software-gpu accepts lavapipe): GPU skipped");
-                    continue;
-                }
-            },
-        };
+    for b in open_backends(&a)? {
         rows.push(time_backend(&b, &x, &c, a.iters)?);
-    }
-    if rows.is_empty() {
-        return Err(Error::Usage(
-            "no backend to time: --backends names only the GPU and wgpu found none \
-             (--allow-software-gpu accepts lavapipe; or add cpu)"
-                .into(),
-        ));
     }
     let flops = 2.0 * n as f64 * k as f64 * d as f64;
     let reference = rows.iter().position(|r| r.backend == "cpu");

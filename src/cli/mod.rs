@@ -4,6 +4,7 @@
 
 mod assign;
 mod backend;
+pub use backend::AUTO_FILE_ENV;
 mod bench;
 mod choose_k;
 mod events;
