@@ -15,7 +15,7 @@ ROWS=${1:-10000000}
 TOPK_ROWS=${2:-1000000}
 OUT=${OUT:-$ROOT/gpu-check-out}
 mkdir -p "$OUT"
-rm -f "$OUT"/agreement.jsonl "$OUT"/bench.jsonl "$OUT"/topk.jsonl "$OUT"/torch.jsonl "$OUT"/auto.json
+rm -f "$OUT"/agreement.jsonl "$OUT"/bench.jsonl "$OUT"/topk.jsonl "$OUT"/torch.jsonl "$OUT"/torch.txt "$OUT"/auto.json
 cd "$ROOT"
 # NVIDIA machines may lack the Vulkan loader's ICD path: point it at the driver's.
 for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do

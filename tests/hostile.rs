@@ -512,6 +512,7 @@ fn no_panics_and_closed_pipes_exit_quietly() {
         vec!["bench", "--rows", "100", "--dims", "2", "--k", "2", "--topk", "0"],
         vec!["bench", "--rows", "100", "--dims", "2", "--k", "101", "--topk", "3"],
         vec!["bench", "in.parquet", "--k", "2", "--topk", "3"],
+        vec!["bench", "--rows", "100", "--dims", "2", "--k", "2", "--topk", "18446744073709551615"],
         vec![
             "generate",
             "--rows",

@@ -548,15 +548,30 @@ fn look_alikes_by_seed_ids_exclude_the_seeds_and_score_exactly() {
     }
 }
 
-/// `neighbors` end to end on the shipped embeddings, on the CPU and (where an adapter
-/// exists: lavapipe in CI) the GPU: the same ordered lists as a float64 brute force, ids
-/// from the id column, ranks from 1; `similar --backend gpu` writes the CPU's file.
 /// `--backend auto` follows the file gpu-check writes (MICROSEG_AUTO_FILE) where it
 /// names the adapter auto would use: here the CPU for k-means and the GPU (lavapipe in
 /// CI) for top-k, then the reverse; another adapter's file leaves the default rule
 /// (GPU for k-means, CPU for top-k) with a notice; a file that is not one exits 2.
 #[test]
 fn auto_follows_the_measured_file_for_this_adapter() {
+    let d = crate::util::fitted(2000, "3");
+    let p = d.path();
+    // Not a measurement: exit 2, the file named, nothing written (with or without an
+    // adapter); an empty value is no file.
+    std::fs::write(p.join("bad.json"), "{\"adapter\": 3}").unwrap();
+    for (f, code) in [("bad.json", 2), ("missing.json", 2), ("", 0)] {
+        let o = crate::util::bin()
+            .args(["fit", "in.parquet", "--k", "3", "--model", "m_bad.json", "--backend", "auto", "--quiet"])
+            .env(microseg::cli::AUTO_FILE_ENV, f)
+            .current_dir(p)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(code), "{f:?}: {}", String::from_utf8_lossy(&o.stderr));
+        if code == 2 {
+            assert!(String::from_utf8_lossy(&o.stderr).contains(f), "names {f}");
+        }
+        assert_eq!(p.join("m_bad.json").exists(), code == 0);
+    }
     let Some(adapter) = microseg::backend::wgpu::pick_adapter(true) else {
         assert!(
             std::env::var_os("MICROSEG_REQUIRE_GPU_TESTS").is_none(),
@@ -564,8 +579,6 @@ fn auto_follows_the_measured_file_for_this_adapter() {
         );
         return;
     };
-    let d = crate::util::fitted(2000, "3");
-    let p = d.path();
     let (m, _) = crate::util::load(
         &repo().join("datasets/online_retail_descriptions_minilm_l6_v2.parquet"),
         &["embedding"],
@@ -640,19 +653,6 @@ fn auto_follows_the_measured_file_for_this_adapter() {
     let (fit, nb, err) = backends(Some(&f), "c");
     assert_eq!((fit.as_str(), nb.as_str()), ("wgpu", "cpu"), "another adapter's measurement: the default rule");
     assert!(err.contains("Some Other GPU"), "said on stderr: {err}");
-    // Not a measurement: exit 2, the file named, nothing written.
-    std::fs::write(p.join("bad.json"), "{\"adapter\": 3}").unwrap();
-    for f in ["bad.json", "missing.json"] {
-        let o = crate::util::bin()
-            .args(["fit", "in.parquet", "--k", "3", "--model", "m_bad.json", "--allow-software-gpu"])
-            .env(microseg::cli::AUTO_FILE_ENV, f)
-            .current_dir(p)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{f}: {}", String::from_utf8_lossy(&o.stderr));
-        assert!(String::from_utf8_lossy(&o.stderr).contains(f), "names {f}");
-        assert!(!p.join("m_bad.json").exists());
-    }
 }
 
 /// `bench --topk` (what scripts/gpu-check.sh times): each backend's lists are the
@@ -701,6 +701,9 @@ fn bench_topk_times_both_backends_and_compares_their_lists() {
     }
 }
 
+/// `neighbors` end to end on the shipped embeddings, on the CPU and (where an adapter
+/// exists: lavapipe in CI) the GPU: the same ordered lists as a float64 brute force, ids
+/// from the id column, ranks from 1; `similar --backend gpu` writes the CPU's file.
 #[test]
 fn neighbors_and_look_alikes_match_a_float64_brute_force_on_both_backends() {
     let d = TempDir::new().unwrap();

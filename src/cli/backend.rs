@@ -99,17 +99,18 @@ struct Measured {
 }
 
 /// The measured side for one kind of pass under `--backend auto`: `None` without the
-/// file (the default rule), or where it was measured on another adapter than the one
+/// file (unset or empty: the default rule), or where it was measured on another adapter than the one
 /// `auto` would use here (said on stderr); the CPU where there is no adapter.
 fn measured_side(allow_software: bool, kind: fn(&Measured) -> Side) -> Result<Option<Side>> {
-    let Some(path) = std::env::var_os(AUTO_FILE_ENV) else { return Ok(None) };
+    let Some(path) = std::env::var_os(AUTO_FILE_ENV).filter(|p| !p.is_empty()) else { return Ok(None) };
     let path = std::path::PathBuf::from(path);
     let what = "point it at the auto.json scripts/gpu-check.sh wrote, or unset it";
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::Usage(format!("{AUTO_FILE_ENV}={}: cannot read it ({e}); {what}", path.display())))?;
     let m: Measured = serde_json::from_str(&text).map_err(|e| {
         Error::Usage(format!(
-            "{AUTO_FILE_ENV}={}: not gpu-check's auto.json ({e}): it needs \"adapter\", and \"kmeans\" and              \"similarity\" each \"cpu\" or \"gpu\"; {what}",
+            "{AUTO_FILE_ENV}={}: not gpu-check's auto.json ({e}): it needs \"adapter\", and \"kmeans\" and \
+             \"similarity\" each \"cpu\" or \"gpu\"; {what}",
             path.display()
         ))
     })?;

@@ -136,7 +136,11 @@ fn run_topk(a: &BenchArgs, queries: usize) -> Result<()> {
     if queries == 0 || a.k == 0 || a.k > a.rows {
         return Err(Error::Usage(format!("--topk must be at least 1 and --k between 1 and the {} rows", a.rows)));
     }
-    let all = generated_or_read(a, a.rows + queries)?;
+    let total = a.rows.checked_add(queries).filter(|t| t.checked_mul(a.dims).is_some());
+    let Some(total) = total else {
+        return Err(Error::Usage(format!("--rows {} and --topk {queries} are too many rows to generate", a.rows)));
+    };
+    let all = generated_or_read(a, total)?;
     let (d, n) = (all.dim, a.rows);
     let (base, q) = all.data.split_at(n * d);
     let mut lists: Vec<(&'static str, f64, f64, Vec<Vec<u64>>)> = Vec::new();

@@ -878,3 +878,54 @@ pub fn proven_nearest(isa: Isa, x: &[f32], cand: &[u32], c: &crate::backend::Cen
     let proven = (best_d as f64) * (1.0 + rel) + abs < (runner as f64) * (1.0 - rel) - abs;
     proven.then_some((best, best_d))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// `limits` gives the tile's own u_a (with k = 1 the tile's smallest upper bound is
+    /// u_0: the same bits), and `near`'s masks are exactly the lower bounds `bounds`
+    /// stores that are at most the limit, for each instruction set this CPU has, whole
+    /// and partial tiles, one and several panels.
+    #[test]
+    fn near_marks_what_bounds_would_keep_under_the_same_limit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut value = move || rng.random::<f32>() * 4.0 - 2.0;
+        for isa in [Isa::Avx512Vnni, Isa::Avx2].into_iter().filter(|i| i.supported()) {
+            for (dim, k) in [(5, 1), (32, 1), (32, 40), (70, 70), (13, 257)] {
+                let c: Vec<f32> = (0..k * dim).map(|_| value()).collect();
+                let norms: Vec<f32> = c.chunks(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+                let qc = QuantCentroids::new(isa, &c, &norms, dim);
+                let (kp, mw) = (qc.padded_k(), qc.mask_words());
+                for rows in [TR, 5] {
+                    let x: Vec<f32> = (0..rows * dim).map(|_| value()).collect();
+                    let mut codes = RowCodes::new(isa, dim, TR);
+                    codes.code(&x, rows, dim);
+                    let view = codes.view();
+                    let (mut lower, mut upper) = (vec![0.0f32; TR * kp], [[0.0f32; 2]; TR]);
+                    let label: [usize; TR] = std::array::from_fn(|r| (r * 7) % k);
+                    let (mut limit, mut masks) = ([0.0f32; TR], vec![0u64; TR * mw / 4]);
+                    // SAFETY: `isa` is supported; the buffers have the sizes each asks.
+                    unsafe {
+                        bounds(view, rows, &qc, false, &mut lower, &mut upper);
+                        limits(view, rows, &qc, &label, &mut limit);
+                        near(view, rows, &qc, &limit, bytemuck::cast_slice_mut(&mut masks));
+                    }
+                    for r in 0..rows {
+                        if k == 1 {
+                            assert_eq!(limit[r].to_bits(), upper[r][0].to_bits(), "{isa:?} d={dim} row {r}");
+                        }
+                        assert!(limit[r] >= upper[r][0], "{isa:?} d={dim} k={k} row {r}");
+                        let mut got = Vec::new();
+                        from_masks(&masks[r * mw / 4..(r + 1) * mw / 4], k, &mut got);
+                        let want: Vec<u32> =
+                            (0..k as u32).filter(|&j| lower[r * kp + j as usize] <= limit[r]).collect();
+                        assert_eq!(got, want, "{isa:?} d={dim} k={k} rows={rows} row {r}");
+                        assert!(got.contains(&(label[r] as u32)));
+                    }
+                }
+            }
+        }
+    }
+}
