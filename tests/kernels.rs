@@ -143,7 +143,7 @@ fn check_case(x: &[f32], c: &Centroids) -> Result<(), TestCaseError> {
             })
             .collect();
         for prior in near.iter_mut() {
-            b.assign_labels_near(x, c, prior);
+            b.assign_labels(x, c, prior).unwrap();
         }
         for i in 0..n {
             let (l, d, s) = want[i];

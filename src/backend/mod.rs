@@ -101,7 +101,10 @@ pub trait Backend: Send + Sync {
 
     /// As `assign`, with the same exact labels, but `dist` and `second` may carry the
     /// rounding of the fast distance expansion. Iterations that only need labels use
-    /// it; a backend without a cheaper path keeps this default.
+    /// it; a backend without a cheaper path keeps this default. `out` may hold each
+    /// row's label from an earlier pass with the same k (u32::MAX: none), which the CPU's
+    /// 8-bit kernels use to bound the row; the labels never depend on it, and the
+    /// distances are those `assign_reduce` gives from the same `out`.
     fn assign_labels(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
         self.assign(points, centroids, out)
     }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::hyperparams::{CovarianceType, GmmInit, GmmParams};
 use super::stats::{self, GaussianTerms, Mixture, MixtureStats, Resp};
-use crate::backend::Backend;
+use crate::backend::{Backend, Nearest};
 use crate::error::{Error, Result};
 use crate::features::Matrix;
 use crate::kmeans::{self, Algorithm, InitMethod, KMeansParams, StateEvent};
@@ -221,7 +221,8 @@ fn initial_labels<B: Backend + ?Sized>(
 ) -> Result<(Vec<u32>, Vec<f64>)> {
     match &p.init {
         GmmInit::Given(c) => {
-            let mut nearest = vec![Default::default(); x.n()];
+            // No earlier labels (label 0 for every row would bound them all by c_0).
+            let mut nearest = vec![Nearest { label: u32::MAX, ..Default::default() }; x.n()];
             backend.assign_labels(&x.data, c, &mut nearest)?;
             Ok((nearest.iter().map(|n| n.label).collect(), c.data.iter().map(|v| *v as f64).collect()))
         }

@@ -229,15 +229,6 @@ impl CpuBackend {
         Some(n)
     }
 
-    /// Labels as `assign_labels` gives them, where `out` already holds a label for each
-    /// row from an earlier pass with the same k (u32::MAX or any index ≥ k: none). The
-    /// 8-bit kernels then bound each row by that centroid before its tile (one pass, no
-    /// sweep of the bounds); the labels are the same whatever `out` held. Lloyd's
-    /// iterations use it through `assign_reduce`.
-    pub fn assign_labels_near(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) {
-        self.assign_with(points, centroids, out, Precision::NearPrior);
-    }
-
     fn assign_with(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest], precision: Precision) {
         let prepared = PreparedCentroids::with_kernel(centroids, self.kernel);
         let dim = centroids.dim;
@@ -274,7 +265,9 @@ impl Backend for CpuBackend {
     }
 
     fn assign_labels(&self, points: &[f32], centroids: &Centroids, out: &mut [Nearest]) -> Result<()> {
-        self.assign_with(points, centroids, out, Precision::LabelsOnly);
+        // The labels `out` holds bound the rows, as in `assign_reduce`: the same
+        // distances whichever of the two a Lloyd iteration takes (by the rows' count).
+        self.assign_with(points, centroids, out, Precision::NearPrior);
         Ok(())
     }
 
