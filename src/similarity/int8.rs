@@ -83,6 +83,8 @@ pub(crate) struct RowCode {
     pub dq: f32,
     /// ‖vσ − s·c·σ‖.
     pub err: f32,
+    /// A lower bound of ‖vσ‖².
+    pub sq_lo: f32,
 }
 
 /// Round a non-negative bound up by a relative margin covering the f32 sums behind it.
@@ -90,6 +92,15 @@ fn up(x: f64, dim: usize) -> f32 {
     let y = x * (1.0 + (dim as f64 + 16.0) * 2f64.powi(-22));
     let f = y as f32;
     if (f as f64) < y { f.next_up() } else { f }
+}
+
+/// A lower bound of ‖vσ‖² from the f32 sum of squares `ss` (non-negative terms, each
+/// lane's chain and the lanes' tree within the margin `up` takes; `1e-36·d` covers
+/// squares that underflow), rounded down.
+fn sq_down(ss: f32, sigma: f64, dim: usize) -> f32 {
+    let y = (ss as f64 * sigma * sigma * (1.0 - (dim as f64 + 16.0) * 2f64.powi(-22)) - 1e-36 * dim as f64).max(0.0);
+    let f = y as f32;
+    if (f as f64) > y { f.next_down() } else { f }
 }
 
 /// Code one row into `out` (its first `v.len()` bytes; the caller pads with 0).
@@ -126,7 +137,14 @@ unsafe fn code_row_avx2(v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> R
     if m == 0.0 || sigma == 0.0 || !m.is_finite() {
         out[..d].fill(0);
         let nrm = (ss_v as f64).sqrt() * sigma;
-        return RowCode { scale: 0.0, sum: 0, norm: up(nrm, d), dq: 0.0, err: up(nrm, d) };
+        return RowCode {
+            scale: 0.0,
+            sum: 0,
+            norm: up(nrm, d),
+            dq: 0.0,
+            err: up(nrm, d),
+            sq_lo: sq_down(ss_v, sigma, d),
+        };
     }
     let s = m / levels;
     let inv = levels / m;
@@ -156,6 +174,7 @@ unsafe fn code_row_avx2(v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) -> R
         norm: up((ss_v as f64).sqrt() * sigma, d),
         dq: up(s as f64 * sigma * (ss_c as f64).sqrt(), d),
         err: up((ss_r as f64).sqrt() * sigma, d),
+        sq_lo: sq_down(ss_v, sigma, d),
     }
 }
 
@@ -177,7 +196,7 @@ unsafe fn code_row_avx512(v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) ->
     if m == 0.0 || sigma == 0.0 || !m.is_finite() {
         out[..d].fill(0);
         let n = (ss_v as f64).sqrt() * sigma;
-        return RowCode { scale: 0.0, sum: 0, norm: up(n, d), dq: 0.0, err: up(n, d) };
+        return RowCode { scale: 0.0, sum: 0, norm: up(n, d), dq: 0.0, err: up(n, d), sq_lo: sq_down(ss_v, sigma, d) };
     }
     let s = m / levels;
     let inv = _mm512_set1_ps(levels / m);
@@ -206,6 +225,7 @@ unsafe fn code_row_avx512(v: &[f32], sigma: f64, levels: f32, out: &mut [i8]) ->
         norm: up((ss_v as f64).sqrt() * sigma, d),
         dq: up(s as f64 * sigma * (ss_c as f64).sqrt(), d),
         err: up((ss_r as f64).sqrt() * sigma, d),
+        sq_lo: sq_down(ss_v, sigma, d),
     }
 }
 

@@ -578,8 +578,9 @@ impl Precision {
 
 /// The 8-bit kernels' decision among a row's candidates (ascending). Labels only
 /// (`single` given): a single candidate is the nearest, at `single`; f32 distances
-/// settle all but near-ties among several. The rest, and every row of an exact pass
-/// (`single` none: the model's last pass), go to the exact f64 rule.
+/// settle all but near-ties among several (`known`: one candidate's f32 distance,
+/// computed already). The rest, and every row of an exact pass (`single` none: the
+/// model's last pass), go to the exact f64 rule.
 #[cfg(target_arch = "x86_64")]
 fn decide_quant(
     isa: crate::similarity::int8::Isa,
@@ -587,11 +588,12 @@ fn decide_quant(
     cand: &[u32],
     pc: &PreparedCentroids,
     single: Option<f32>,
+    known: Option<(u32, f32)>,
 ) -> Nearest {
     let proven = match (cand.len(), single) {
         (_, None) => None,
         (1, Some(d)) => Some((cand[0], d)),
-        _ => quant::proven_nearest(isa, x, cand, pc.c),
+        _ => quant::proven_nearest(isa, x, cand, pc.c, known),
     };
     match proven {
         Some((label, dist)) => Nearest { label, dist: dist.max(0.0), second: f32::INFINITY },
@@ -599,11 +601,14 @@ fn decide_quant(
     }
 }
 
-/// Write a row's result; 1 when its label changed.
+/// Write a row's result; 1 when its label changed. Field by field: a whole-struct copy
+/// through the stack made the 8-byte reload of two 4-byte stores miss store forwarding.
 #[inline(always)]
 fn replace(o: &mut Nearest, new: Nearest) -> u64 {
     let c = u64::from(o.label != new.label);
-    *o = new;
+    o.label = new.label;
+    o.dist = new.dist;
+    o.second = new.second;
     c
 }
 
@@ -618,6 +623,10 @@ fn row_norms_into(out: &mut [f32], p: &[f32], dim: usize, ahead: Option<&[f32]>)
         }
     }
 }
+
+/// How many tiles ahead the 8-bit pass prefetches its f32 rows.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_TILES: usize = 2;
 
 /// `assign_block` at the given precision, with the rows' 8-bit codes and norms ‖x‖
 /// where they were computed ahead (`row_codes`, `row_norms`). Returns how many rows'
@@ -656,22 +665,24 @@ pub fn assign_block_with(
                 (None, Some(c)) => c.slice(ti * quant::TR, o.len()),
                 (None, None) => unreachable!(),
             };
-            // The rows themselves are read only where several candidates remain, and then
-            // by the statistics: fetch them while the tile works on their codes.
-            for line in p.chunks(16) {
+            // The rows are read by the limits, where several candidates remain, and by
+            // the statistics, a few per tile: too sparse for the stream prefetcher, so
+            // fetch those of the tile after next while this one works.
+            let ahead = &points[((ti + PREFETCH_TILES) * quant::TR * dim).min(points.len())..];
+            for line in ahead[..ahead.len().min(quant::TR * dim)].chunks(16) {
                 // SAFETY: a prefetch of memory the slice holds.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
             }
             if precision == Precision::NearPrior && o.iter().all(|o| (o.label as usize) < k) {
                 // Each row is bounded against the centroid it had: the tile keeps every
                 // centroid that could be nearer, without a sweep of its own.
-                let (mut label, mut limit) = ([0usize; quant::TR], [0.0f32; quant::TR]);
+                let (mut label, mut limit, mut dist) = ([0usize; quant::TR], [0.0f32; quant::TR], [0.0f32; quant::TR]);
                 for (l, o) in label.iter_mut().zip(o.iter()) {
                     *l = o.label as usize;
                 }
                 // SAFETY: the view holds o.len() rows for `qc.isa` (which the CPU has,
-                // `Kernel::resolve`); the labels are below k.
-                unsafe { quant::limits(view, o.len(), qc, &label, &mut limit) };
+                // `Kernel::resolve`), `p` those rows; the labels are below k.
+                unsafe { quant::prior_limits(qc.isa, p, view, o.len(), pc.c, &label, &mut limit, &mut dist) };
                 // SAFETY: as for `bounds` below; `masks` holds TR × mask_words() words.
                 unsafe { quant::near(view, o.len(), qc, &limit, bytemuck::cast_slice_mut(&mut masks)) };
                 for (r, o) in o.iter_mut().enumerate() {
@@ -680,8 +691,10 @@ pub fn assign_block_with(
                         // Only a limit that is not a number passes none: decide exactly.
                         cand.extend(0..k as u32);
                     }
-                    let single = limit[r] + view.sq_norm(r);
-                    changed += replace(o, decide_quant(qc.isa, &p[r * dim..(r + 1) * dim], &cand, pc, Some(single)));
+                    // The previous centroid always passes: alone, it is the nearest.
+                    let known = Some((label[r] as u32, dist[r]));
+                    let x = &p[r * dim..(r + 1) * dim];
+                    changed += replace(o, decide_quant(qc.isa, x, &cand, pc, Some(dist[r]), known));
                 }
                 continue;
             }
@@ -701,9 +714,9 @@ pub fn assign_block_with(
                     }
                 };
                 // A single candidate's distance: the middle of its bounds.
-                let single = (!exact)
-                    .then(|| cand.first().map_or(0.0, |&j| 0.5 * (lower[j as usize] + limit)) + view.sq_norm(r));
-                changed += replace(o, decide_quant(qc.isa, x, &cand, pc, single));
+                let single =
+                    (!exact).then(|| cand.first().map_or(0.0, |&j| 0.5 * (lower[j as usize] + limit)) + view.sq_lo(r));
+                changed += replace(o, decide_quant(qc.isa, x, &cand, pc, single, None));
             }
         }
         return changed;

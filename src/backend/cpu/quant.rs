@@ -25,10 +25,13 @@
 //! bit-identical whichever kernel runs.
 //!
 //! Lloyd's iterations know each row's previous label a before the tile (`near`): U is
-//! then est_a + t_a, at least the smallest upper bound (so every centroid the smallest
-//! keeps, the nearest included, is kept), computed first from the row's and centroid
-//! a's codes alone (`limits`), and the tile compares each lower bound with it as it
-//! goes, leaving a bit per centroid instead of k bounds to store and sweep.
+//! then an upper bound of v_a itself, from the f32 distance ‖x − c_a‖² and its error
+//! bound (`prior_limits`). v_a is at least the smallest v_j, so every centroid that
+//! could be the nearest is kept, ties included; and U lies within f32 rounding of v_a
+//! where the smallest upper bound lies up to t_i above v_i, so fewer centroids pass.
+//! The tile compares each lower bound with U as it goes, leaving a bit per centroid
+//! instead of k bounds to store and sweep, and a row left with a alone takes the f32
+//! distance already computed.
 
 use std::arch::x86_64::*;
 
@@ -60,9 +63,6 @@ pub struct QuantCentroids {
     groups: usize,
     n_panels: usize,
     panels: Vec<u8>,
-    /// Each centroid's codes as the panels hold them (code + 128), `groups`·4 bytes per
-    /// centroid in index order: one centroid's bound without its panel (`upper_of`).
-    rows_u8: Vec<u8>,
     scale: Vec<f32>,
     norm2: Vec<f32>,
     ta: Vec<f32>,
@@ -80,7 +80,6 @@ impl QuantCentroids {
         let n_panels = k.div_ceil(PW);
         let padded = n_panels * PW;
         let mut panels = vec![128u8; n_panels * groups * PW * 4];
-        let mut rows_u8 = vec![128u8; k * kp4];
         let (mut scale, mut norm2) = (vec![0.0f32; padded], vec![f32::INFINITY; padded]);
         let (mut ta, mut tb, mut tc) = (vec![0.0f32; padded], vec![0.0f32; padded], vec![0.0f32; padded]);
         let g = (dim as f64 + 4.0) * f32::EPSILON as f64;
@@ -95,16 +94,13 @@ impl QuantCentroids {
                     panels[at + t] = (q as u8) ^ 0x80;
                 }
             }
-            for (o, &q) in rows_u8[j * kp4..(j + 1) * kp4].iter_mut().zip(&code) {
-                *o = (q as u8) ^ 0x80;
-            }
             scale[j] = rc.scale;
             norm2[j] = norms[j];
             ta[j] = up32(g * norms[j] as f64 + 1e-36 * dim as f64);
             tb[j] = up32(2.0 * rc.err as f64 + 32.0 * UNIT * rc.dq as f64);
             tc[j] = up32(2.0 * rc.norm as f64);
         }
-        QuantCentroids { isa, groups, n_panels, panels, rows_u8, scale, norm2, ta, tb, tc }
+        QuantCentroids { isa, groups, n_panels, panels, scale, norm2, ta, tb, tc }
     }
 
     /// Length of one row's buffer of lower bounds (k rounded up to whole panels).
@@ -133,8 +129,8 @@ pub struct RowCodes {
     ex: Vec<f32>,
     /// ‖x'‖ (rounded up).
     xq: Vec<f32>,
-    /// ‖x‖² (for the distances of label-only passes).
-    xn2: Vec<f32>,
+    /// A lower bound of ‖x‖² (for `prior_limits`).
+    xlo: Vec<f32>,
 }
 
 /// Rows of a `RowCodes`.
@@ -146,7 +142,7 @@ pub struct RowView<'a> {
     alpha: &'a [f32],
     ex: &'a [f32],
     xq: &'a [f32],
-    xn2: &'a [f32],
+    xlo: &'a [f32],
 }
 
 impl<'a> RowView<'a> {
@@ -159,13 +155,13 @@ impl<'a> RowView<'a> {
             alpha: &self.alpha[r0..r0 + n],
             ex: &self.ex[r0..r0 + n],
             xq: &self.xq[r0..r0 + n],
-            xn2: &self.xn2[r0..r0 + n],
+            xlo: &self.xlo[r0..r0 + n],
         }
     }
 
-    /// ‖x‖² of row r (within rounding).
-    pub fn sq_norm(&self, r: usize) -> f32 {
-        self.xn2[r]
+    /// A lower bound of row r's ‖x‖² (within f32 rounding of it).
+    pub fn sq_lo(&self, r: usize) -> f32 {
+        self.xlo[r]
     }
 }
 
@@ -181,7 +177,7 @@ impl RowCodes {
             alpha: vec![0.0; rows],
             ex: vec![0.0; rows],
             xq: vec![0.0; rows],
-            xn2: vec![0.0; rows],
+            xlo: vec![0.0; rows],
         }
     }
 
@@ -197,13 +193,13 @@ impl RowCodes {
             .zip(c.corr.par_chunks_mut(CHUNK))
             .zip(c.alpha.par_chunks_mut(CHUNK))
             .zip(c.ex.par_chunks_mut(CHUNK).zip(c.xq.par_chunks_mut(CHUNK)))
-            .zip(c.xn2.par_chunks_mut(CHUNK))
+            .zip(c.xlo.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(ci, ((((codes, corr), alpha), (ex, xq)), xn2))| {
+            .for_each(|(ci, ((((codes, corr), alpha), (ex, xq)), xlo))| {
                 for r in 0..corr.len() {
                     let row = &x[(ci * CHUNK + r) * dim..(ci * CHUNK + r + 1) * dim];
                     let out = &mut codes[r * kp4..(r + 1) * kp4];
-                    (corr[r], alpha[r], ex[r], xq[r], xn2[r]) = code_one(isa, row, out);
+                    (corr[r], alpha[r], ex[r], xq[r], xlo[r]) = code_one(isa, row, out);
                 }
             });
         c
@@ -213,7 +209,7 @@ impl RowCodes {
     pub fn code(&mut self, x: &[f32], rows: usize, dim: usize) {
         for r in 0..rows {
             let out = &mut self.codes[r * self.kp4..(r + 1) * self.kp4];
-            (self.corr[r], self.alpha[r], self.ex[r], self.xq[r], self.xn2[r]) =
+            (self.corr[r], self.alpha[r], self.ex[r], self.xq[r], self.xlo[r]) =
                 code_one(self.isa, &x[r * dim..(r + 1) * dim], out);
         }
     }
@@ -236,7 +232,7 @@ impl RowCodes {
         pick(&self.alpha, &mut out.alpha);
         pick(&self.ex, &mut out.ex);
         pick(&self.xq, &mut out.xq);
-        pick(&self.xn2, &mut out.xn2);
+        pick(&self.xlo, &mut out.xlo);
     }
 
     pub fn view(&self) -> RowView<'_> {
@@ -247,16 +243,16 @@ impl RowCodes {
             alpha: &self.alpha,
             ex: &self.ex,
             xq: &self.xq,
-            xn2: &self.xn2,
+            xlo: &self.xlo,
         }
     }
 }
 
-/// One row's code (into `out`, zero-padded) and its (corr, α, ‖e_x‖, ‖x'‖, ‖x‖²).
+/// One row's code (into `out`, zero-padded) and its (corr, α, ‖e_x‖, ‖x'‖, ≤ ‖x‖²).
 fn code_one(isa: Isa, row: &[f32], out: &mut [i8]) -> (i32, f32, f32, f32, f32) {
     let rc = code_row(isa, row, 1.0, isa.query_levels(), out);
     out[row.len()..].fill(0);
-    (-128 * rc.sum, 2.0 * rc.scale, rc.err, rc.dq, rc.norm * rc.norm)
+    (-128 * rc.sum, 2.0 * rc.scale, rc.err, rc.dq, rc.sq_lo)
 }
 
 /// Lower bounds est_j − t_j of `rows` coded rows into `lower` (row stride
@@ -531,98 +527,138 @@ unsafe fn tile_avx2<const R: usize, const T2: bool>(
     }
 }
 
-/// The limits of `near` for `rows` rows of `tile` labelled `label` ahead: for each,
-/// the upper bound u_a = est_a + t_a of v_a (the previous centroid's), computed with
-/// the tile's own f32 operations in the tile's order, so with the bits the tile would
-/// give it.
+/// The limits of `near` for the `rows` rows `x` of a tile (`dim` wide, coded as `tile`)
+/// labelled `label` ahead: for each, `dist[r]`, an f32 distance ‖x − c_a‖² to the
+/// previous centroid a within `f32_dist_rel` of the real one, and `limit[r]`, an upper
+/// bound of v_a = ‖x − c_a‖² − ‖x‖² from it (its error bound added, the row code's
+/// lower bound of ‖x‖² subtracted, rounded up). v_a is at least the row's smallest v_j,
+/// so no centroid whose lower bound exceeds the limit can be the nearest; and as the
+/// limit holds v_a within f32 rounding, not within the codes' error, it leaves about
+/// half the codes' band. The tile's distances are computed together, its rows' sums
+/// reduced by one shuffle network.
 ///
 /// # Safety
-/// `qc.isa` must be supported by the CPU; `tile` holds `rows` ≤ TR rows coded for it;
+/// `isa` must be supported by the CPU; `x` holds `rows` ≤ TR rows, `tile` their codes;
 /// every label is below k.
-pub unsafe fn limits(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, label: &[usize; TR], out: &mut [f32; TR]) {
-    // SAFETY: the caller's.
-    unsafe {
-        match qc.isa {
-            Isa::Avx512Vnni => limits_vnni(tile, rows, qc, label, out),
-            Isa::Avx2 => limits_avx2(tile, rows, qc, label, out),
+pub unsafe fn prior_limits(
+    isa: Isa,
+    x: &[f32],
+    tile: RowView<'_>,
+    rows: usize,
+    c: &crate::backend::Centroids,
+    label: &[usize; TR],
+    limit: &mut [f32; TR],
+    dist: &mut [f32; TR],
+) {
+    let d = c.dim;
+    debug_assert!(rows <= TR && x.len() >= rows * d && label[..rows].iter().all(|&a| a < c.k));
+    let row = |r: usize| x[r * d..].as_ptr();
+    let cen: [*const f32; TR] = std::array::from_fn(|r| c.row(label[r.min(rows - 1)]).as_ptr());
+    // SAFETY: the caller's instruction set; rows r < `rows` hold d values each, and so
+    // does every centroid; unused rows are not read.
+    *dist = unsafe {
+        match isa {
+            Isa::Avx512Vnni => dists512(row, &cen, rows, d),
+            Isa::Avx2 => dists256(row, &cen, rows, d),
+        }
+    };
+    let (rel, abs) = (f32_dist_rel(d), DIST_ABS * d as f64);
+    for r in 0..rows {
+        // hi ≥ ‖x − c_a‖² (f32_dist_rel's 2⁻⁴⁰ covers this line's f64 roundings); the
+        // 2⁻⁴⁵ term covers the subtraction's, and the last line's margin the f32
+        // conversion's (to nearest: half an ulp, or 2⁻¹⁵⁰ below the normal range).
+        let hi = dist[r] as f64 * (1.0 + rel) + abs;
+        let lo = tile.xlo[r] as f64;
+        let v = (hi - lo) + (hi + lo) * 2f64.powi(-45);
+        limit[r] = (v + v.abs() * 2f64.powi(-22) + 1e-44) as f32;
+    }
+}
+
+/// Per lane ‖x_r − c_r‖² of `rows` ≤ 8 rows (lanes past `rows`: 0): one fused chain per
+/// row and lane, then the rows' 16 lanes summed by a shuffle tree, four levels as in
+/// `sq_dist512`, so within `f32_dist_rel(d)`.
+#[target_feature(enable = "avx512f")]
+unsafe fn dists512(row: impl Fn(usize) -> *const f32, cen: &[*const f32; TR], rows: usize, d: usize) -> [f32; TR] {
+    let mut acc = [_mm512_setzero_ps(); TR];
+    for (r, a) in acc.iter_mut().enumerate().take(rows) {
+        let (xp, cp) = (row(r), cen[r]);
+        let mut i = 0;
+        while i < d {
+            let m: __mmask16 = if d - i >= 16 { 0xffff } else { (1u16 << (d - i)) - 1 };
+            // SAFETY: the mask keeps both loads inside the rows (the caller's).
+            let t = unsafe { _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xp.add(i)), _mm512_maskz_loadu_ps(m, cp.add(i))) };
+            *a = _mm512_fmadd_ps(t, t, *a);
+            i += 16;
         }
     }
+    // Pairs of rows: 128-bit blocks [r0 r1 | s0 s1] + [r2 r3 | s2 s3].
+    let pair = |a: __m512, b: __m512| {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+    };
+    let (ab, cd, ef, gh) = (pair(acc[0], acc[1]), pair(acc[2], acc[3]), pair(acc[4], acc[5]), pair(acc[6], acc[7]));
+    // Quads: one 128-bit block per row.
+    let quad = |p: __m512, q: __m512| {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(p, q), _mm512_shuffle_f32x4::<0b11_01_11_01>(p, q))
+    };
+    let (abcd, efgh) = (quad(ab, cd), quad(ef, gh));
+    // Within blocks: adjacent lanes, then halves.
+    let block = |v: __m512| {
+        let v = _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v));
+        _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v))
+    };
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    let all = _mm512_permutex2var_ps(block(abcd), idx, block(efgh));
+    let mut out = [0.0f32; TR];
+    // SAFETY: eight lanes into eight floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps256(all)) };
+    out
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-unsafe fn limits_vnni(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, label: &[usize; TR], out: &mut [f32; TR]) {
-    let kp4 = tile.kp4;
-    for r in 0..rows {
-        let a = label[r];
-        // SAFETY: VNNI is the caller's; the slices are one code each.
-        let dot = unsafe { dot_vnni(&qc.rows_u8[a * kp4..(a + 1) * kp4], &tile.codes[r * kp4..(r + 1) * kp4]) };
-        out[r] = limit_of(tile, r, qc, a, dot);
-    }
-}
-
+/// `dists512` with eight AVX2 lanes (a masked tail), the rows' lanes summed by `hadd`
+/// and one cross-half add: three levels, as in `sq_dist256`'s tree.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn limits_avx2(tile: RowView<'_>, rows: usize, qc: &QuantCentroids, label: &[usize; TR], out: &mut [f32; TR]) {
-    let kp4 = tile.kp4;
-    for r in 0..rows {
-        let a = label[r];
-        // SAFETY: AVX2 is the caller's; the slices are one code each.
-        let dot = unsafe { dot_avx2(&qc.rows_u8[a * kp4..(a + 1) * kp4], &tile.codes[r * kp4..(r + 1) * kp4]) };
-        out[r] = limit_of(tile, r, qc, a, dot);
+unsafe fn dists256(row: impl Fn(usize) -> *const f32, cen: &[*const f32; TR], rows: usize, d: usize) -> [f32; TR] {
+    let mut acc = [_mm256_setzero_ps(); TR];
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (r, a) in acc.iter_mut().enumerate().take(rows) {
+        let (xp, cp) = (row(r), cen[r]);
+        let mut i = 0;
+        while i < d {
+            // SAFETY: whole chunks inside the rows; the tail's mask keeps its loads there.
+            let t = unsafe {
+                if d - i >= 8 {
+                    _mm256_sub_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(cp.add(i)))
+                } else {
+                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32((d - i) as i32), lane);
+                    _mm256_sub_ps(_mm256_maskload_ps(xp.add(i), m), _mm256_maskload_ps(cp.add(i), m))
+                }
+            };
+            *a = _mm256_fmadd_ps(t, t, *a);
+            i += 8;
+        }
     }
+    let ab = _mm256_hadd_ps(acc[0], acc[1]);
+    let cd = _mm256_hadd_ps(acc[2], acc[3]);
+    let ef = _mm256_hadd_ps(acc[4], acc[5]);
+    let gh = _mm256_hadd_ps(acc[6], acc[7]);
+    let (abcd, efgh) = (_mm256_hadd_ps(ab, cd), _mm256_hadd_ps(ef, gh));
+    let all = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(abcd, efgh), _mm256_permute2f128_ps::<0x31>(abcd, efgh));
+    let mut out = [0.0f32; TR];
+    // SAFETY: eight lanes into eight floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), all) };
+    out
 }
 
-/// `limits` for one row, from its code's product with centroid a's (inlined into the
-/// callers, whose FMA the `mul_add`s use): fnmadd is fma(−α, ·, ·), one rounding.
-#[inline(always)]
-fn limit_of(tile: RowView<'_>, r: usize, qc: &QuantCentroids, a: usize, dot: i32) -> f32 {
-    let i = (tile.corr[r] + dot) as f32;
-    let est = (-tile.alpha[r]).mul_add(i * qc.scale[a], qc.norm2[a]);
-    est + tile.xq[r].mul_add(qc.tb[a], tile.ex[r].mul_add(qc.tc[a], qc.ta[a]))
-}
-
-/// Σ c_i·x_i of unsigned and signed bytes, 64 at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+/// f32 ‖x − c‖² with the kernel's instruction set (`sq_dist512` or `sq_dist256`).
 #[inline]
-unsafe fn dot_vnni(c: &[u8], x: &[i8]) -> i32 {
-    let n = c.len().min(x.len());
-    let mut acc = _mm512_setzero_si512();
-    let mut i = 0;
-    while i < n {
-        let m: __mmask64 = if n - i >= 64 { !0 } else { (1u64 << (n - i)) - 1 };
-        // SAFETY: the mask keeps both loads inside the slices.
-        let (a, b) = unsafe {
-            (_mm512_maskz_loadu_epi8(m, c.as_ptr().add(i) as *const i8), _mm512_maskz_loadu_epi8(m, x.as_ptr().add(i)))
-        };
-        acc = _mm512_dpbusd_epi32(acc, a, b);
-        i += 64;
+fn sq_dist(isa: Isa, x: &[f32], c: &[f32]) -> f32 {
+    // SAFETY: `isa` is the kernel's, supported by the CPU (VNNI implies AVX-512 F).
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => sq_dist512(x, c),
+            Isa::Avx2 => sq_dist256(x, c),
+        }
     }
-    _mm512_reduce_add_epi32(acc)
-}
-
-/// `dot_vnni` with AVX2 (`vpmaddubsw` pairs stay below 2¹⁵ for codes within ±63).
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn dot_avx2(c: &[u8], x: &[i8]) -> i32 {
-    let n = c.len().min(x.len());
-    let n32 = n / 32 * 32;
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_si256();
-    let mut i = 0;
-    while i < n32 {
-        // SAFETY: i + 32 ≤ n.
-        let (a, b) = unsafe {
-            (
-                _mm256_loadu_si256(c.as_ptr().add(i) as *const __m256i),
-                _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i),
-            )
-        };
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
-        i += 32;
-    }
-    let mut l = [0i32; 8];
-    // SAFETY: eight lanes into eight integers.
-    unsafe { _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, acc) };
-    l.iter().sum::<i32>() + c[n32..n].iter().zip(&x[n32..n]).map(|(&c, &x)| i32::from(c) * i32::from(x)).sum::<i32>()
 }
 
 /// The candidates of `rows` coded rows under limits known ahead, in one pass: bit l of
@@ -852,15 +888,19 @@ const DIST_ABS: f64 = 1e-36;
 /// Among candidates `cand` of row x (ascending), the nearest when f32 distances alone
 /// prove it: its distance with the error bound added is below every other's with it
 /// subtracted. `None` (a near-tie) leaves the decision to the exact f64 rule, whose
-/// choice a proven one always equals.
-pub fn proven_nearest(isa: Isa, x: &[f32], cand: &[u32], c: &crate::backend::Centroids) -> Option<(u32, f32)> {
+/// choice a proven one always equals. `known` is a candidate's f32 distance computed
+/// already (by `sq_dist`, so the same bits).
+pub fn proven_nearest(
+    isa: Isa,
+    x: &[f32],
+    cand: &[u32],
+    c: &crate::backend::Centroids,
+    known: Option<(u32, f32)>,
+) -> Option<(u32, f32)> {
     let dist = |j: u32| -> f32 {
-        // SAFETY: `isa` is the kernel's, supported by the CPU (VNNI implies AVX-512 F).
-        unsafe {
-            match isa {
-                Isa::Avx512Vnni => sq_dist512(x, c.row(j as usize)),
-                Isa::Avx2 => sq_dist256(x, c.row(j as usize)),
-            }
+        match known {
+            Some((a, d)) if a == j => d,
+            _ => sq_dist(isa, x, c.row(j as usize)),
         }
     };
     let (mut best, mut best_d, mut runner) = (cand[0], dist(cand[0]), f32::INFINITY);
@@ -884,15 +924,20 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
 
-    /// `limits` gives the tile's own u_a (with k = 1 the tile's smallest upper bound is
-    /// u_0: the same bits), and `near`'s masks are exactly the lower bounds `bounds`
-    /// stores that are at most the limit, for each instruction set this CPU has, whole
-    /// and partial tiles, one and several panels.
+    /// `prior_limits` bounds v_a = ‖x − c_a‖² − ‖x‖² from above, within f32 rounding
+    /// of it, with an f32 distance within `f32_dist_rel`; `near`'s masks are
+    /// exactly the lower bounds `bounds` stores that are at most the limit; and every
+    /// centroid at least as near as the previous one is marked. For each instruction set
+    /// this CPU has, whole and partial tiles, one and several panels, data near and far
+    /// from the origin.
     #[test]
     fn near_marks_what_bounds_would_keep_under_the_same_limit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let mut value = move || rng.random::<f32>() * 4.0 - 2.0;
-        for isa in [Isa::Avx512Vnni, Isa::Avx2].into_iter().filter(|i| i.supported()) {
+        let mut unit = move || rng.random::<f32>() * 4.0 - 2.0;
+        for (isa, offset) in
+            [Isa::Avx512Vnni, Isa::Avx2].into_iter().filter(|i| i.supported()).flat_map(|i| [(i, 0.0f32), (i, 300.0)])
+        {
+            let mut value = || unit() + offset;
             for (dim, k) in [(5, 1), (32, 1), (32, 40), (70, 70), (13, 257)] {
                 let c: Vec<f32> = (0..k * dim).map(|_| value()).collect();
                 let norms: Vec<f32> = c.chunks(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
@@ -905,24 +950,43 @@ mod tests {
                     let view = codes.view();
                     let (mut lower, mut upper) = (vec![0.0f32; TR * kp], [[0.0f32; 2]; TR]);
                     let label: [usize; TR] = std::array::from_fn(|r| (r * 7) % k);
-                    let (mut limit, mut masks) = ([0.0f32; TR], vec![0u64; TR * mw / 4]);
+                    let (mut limit, mut dist, mut masks) = ([0.0f32; TR], [0.0f32; TR], vec![0u64; TR * mw / 4]);
+                    let cents = crate::backend::Centroids::new(c.clone(), dim);
                     // SAFETY: `isa` is supported; the buffers have the sizes each asks.
                     unsafe {
                         bounds(view, rows, &qc, false, &mut lower, &mut upper);
-                        limits(view, rows, &qc, &label, &mut limit);
+                        prior_limits(isa, &x, view, rows, &cents, &label, &mut limit, &mut dist);
                         near(view, rows, &qc, &limit, bytemuck::cast_slice_mut(&mut masks));
                     }
                     for r in 0..rows {
-                        if k == 1 {
-                            assert_eq!(limit[r].to_bits(), upper[r][0].to_bits(), "{isa:?} d={dim} row {r}");
-                        }
-                        assert!(limit[r] >= upper[r][0], "{isa:?} d={dim} k={k} row {r}");
+                        let xr = &x[r * dim..(r + 1) * dim];
+                        // v_j in f64: within 1e-12 relative of the real value here.
+                        let v = |j: usize| {
+                            let cj = &c[j * dim..(j + 1) * dim];
+                            let d2: f64 = xr.iter().zip(cj).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+                            d2 - xr.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
+                        };
+                        let (a, scale) = (label[r], xr.iter().map(|&a| (a as f64).powi(2)).sum::<f64>());
+                        let at = format!("{isa:?} d={dim} k={k} rows={rows} offset={offset} row {r}");
+                        let d_a = v(a) + scale;
+                        let err = (dist[r] as f64 - d_a).abs();
+                        assert!(
+                            err <= f32_dist_rel(dim) * d_a + DIST_ABS * dim as f64 + 1e-9 * scale,
+                            "{at}: distance"
+                        );
+                        assert!(limit[r] as f64 >= v(a), "{at}: limit {} below v_a {}", limit[r], v(a));
+                        assert!((limit[r] as f64 - v(a)) <= 1e-4 * scale.max(1.0), "{at}: limit far above v_a");
                         let mut got = Vec::new();
                         from_masks(&masks[r * mw / 4..(r + 1) * mw / 4], k, &mut got);
                         let want: Vec<u32> =
                             (0..k as u32).filter(|&j| lower[r * kp + j as usize] <= limit[r]).collect();
-                        assert_eq!(got, want, "{isa:?} d={dim} k={k} rows={rows} row {r}");
-                        assert!(got.contains(&(label[r] as u32)));
+                        assert_eq!(got, want, "{at}");
+                        for j in 0..k {
+                            assert!(lower[r * kp + j] as f64 <= v(j), "{at}: lower bound of {j} above v_j");
+                            if v(j) <= v(a) {
+                                assert!(got.contains(&(j as u32)), "{at}: {j}, as near as {a}, left out");
+                            }
+                        }
                     }
                 }
             }
