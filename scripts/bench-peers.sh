@@ -53,6 +53,7 @@ PY
         runs="lloyd:f32-avx2 hamerly:f32-avx2 pruned:f32-avx2 lloyd:int8-avx2"
         if "$MS" info --json | grep -q '"f32-avx512"'; then runs="$runs lloyd:f32-avx512"; fi
         if "$MS" info --json | grep -q '"int8-vnni"'; then runs="$runs lloyd:int8-vnni"; fi
+        if "$MS" info --json | grep -q '"int8-amx"'; then runs="$runs lloyd:int8-amx"; fi
         for run in $runs; do
             alg=${run%%:*}
             kern=${run##*:}
@@ -75,7 +76,7 @@ $PYX - "$WORK/results/sbs.jsonl" "$WORK/results/microseg.jsonl" <<'PY'
 import json, sys
 peers = [json.loads(l) for l in open(sys.argv[1]) if '"kind": "run"' in l]
 ours = [json.loads(l) for l in open(sys.argv[2])]
-cols = [("lloyd", "f32-avx2"), ("pruned", "f32-avx2"), ("lloyd", "f32-avx512"), ("lloyd", "int8-avx2"), ("lloyd", "int8-vnni")]
+cols = [("lloyd", "f32-avx2"), ("pruned", "f32-avx2"), ("lloyd", "f32-avx512"), ("lloyd", "int8-avx2"), ("lloyd", "int8-vnni"), ("lloyd", "int8-amx")]
 print("| n | d | k | threads | sk_lloyd s/it | faiss_full s/it | " + " | ".join(f"{a} {k} s/it" for a, k in cols)
       + " | best/faiss | best/sk | inertia rel. to faiss |")
 print("|---|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|")

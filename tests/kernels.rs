@@ -365,7 +365,7 @@ fn a_kernel_the_cpu_lacks_is_refused() {
     let input = input.to_str().unwrap();
     let o = run(&["fit", input, "--k", "2", "--kernel", "int9", "--model", "m.json"], dir.path());
     assert_eq!(o.status.code(), Some(2));
-    for kernel in [Kernel::Int8Vnni, Kernel::Int8Avx2, Kernel::F32Avx2] {
+    for kernel in [Kernel::Int8Amx, Kernel::Int8Vnni, Kernel::Int8Avx2, Kernel::F32Avx2] {
         if !kernel.supported() {
             let o = run(
                 &["fit", input, "--k", "2", "--kernel", kernel.name(), "--backend", "cpu", "--model", "m.json"],

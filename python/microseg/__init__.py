@@ -283,7 +283,7 @@ def fit(
     it (data larger than memory; shuffle_rows rows in the shuffle buffer).
     backend: "auto", "cpu" or "gpu" (default: MICROSEG_BACKEND, else auto).
     kernel: the CPU distance kernel, "auto", "gemm", "f32-avx2", "f32-avx512",
-        "int8-avx2" or "int8-vnni" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
+        "int8-avx2", "int8-vnni" or "int8-amx" (default: MICROSEG_CPU_KERNEL, else auto); every kernel gives the
         same model byte for byte.
 
     Raises InvalidInputError (a ValueError) for bad data or arguments, with the

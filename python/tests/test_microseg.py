@@ -48,14 +48,14 @@ def test_fit_from_a_table_is_the_cli_model_byte_for_byte(table, tmp_path):
 
 def test_every_cpu_kernel_gives_the_same_model(table, tmp_path):
     files = {}
-    for kernel in ["auto", "gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni"]:
+    for kernel in ["auto", "gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni", "int8-amx"]:
         try:
             model = microseg.fit(table, k=12, log1p=["monetary", "frequency"], seed=4, backend="cpu", kernel=kernel)
         except microseg.InvalidInputError as e:
             # A kernel this CPU lacks is refused, saying so.
             assert "lacks" in str(e), e
             continue
-        assert model.report["kernel"] in ("gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni")
+        assert model.report["kernel"] in ("gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni", "int8-amx")
         model.save(tmp_path / f"{kernel}.json")
         files[kernel] = (tmp_path / f"{kernel}.json").read_bytes()
     assert {"auto", "gemm"} <= files.keys()

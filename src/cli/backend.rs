@@ -51,6 +51,9 @@ pub(crate) enum KernelArg {
     /// 8-bit codes, AVX-512 VNNI (`vpdpbusd`).
     #[value(name = "int8-vnni")]
     Int8Vnni,
+    /// 8-bit codes, VNNI with Lloyd's products on AMX tiles (`tdpbsud`), d ≤ 64.
+    #[value(name = "int8-amx")]
+    Int8Amx,
 }
 
 impl From<KernelArg> for Kernel {
@@ -62,6 +65,7 @@ impl From<KernelArg> for Kernel {
             KernelArg::F32Avx512 => Kernel::F32Avx512,
             KernelArg::Int8Avx2 => Kernel::Int8Avx2,
             KernelArg::Int8Vnni => Kernel::Int8Vnni,
+            KernelArg::Int8Amx => Kernel::Int8Amx,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! that the expansion's rounding cannot separate. It is the reference the GPU path
 //! is checked against, so a label never depends on how rows were blocked.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod fused;
 pub mod gmm;
 #[cfg(target_arch = "x86_64")]
@@ -42,11 +44,15 @@ pub enum Kernel {
     Int8Avx2,
     /// 8-bit codes with a proven bound, AVX-512 VNNI (`quant`).
     Int8Vnni,
+    /// `Int8Vnni` with the integer products of Lloyd's iterations on AMX tiles
+    /// (`amx`, `quant::near_amx`); rows of at most 64 features.
+    Int8Amx,
 }
 
 impl Kernel {
     /// The names `--kernel` and `MICROSEG_CPU_KERNEL` take.
-    pub const NAMES: [&'static str; 6] = ["auto", "gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni"];
+    pub const NAMES: [&'static str; 7] =
+        ["auto", "gemm", "f32-avx2", "f32-avx512", "int8-avx2", "int8-vnni", "int8-amx"];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,13 +62,22 @@ impl Kernel {
             Kernel::F32Avx512 => "f32-avx512",
             Kernel::Int8Avx2 => "int8-avx2",
             Kernel::Int8Vnni => "int8-vnni",
+            Kernel::Int8Amx => "int8-amx",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kernel> {
-        [Kernel::Auto, Kernel::Gemm, Kernel::F32Avx2, Kernel::F32Avx512, Kernel::Int8Avx2, Kernel::Int8Vnni]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            Kernel::Auto,
+            Kernel::Gemm,
+            Kernel::F32Avx2,
+            Kernel::F32Avx512,
+            Kernel::Int8Avx2,
+            Kernel::Int8Vnni,
+            Kernel::Int8Amx,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 
     /// Whether the running CPU can run this kernel.
@@ -75,14 +90,16 @@ impl Kernel {
             Kernel::Int8Avx2 => crate::similarity::int8::Isa::Avx2.supported(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Int8Vnni => crate::similarity::int8::Isa::Avx512Vnni.supported(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Int8Amx => amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Int8Avx2 | Kernel::Int8Vnni => false,
+            Kernel::Int8Avx2 | Kernel::Int8Vnni | Kernel::Int8Amx => false,
         }
     }
 
     /// The concrete kernels this CPU runs (for tests and benchmarks).
     pub fn available() -> Vec<Kernel> {
-        [Kernel::Gemm, Kernel::F32Avx2, Kernel::F32Avx512, Kernel::Int8Avx2, Kernel::Int8Vnni]
+        [Kernel::Gemm, Kernel::F32Avx2, Kernel::F32Avx512, Kernel::Int8Avx2, Kernel::Int8Vnni, Kernel::Int8Amx]
             .into_iter()
             .filter(|k| k.supported())
             .collect()
@@ -97,7 +114,11 @@ impl Kernel {
     /// else SGEMM. A named kernel the CPU lacks, or codes on rows wider than
     /// `quant::MAX_DIM`, fall back to the same choice.
     pub fn resolve(self, k: usize, dim: usize) -> Kernel {
-        let fits = |kr: Kernel| kr.supported() && (!kr.is_quantised() || dim <= MAX_QUANT_DIM);
+        let fits = |kr: Kernel| {
+            kr.supported()
+                && (!kr.is_quantised() || dim <= MAX_QUANT_DIM)
+                && (kr != Kernel::Int8Amx || dim.next_multiple_of(4) <= MAX_AMX_CODE_BYTES)
+        };
         match self {
             Kernel::Auto => {
                 if let Some(kr) = std::env::var("MICROSEG_CPU_KERNEL").ok().and_then(|v| Kernel::parse(&v))
@@ -128,12 +149,13 @@ impl Kernel {
             Kernel::F32Avx2 | Kernel::Int8Avx2 => "AVX2 and FMA",
             Kernel::F32Avx512 => "AVX-512 F",
             Kernel::Int8Vnni => "AVX-512 F, BW and VNNI",
+            Kernel::Int8Amx => "AVX-512 F, BW and VNNI, AMX-TILE and AMX-INT8 (and the OS's permission)",
         }
     }
 
     /// Whether the kernel works on 8-bit codes.
     pub fn is_quantised(self) -> bool {
-        matches!(self, Kernel::Int8Avx2 | Kernel::Int8Vnni)
+        matches!(self, Kernel::Int8Avx2 | Kernel::Int8Vnni | Kernel::Int8Amx)
     }
 
     /// Whether a whole Lloyd pass of this (resolved) kernel over k centroids costs less
@@ -150,6 +172,10 @@ const ONE_PANEL_MAX_DIM: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 const MAX_QUANT_DIM: usize = quant::MAX_DIM;
+#[cfg(target_arch = "x86_64")]
+const MAX_AMX_CODE_BYTES: usize = amx::MAX_CODE_BYTES;
+#[cfg(not(target_arch = "x86_64"))]
+const MAX_AMX_CODE_BYTES: usize = 0;
 #[cfg(not(target_arch = "x86_64"))]
 const MAX_QUANT_DIM: usize = 0;
 
@@ -394,11 +420,15 @@ impl<'a> PreparedCentroids<'a> {
         let quant = {
             use crate::similarity::int8::Isa;
             let isa = match kernel {
-                Kernel::Int8Vnni => Some(Isa::Avx512Vnni),
+                Kernel::Int8Vnni | Kernel::Int8Amx => Some(Isa::Avx512Vnni),
                 Kernel::Int8Avx2 => Some(Isa::Avx2),
                 _ => None,
             };
-            isa.map(|isa| quant::QuantCentroids::new(isa, &c.data, &norms, c.dim))
+            isa.map(|isa| {
+                let mut qc = quant::QuantCentroids::new(isa, &c.data, &norms, c.dim);
+                qc.amx = kernel == Kernel::Int8Amx;
+                qc
+            })
         };
         PreparedCentroids {
             c,
@@ -656,6 +686,14 @@ pub fn assign_block_with(
         let mut cand = Vec::with_capacity(16);
         let mw = qc.mask_words();
         let mut masks = vec![0u64; if precision == Precision::NearPrior { quant::TR * mw / 4 } else { 0 }];
+        // The AMX tiles, configured once per block (`ldtilecfg` costs about 60 ns).
+        let mut sums = Vec::new();
+        let tiles = (qc.amx && precision == Precision::NearPrior).then(|| {
+            sums = vec![0i32; quant::TR * kp];
+            // SAFETY: `amx` is set only for the int8-amx kernel, which runs where
+            // `amx::available()` (`Kernel::resolve`), on codes of at most 64 bytes.
+            unsafe { amx::Tiles::configure(dim.next_multiple_of(4)) }
+        });
         for (ti, (p, o)) in points.chunks(quant::TR * dim).zip(out.chunks_mut(quant::TR)).enumerate() {
             let view = match (&mut tile, codes) {
                 (Some(t), _) => {
@@ -682,9 +720,16 @@ pub fn assign_block_with(
                 }
                 // SAFETY: the view holds o.len() rows for `qc.isa` (which the CPU has,
                 // `Kernel::resolve`), `p` those rows; the labels are below k.
-                unsafe { quant::prior_limits(qc.isa, p, view, o.len(), pc.c, &label, &mut limit, &mut dist) };
-                // SAFETY: as for `bounds` below; `masks` holds TR × mask_words() words.
-                unsafe { quant::near(view, o.len(), qc, &limit, bytemuck::cast_slice_mut(&mut masks)) };
+                unsafe { quant::prior_limits(qc.isa, p, view, pc.c, &label, &mut limit, &mut dist) };
+                match &tiles {
+                    // SAFETY: configured for these codes' width; a whole tile; `masks`
+                    // and `sums` have the sizes `near_amx` asks.
+                    Some(t) if o.len() == quant::TR => unsafe {
+                        quant::near_amx(t, view, qc, &limit, bytemuck::cast_slice_mut(&mut masks), &mut sums)
+                    },
+                    // SAFETY: as for `bounds` below; `masks` holds TR × mask_words() words.
+                    _ => unsafe { quant::near(view, o.len(), qc, &limit, bytemuck::cast_slice_mut(&mut masks)) },
+                }
                 for (r, o) in o.iter_mut().enumerate() {
                     quant::from_masks(&masks[r * mw / 4..(r + 1) * mw / 4], k, &mut cand);
                     if cand.is_empty() {

@@ -60,6 +60,8 @@ fn up32(x: f64) -> f32 {
 /// per-centroid terms padded to whole panels (padding: norm +inf, terms 0).
 pub struct QuantCentroids {
     pub isa: Isa,
+    /// Whether `near` runs its products on AMX (`near_amx`; the `int8-amx` kernel).
+    pub amx: bool,
     groups: usize,
     n_panels: usize,
     panels: Vec<u8>,
@@ -100,7 +102,7 @@ impl QuantCentroids {
             tb[j] = up32(2.0 * rc.err as f64 + 32.0 * UNIT * rc.dq as f64);
             tc[j] = up32(2.0 * rc.norm as f64);
         }
-        QuantCentroids { isa, groups, n_panels, panels, scale, norm2, ta, tb, tc }
+        QuantCentroids { isa, amx: false, groups, n_panels, panels, scale, norm2, ta, tb, tc }
     }
 
     /// Length of one row's buffer of lower bounds (k rounded up to whole panels).
@@ -527,7 +529,7 @@ unsafe fn tile_avx2<const R: usize, const T2: bool>(
     }
 }
 
-/// The limits of `near` for the `rows` rows `x` of a tile (`dim` wide, coded as `tile`)
+/// The limits of `near` for the rows `x` of a tile (at most TR, `dim` wide, coded as `tile`)
 /// labelled `label` ahead: for each, `dist[r]`, an f32 distance ‖x − c_a‖² to the
 /// previous centroid a within `f32_dist_rel` of the real one, and `limit[r]`, an upper
 /// bound of v_a = ‖x − c_a‖² − ‖x‖² from it (its error bound added, the row code's
@@ -538,19 +540,19 @@ unsafe fn tile_avx2<const R: usize, const T2: bool>(
 /// reduced by one shuffle network.
 ///
 /// # Safety
-/// `isa` must be supported by the CPU; `x` holds `rows` ≤ TR rows, `tile` their codes;
+/// `isa` must be supported by the CPU; `x` holds at most TR rows, `tile` their codes;
 /// every label is below k.
 pub unsafe fn prior_limits(
     isa: Isa,
     x: &[f32],
     tile: RowView<'_>,
-    rows: usize,
     c: &crate::backend::Centroids,
     label: &[usize; TR],
     limit: &mut [f32; TR],
     dist: &mut [f32; TR],
 ) {
     let d = c.dim;
+    let rows = x.len() / d;
     debug_assert!(rows <= TR && x.len() >= rows * d && label[..rows].iter().all(|&a| a < c.k));
     let row = |r: usize| x[r * d..].as_ptr();
     let cen: [*const f32; TR] = std::array::from_fn(|r| c.row(label[r.min(rows - 1)]).as_ptr());
@@ -748,6 +750,75 @@ unsafe fn near_avx2<const R: usize>(
             }
             for r in 0..R {
                 masks[r * mw + 2 * p + h] = word[r];
+            }
+        }
+    }
+}
+
+/// `near` for a whole tile of TR rows with the integer products on the AMX unit
+/// (`amx::Tiles`), two panels ahead of the bounds so that both units work at once;
+/// the sums are `products_vnni!`'s exactly (i32 arithmetic wraps the same way and
+/// ends in range), and the bounds and masks are `near_vnni`'s operations on them, so
+/// the same bits. `sums` holds TR × padded_k() values. Measured slower than
+/// `near_vnni` at d = 32 and 64 (docs/benchmarks.md), so only `--kernel int8-amx`
+/// runs it.
+///
+/// # Safety
+/// `tiles` is configured for this `tile`'s code width (`kp4`), which is at most
+/// `amx::MAX_CODE_BYTES`; the CPU has AVX-512 VNNI; `tile` holds TR rows coded for it;
+/// `masks` holds TR × mask_words() words.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn near_amx(
+    tiles: &super::amx::Tiles,
+    tile: RowView<'_>,
+    qc: &QuantCentroids,
+    limit: &[f32; TR],
+    masks: &mut [u16],
+    sums: &mut [i32],
+) {
+    let (kp, mw) = (qc.padded_k(), qc.mask_words());
+    debug_assert!(tile.corr.len() == TR && sums.len() >= TR * kp && masks.len() >= TR * mw);
+    let panel = |p: usize| {
+        // SAFETY: p < n_panels; each panel holds `groups` groups of 128 bytes.
+        unsafe { qc.panels.as_ptr().add(p * qc.groups * PW * 4) }
+    };
+    let out = sums.as_mut_ptr();
+    // Three panels in flight: p + 2 on the matrix unit, p + 1's sums stored, p's
+    // bounds on the vector units (a tile store waits for its products, and a load
+    // for the store, so each is a panel's bounds apart).
+    let n = qc.n_panels;
+    // SAFETY (each `compute`/`store`): the caller's configuration and rows; panel p
+    // goes through set p % 2, its sums to columns 32p..32p + 32 of the TR rows of
+    // `sums` (a stride of kp i32).
+    unsafe {
+        tiles.rows(tile.codes.as_ptr(), tile.kp4);
+        tiles.compute(0, panel(0));
+        if n > 1 {
+            tiles.compute(1, panel(1));
+        }
+        tiles.store(0, out, kp * 4);
+    }
+    let (alpha, ex, xq) = (&tile.alpha[..TR], &tile.ex[..TR], &tile.xq[..TR]);
+    for p in 0..n {
+        if p + 1 < n {
+            // SAFETY: as above.
+            unsafe { tiles.store((p + 1) % 2, out.add((p + 1) * PW), kp * 4) };
+        }
+        if p + 2 < n {
+            // SAFETY: as above; set p % 2's sums (panel p) were stored a panel ago.
+            unsafe { tiles.compute(p % 2, panel(p + 2)) };
+        }
+        for h in 0..2 {
+            let at = p * PW + 16 * h;
+            let terms = centroid_terms!(_mm512_loadu_ps, qc, at);
+            for r in 0..TR {
+                // SAFETY: row r's sums for centroids at..at + 16 were stored above; with
+                // the row's correction they are I_j, as `products_vnni!` ends.
+                let raw = unsafe { _mm512_loadu_si512(out.add(r * kp + at) as *const __m512i) };
+                let acc = _mm512_add_epi32(raw, _mm512_set1_epi32(tile.corr[r]));
+                let (est, t) = est_and_bound!(512, acc, terms, alpha[r], ex[r], xq[r]);
+                let lo = _mm512_sub_ps(est, t);
+                masks[r * mw + 2 * p + h] = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(lo, _mm512_set1_ps(limit[r]));
             }
         }
     }
@@ -955,9 +1026,24 @@ mod tests {
                     // SAFETY: `isa` is supported; the buffers have the sizes each asks.
                     unsafe {
                         bounds(view, rows, &qc, false, &mut lower, &mut upper);
-                        prior_limits(isa, &x, view, rows, &cents, &label, &mut limit, &mut dist);
+                        prior_limits(isa, &x, view, &cents, &label, &mut limit, &mut dist);
                         near(view, rows, &qc, &limit, bytemuck::cast_slice_mut(&mut masks));
                     }
+                    // The AMX tile gives `near`'s bits, where this CPU has it.
+                    let amx_masks = (isa == Isa::Avx512Vnni
+                        && rows == TR
+                        && dim.next_multiple_of(4) <= super::super::amx::MAX_CODE_BYTES
+                        && super::super::amx::available())
+                    .then(|| {
+                        let (mut m, mut sums) = (vec![0u64; TR * mw / 4], vec![0i32; TR * kp]);
+                        // SAFETY: AMX is available, the codes at most 64 bytes wide; whole
+                        // tile; the buffers have the sizes `near_amx` asks.
+                        unsafe {
+                            let tiles = super::super::amx::Tiles::configure(dim.next_multiple_of(4));
+                            near_amx(&tiles, view, &qc, &limit, bytemuck::cast_slice_mut(&mut m), &mut sums);
+                        }
+                        m
+                    });
                     for r in 0..rows {
                         let xr = &x[r * dim..(r + 1) * dim];
                         // v_j in f64: within 1e-12 relative of the real value here.
@@ -981,6 +1067,13 @@ mod tests {
                         let want: Vec<u32> =
                             (0..k as u32).filter(|&j| lower[r * kp + j as usize] <= limit[r]).collect();
                         assert_eq!(got, want, "{at}");
+                        if let Some(m) = &amx_masks {
+                            assert_eq!(
+                                m[r * mw / 4..(r + 1) * mw / 4],
+                                masks[r * mw / 4..(r + 1) * mw / 4],
+                                "{at}: AMX"
+                            );
+                        }
                         for j in 0..k {
                             assert!(lower[r * kp + j] as f64 <= v(j), "{at}: lower bound of {j} above v_j");
                             if v(j) <= v(a) {
