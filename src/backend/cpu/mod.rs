@@ -731,7 +731,17 @@ pub fn assign_block_with(
                     _ => unsafe { quant::near(view, o.len(), qc, &limit, bytemuck::cast_slice_mut(&mut masks)) },
                 }
                 for (r, o) in o.iter_mut().enumerate() {
-                    quant::from_masks(&masks[r * mw / 4..(r + 1) * mw / 4], k, &mut cand);
+                    let row_masks = &masks[r * mw / 4..(r + 1) * mw / 4];
+                    // The previous centroid always passes a finite limit: one bit is its
+                    // own, and then it is the nearest. Counted without a branch per word,
+                    // as most rows are such (the words' scan mispredicted per row).
+                    if quant::bits_set(row_masks) == 1 {
+                        debug_assert!(row_masks[label[r] / 64] >> (label[r] % 64) & 1 == 1);
+                        let new = Nearest { label: label[r] as u32, dist: dist[r].max(0.0), second: f32::INFINITY };
+                        changed += replace(o, new);
+                        continue;
+                    }
+                    quant::from_masks(row_masks, k, &mut cand);
                     if cand.is_empty() {
                         // Only a limit that is not a number passes none: decide exactly.
                         cand.extend(0..k as u32);
