@@ -67,6 +67,8 @@ pub struct QuantCentroids {
     panels: Vec<u8>,
     scale: Vec<f32>,
     norm2: Vec<f32>,
+    /// ‖c_j‖² − a_j rounded down (`near`'s lower bounds start from it).
+    nw: Vec<f32>,
     ta: Vec<f32>,
     tb: Vec<f32>,
     tc: Vec<f32>,
@@ -83,6 +85,7 @@ impl QuantCentroids {
         let padded = n_panels * PW;
         let mut panels = vec![128u8; n_panels * groups * PW * 4];
         let (mut scale, mut norm2) = (vec![0.0f32; padded], vec![f32::INFINITY; padded]);
+        let mut nw = vec![f32::INFINITY; padded];
         let (mut ta, mut tb, mut tc) = (vec![0.0f32; padded], vec![0.0f32; padded], vec![0.0f32; padded]);
         let g = (dim as f64 + 4.0) * f32::EPSILON as f64;
         let mut code = vec![0i8; kp4];
@@ -99,10 +102,12 @@ impl QuantCentroids {
             scale[j] = rc.scale;
             norm2[j] = norms[j];
             ta[j] = up32(g * norms[j] as f64 + 1e-36 * dim as f64);
+            let w = norms[j] as f64 - ta[j] as f64;
+            nw[j] = if (w as f32 as f64) > w { (w as f32).next_down() } else { w as f32 };
             tb[j] = up32(2.0 * rc.err as f64 + 32.0 * UNIT * rc.dq as f64);
             tc[j] = up32(2.0 * rc.norm as f64);
         }
-        QuantCentroids { isa, amx: false, groups, n_panels, panels, scale, norm2, ta, tb, tc }
+        QuantCentroids { isa, amx: false, groups, n_panels, panels, scale, norm2, nw, ta, tb, tc }
     }
 
     /// Length of one row's buffer of lower bounds (k rounded up to whole panels).
@@ -378,6 +383,44 @@ macro_rules! est_and_bound {
         let est = _mm256_fnmadd_ps(_mm256_set1_ps($alpha), _mm256_mul_ps(_mm256_cvtepi32_ps($acc), s), n);
         let t = _mm256_fmadd_ps(_mm256_set1_ps($xq), tb, _mm256_fmadd_ps(_mm256_set1_ps($ex), tc, ta));
         (est, t)
+    }};
+}
+
+/// The lower bound est_j − t_j of `near`, for one row's accumulator register in 512- or
+/// 256-bit lanes, from centroid `at`: ((‖c_j‖² − a_j)↓ − α·(I_j·s_j)) − ‖e_x‖·2‖c_j‖ −
+/// ‖x'‖·tb_j, three fused steps where `est_and_bound!` takes four and a subtraction.
+/// Its roundings, each at most u of a value below ‖c_j‖² + 2‖x'‖‖c'_j‖ + t_j, stay
+/// within the margins a_j and 32u‖x'‖‖c'_j‖ leave after the norm's (module header):
+/// 8u‖x'‖‖c'_j‖ from the product's conversion, product and three steps, 3u‖c_j‖²
+/// beside the norm's (d + 2)u. The bits may differ from `bounds`' by those roundings.
+macro_rules! near_lower {
+    (512, $qc:expr, $at:expr, $acc:expr, $alpha:expr, $ex:expr, $xq:expr) => {{
+        let (qc, at) = ($qc, $at);
+        // SAFETY: the per-centroid vectors are padded to whole panels.
+        let (s, w, tb, tc) = unsafe {
+            (
+                _mm512_loadu_ps(qc.scale.as_ptr().add(at)),
+                _mm512_loadu_ps(qc.nw.as_ptr().add(at)),
+                _mm512_loadu_ps(qc.tb.as_ptr().add(at)),
+                _mm512_loadu_ps(qc.tc.as_ptr().add(at)),
+            )
+        };
+        let q = _mm512_fnmadd_ps(_mm512_set1_ps($alpha), _mm512_mul_ps(_mm512_cvtepi32_ps($acc), s), w);
+        _mm512_fnmadd_ps(_mm512_set1_ps($xq), tb, _mm512_fnmadd_ps(_mm512_set1_ps($ex), tc, q))
+    }};
+    (256, $qc:expr, $at:expr, $acc:expr, $alpha:expr, $ex:expr, $xq:expr) => {{
+        let (qc, at) = ($qc, $at);
+        // SAFETY: as above.
+        let (s, w, tb, tc) = unsafe {
+            (
+                _mm256_loadu_ps(qc.scale.as_ptr().add(at)),
+                _mm256_loadu_ps(qc.nw.as_ptr().add(at)),
+                _mm256_loadu_ps(qc.tb.as_ptr().add(at)),
+                _mm256_loadu_ps(qc.tc.as_ptr().add(at)),
+            )
+        };
+        let q = _mm256_fnmadd_ps(_mm256_set1_ps($alpha), _mm256_mul_ps(_mm256_cvtepi32_ps($acc), s), w);
+        _mm256_fnmadd_ps(_mm256_set1_ps($xq), tb, _mm256_fnmadd_ps(_mm256_set1_ps($ex), tc, q))
     }};
 }
 
@@ -737,11 +780,9 @@ unsafe fn near_vnni<const R: usize>(
         let (acc0, acc1) = products_vnni!(R, tile, r0, qc, p);
         for h in 0..2 {
             let at = p * PW + 16 * h;
-            let terms = centroid_terms!(_mm512_loadu_ps, qc, at);
             for r in 0..R {
                 let acc = if h == 0 { acc0[r] } else { acc1[r] };
-                let (est, t) = est_and_bound!(512, acc, terms, alpha[r], ex[r], xq[r]);
-                let lo = _mm512_sub_ps(est, t);
+                let lo = near_lower!(512, qc, at, acc, alpha[r], ex[r], xq[r]);
                 masks[r * mw + 2 * p + h] = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(lo, _mm512_set1_ps(limit[r]));
             }
         }
@@ -763,12 +804,9 @@ unsafe fn near_avx2<const R: usize>(
             let mut word = [0u16; R];
             for e in 0..2 {
                 let at = p * PW + 16 * h + 8 * e;
-                let terms = centroid_terms!(_mm256_loadu_ps, qc, at);
                 for r in 0..R {
                     let acc = if e == 0 { acc0[r] } else { acc1[r] };
-                    let (est, t) =
-                        est_and_bound!(256, acc, terms, tile.alpha[r0 + r], tile.ex[r0 + r], tile.xq[r0 + r]);
-                    let lo = _mm256_sub_ps(est, t);
+                    let lo = near_lower!(256, qc, at, acc, tile.alpha[r0 + r], tile.ex[r0 + r], tile.xq[r0 + r]);
                     let pass = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(lo, _mm256_set1_ps(limit[r])));
                     word[r] |= (pass as u16) << (8 * e);
                 }
@@ -835,14 +873,12 @@ pub unsafe fn near_amx(
         }
         for h in 0..2 {
             let at = p * PW + 16 * h;
-            let terms = centroid_terms!(_mm512_loadu_ps, qc, at);
             for r in 0..TR {
                 // SAFETY: row r's sums for centroids at..at + 16 were stored above; with
                 // the row's correction they are I_j, as `products_vnni!` ends.
                 let raw = unsafe { _mm512_loadu_si512(out.add(r * kp + at) as *const __m512i) };
                 let acc = _mm512_add_epi32(raw, _mm512_set1_epi32(tile.corr[r]));
-                let (est, t) = est_and_bound!(512, acc, terms, alpha[r], ex[r], xq[r]);
-                let lo = _mm512_sub_ps(est, t);
+                let lo = near_lower!(512, qc, at, acc, alpha[r], ex[r], xq[r]);
                 masks[r * mw + 2 * p + h] = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(lo, _mm512_set1_ps(limit[r]));
             }
         }
@@ -1034,9 +1070,10 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     /// `prior_limits` bounds v_a = ‖x − c_a‖² − ‖x‖² from above, within f32 rounding
-    /// of it, with an f32 distance within `f32_dist_rel`; `near`'s masks are
-    /// exactly the lower bounds `bounds` stores that are at most the limit; and every
-    /// centroid at least as near as the previous one is marked. For each instruction set
+    /// of it, with an f32 distance within `f32_dist_rel`; `near`'s masks are the lower
+    /// bounds `bounds` stores that are at most the limit (but within a few roundings of
+    /// it), AMX's are VNNI's bit for bit, every centroid at least as near as the previous
+    /// one is marked, and `near`'s own lower bound of each v_j is at most v_j. For each instruction set
     /// this CPU has, whole and partial tiles, one and several panels, data near and far
     /// from the origin.
     #[test]
@@ -1102,9 +1139,14 @@ mod tests {
                         assert!((limit[r] as f64 - v(a)) <= 1e-4 * scale.max(1.0), "{at}: limit far above v_a");
                         let mut got = Vec::new();
                         from_masks(&masks[r * mw / 4..(r + 1) * mw / 4], k, &mut got);
-                        let want: Vec<u32> =
-                            (0..k as u32).filter(|&j| lower[r * kp + j as usize] <= limit[r]).collect();
-                        assert_eq!(got, want, "{at}");
+                        // `near`'s lower bounds are `bounds`' up to a few roundings: the
+                        // same candidates but where one lies that close to the limit.
+                        for j in 0..k {
+                            let lo = lower[r * kp + j];
+                            if (lo - limit[r]).abs() > 1e-5 * (lo.abs() + limit[r].abs()) {
+                                assert_eq!(got.contains(&(j as u32)), lo <= limit[r], "{at}: centroid {j}");
+                            }
+                        }
                         if let Some(m) = &amx_masks {
                             assert_eq!(
                                 m[r * mw / 4..(r + 1) * mw / 4],
@@ -1117,6 +1159,27 @@ mod tests {
                             if v(j) <= v(a) {
                                 assert!(got.contains(&(j as u32)), "{at}: {j}, as near as {a}, left out");
                             }
+                        }
+                    }
+                    // `near`'s own lower bounds are below v_j: under a limit of v_j
+                    // (rounded up), centroid j is marked, whatever the row.
+                    for j in 0..k {
+                        let up: [f32; TR] = std::array::from_fn(|r| {
+                            let xr = &x[(r % rows) * dim..(r % rows + 1) * dim];
+                            let cj = &c[j * dim..(j + 1) * dim];
+                            let vj = xr.iter().zip(cj).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>()
+                                - xr.iter().map(|&a| (a as f64).powi(2)).sum::<f64>();
+                            let f = vj as f32;
+                            if (f as f64) < vj { f.next_up() } else { f }
+                        });
+                        // SAFETY: as above.
+                        unsafe { near(view, rows, &qc, &up, bytemuck::cast_slice_mut(&mut masks)) };
+                        for r in 0..rows {
+                            let bit = masks[r * mw / 4 + j / 64] >> (j % 64) & 1;
+                            assert_eq!(
+                                bit, 1,
+                                "{isa:?} d={dim} k={k} offset={offset} row {r}: lower bound of {j} above v_j"
+                            );
                         }
                     }
                 }
