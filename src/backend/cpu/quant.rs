@@ -389,10 +389,14 @@ macro_rules! est_and_bound {
 /// The lower bound est_j − t_j of `near`, for one row's accumulator register in 512- or
 /// 256-bit lanes, from centroid `at`: ((‖c_j‖² − a_j)↓ − α·(I_j·s_j)) − ‖e_x‖·2‖c_j‖ −
 /// ‖x'‖·tb_j, three fused steps where `est_and_bound!` takes four and a subtraction.
-/// Its roundings, each at most u of a value below ‖c_j‖² + 2‖x'‖‖c'_j‖ + t_j, stay
-/// within the margins a_j and 32u‖x'‖‖c'_j‖ leave after the norm's (module header):
-/// 8u‖x'‖‖c'_j‖ from the product's conversion, product and three steps, 3u‖c_j‖²
-/// beside the norm's (d + 2)u. The bits may differ from `bounds`' by those roundings.
+/// Its roundings stay within the margins the bound leaves (module header):
+/// - the conversion of I_j and the product, 2u of |α·s_j·I_j| ≤ 2‖x'‖‖c'_j‖, and each of
+///   the three steps, u of a value below ‖c_j‖² + 2‖x'‖‖c'_j‖ + t_j: together
+///   10u‖x'‖‖c'_j‖ of tb_j's 32u‖x'‖‖c'_j‖, and 3u‖c_j‖² of what a_j leaves beside the
+///   norm's own rounding (at least 7u‖c_j‖²);
+/// - 3u·t_j, within the 2⁻²⁰ relative margin every term of t_j is rounded up by.
+///
+/// The bits may differ from `bounds`' by those roundings.
 macro_rules! near_lower {
     (512, $qc:expr, $at:expr, $acc:expr, $alpha:expr, $ex:expr, $xq:expr) => {{
         let (qc, at) = ($qc, $at);
