@@ -395,3 +395,33 @@ fn a_given_start_gives_one_fit_for_every_kernel() {
         assert_eq!((o.1, &o.2), (out[0].1, &out[0].2), "{} vs {}", o.0, out[0].0);
     }
 }
+
+/// A previous centroid beyond f32's range (its squared norm overflows, so its code-based
+/// bound is not a number) leaves the row to the exact rule, not to that centroid: rows
+/// near the one ordinary centroid, labelled ahead with an overflowing one (so that the
+/// ordinary one's is the only bit the tile sets), get the f64 reference's labels from
+/// every kernel. With k = 32 no padding centroid takes part.
+#[test]
+fn a_previous_centroid_beyond_f32_range_is_not_kept_unproven() {
+    let dim = 8;
+    let mut c = vec![0.0f32; 32 * dim];
+    c[..dim].fill(3e19); // ‖c_0‖² = 7.2e39 > f32::MAX
+    for j in 1..32 {
+        for (f, v) in c[j * dim..(j + 1) * dim].iter_mut().enumerate() {
+            // Beyond range too but for centroid 5, the only one whose bound holds.
+            *v = if j == 5 { 0.25 } else { 3e19 * (1.0 + 0.1 * (f + j) as f32) };
+        }
+    }
+    let c = Centroids::new(c, dim);
+    let n = 64;
+    let x: Vec<f32> = (0..n * dim).map(|i| 0.25 + 0.01 * (i % 7) as f32).collect();
+    for kernel in kernels() {
+        let b = CpuBackend::new(kernel);
+        let mut out = vec![Nearest { label: 0, ..Nearest::default() }; n];
+        b.assign_labels(&x, &c, &mut out).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            let want = reference(&x[i * dim..(i + 1) * dim], &c).0;
+            assert_eq!(o.label, want, "{} row {i}", kernel.name());
+        }
+    }
+}

@@ -117,7 +117,7 @@ impl Kernel {
         let fits = |kr: Kernel| {
             kr.supported()
                 && (!kr.is_quantised() || dim <= MAX_QUANT_DIM)
-                && (kr != Kernel::Int8Amx || dim.next_multiple_of(4) <= MAX_AMX_CODE_BYTES)
+                && (kr != Kernel::Int8Amx || (1..=MAX_AMX_CODE_BYTES).contains(&dim.next_multiple_of(4)))
         };
         match self {
             Kernel::Auto => {
@@ -529,7 +529,7 @@ impl CpuBackend {
         {
             use crate::similarity::int8::Isa;
             match self.kernel.resolve(k, dim) {
-                Kernel::Int8Vnni => self.row_codes(points, dim, Isa::Avx512Vnni),
+                Kernel::Int8Vnni | Kernel::Int8Amx => self.row_codes(points, dim, Isa::Avx512Vnni),
                 Kernel::Int8Avx2 => self.row_codes(points, dim, Isa::Avx2),
                 _ => None,
             }
@@ -731,24 +731,28 @@ pub fn assign_block_with(
                     _ => unsafe { quant::near(view, o.len(), qc, &limit, bytemuck::cast_slice_mut(&mut masks)) },
                 }
                 for (r, o) in o.iter_mut().enumerate() {
-                    let row_masks = &masks[r * mw / 4..(r + 1) * mw / 4];
-                    // The previous centroid always passes a finite limit: one bit is its
-                    // own, and then it is the nearest. Counted without a branch per word,
-                    // as most rows are such (the words' scan mispredicted per row).
-                    if quant::bits_set(row_masks) == 1 {
-                        debug_assert!(row_masks[label[r] / 64] >> (label[r] % 64) & 1 == 1);
-                        let new = Nearest { label: label[r] as u32, dist: dist[r].max(0.0), second: f32::INFINITY };
+                    let (a, row_masks) = (label[r], &masks[r * mw / 4..(r + 1) * mw / 4]);
+                    let x = &p[r * dim..(r + 1) * dim];
+                    // The previous centroid passes its own limit wherever the bounds hold
+                    // (finite values): then a single bit is its own, and it is the nearest.
+                    // Counted without a branch per word, as most rows are such (the words'
+                    // scan mispredicted per row).
+                    let a_passes = row_masks[a / 64] >> (a % 64) & 1 == 1;
+                    if a_passes && quant::bits_set(row_masks) == 1 {
+                        let new = Nearest { label: a as u32, dist: dist[r].max(0.0), second: f32::INFINITY };
                         changed += replace(o, new);
                         continue;
                     }
-                    quant::from_masks(row_masks, k, &mut cand);
-                    if cand.is_empty() {
-                        // Only a limit that is not a number passes none: decide exactly.
+                    if !a_passes {
+                        // A limit or a bound that is not a number (values beyond f32's
+                        // range): every centroid, decided exactly.
+                        cand.clear();
                         cand.extend(0..k as u32);
+                        changed += replace(o, decide_quant(qc.isa, x, &cand, pc, None, None));
+                        continue;
                     }
-                    // The previous centroid always passes: alone, it is the nearest.
-                    let known = Some((label[r] as u32, dist[r]));
-                    let x = &p[r * dim..(r + 1) * dim];
+                    quant::from_masks(row_masks, k, &mut cand);
+                    let known = Some((a as u32, dist[r]));
                     changed += replace(o, decide_quant(qc.isa, x, &cand, pc, Some(dist[r]), known));
                 }
                 continue;

@@ -370,7 +370,7 @@ macro_rules! centroid_terms {
 
 /// est_j = fl(‖c_j‖²) − α·(I_j·s_j) and t_j = a_j + ‖e_x‖·2‖c_j‖ + ‖x'‖·tb_j for one
 /// row's accumulator register, in 512- or 256-bit lanes: the operations and order the
-/// bound's proof (module header) and `limits` count on.
+/// bound's proof (module header) counts on.
 macro_rules! est_and_bound {
     (512, $acc:expr, $terms:expr, $alpha:expr, $ex:expr, $xq:expr) => {{
         let (s, n, ta, tb, tc) = $terms;
@@ -675,10 +675,11 @@ unsafe fn dists512(row: impl Fn(usize) -> *const f32, cen: &[*const f32; TR], ro
         _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(p, q), _mm512_shuffle_f32x4::<0b11_01_11_01>(p, q))
     };
     let (abcd, efgh) = (quad(ab, cd), quad(ef, gh));
-    // Within blocks: adjacent lanes, then halves.
+    // Within blocks: halves, then adjacent lanes, the order of `_mm512_reduce_add_ps`
+    // (so `sq_dist512`'s bits, as that order stands).
     let block = |v: __m512| {
-        let v = _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v));
-        _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v))
+        let v = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+        _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v))
     };
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
     let all = _mm512_permutex2var_ps(block(abcd), idx, block(efgh));
@@ -736,11 +737,11 @@ fn sq_dist(isa: Isa, x: &[f32], c: &[f32]) -> f32 {
 }
 
 /// The candidates of `rows` coded rows under limits known ahead, in one pass: bit l of
-/// `masks[r·mask_words() + w]` is set when centroid j = 16w + l has est_j − t_j ≤
-/// `limit[r]`, the test `candidates` makes with the smallest upper bound. With
-/// `limit[r]` the upper bound of some v_a (`limits`), which is at least the smallest,
-/// no centroid left out can be the row's nearest, ties included (and a itself passes);
-/// padding centroids never pass a finite limit.
+/// `masks[r·mask_words() + w]` is set when centroid j = 16w + l has its lower bound of
+/// v_j (`near_lower!`: est_j − t_j within a few roundings) ≤ `limit[r]`. With
+/// `limit[r]` an upper bound of some v_a (`prior_limits`), which is at least the
+/// smallest, no centroid left out can be the row's nearest, ties included, and a itself
+/// passes where its values are finite; padding centroids never pass a finite limit.
 ///
 /// # Safety
 /// `qc.isa` must be supported by the CPU; `tile` must hold `rows` ≤ TR rows coded for
@@ -1038,7 +1039,7 @@ const DIST_ABS: f64 = 1e-36;
 /// prove it: its distance with the error bound added is below every other's with it
 /// subtracted. `None` (a near-tie) leaves the decision to the exact f64 rule, whose
 /// choice a proven one always equals. `known` is a candidate's f32 distance computed
-/// already (by `sq_dist`, so the same bits).
+/// already, within the same `f32_dist_rel` (`prior_limits`).
 pub fn proven_nearest(
     isa: Isa,
     x: &[f32],
