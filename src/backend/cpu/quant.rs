@@ -605,47 +605,22 @@ pub unsafe fn prior_limits(
     let cen: [*const f32; TR] = std::array::from_fn(|r| c.row(label[r.min(rows - 1)]).as_ptr());
     // SAFETY: the caller's instruction set; rows r < `rows` hold d values each, and so
     // does every centroid; unused rows are not read.
+    *dist = unsafe {
+        match isa {
+            Isa::Avx512Vnni => dists512(row, &cen, rows, d),
+            Isa::Avx2 => dists256(row, &cen, rows, d),
+        }
+    };
     let (rel, abs) = (f32_dist_rel(d), DIST_ABS * d as f64);
     // hi ≥ ‖x − c_a‖² (f32_dist_rel's 2⁻⁴⁰ covers the f64 roundings of hi); the 2⁻⁴⁵
     // term covers the subtraction's, and the last margin the f32 conversion's (to
-    // nearest: half an ulp, or 2⁻¹⁵⁰ below the normal range). Fused or not, each f64
-    // operation rounds by at most 2⁻⁵³ of its result, which the margins cover.
-    match isa {
-        Isa::Avx512Vnni => {
-            // SAFETY: as above; AVX-512 F is VNNI's.
-            unsafe {
-                *dist = dists512(row, &cen, rows, d);
-                *limit = limits512(dist, tile.xlo, rows, rel, abs);
-            }
-        }
-        Isa::Avx2 => {
-            // SAFETY: as above.
-            *dist = unsafe { dists256(row, &cen, rows, d) };
-            for r in 0..rows {
-                let hi = dist[r] as f64 * (1.0 + rel) + abs;
-                let lo = tile.xlo[r] as f64;
-                let v = (hi - lo) + (hi + lo) * 2f64.powi(-45);
-                limit[r] = (v + v.abs() * 2f64.powi(-22) + 1e-44) as f32;
-            }
-        }
+    // nearest: half an ulp, or 2⁻¹⁵⁰ below the normal range).
+    for r in 0..rows {
+        let hi = dist[r] as f64 * (1.0 + rel) + abs;
+        let lo = tile.xlo[r] as f64;
+        let v = (hi - lo) + (hi + lo) * 2f64.powi(-45);
+        limit[r] = (v + v.abs() * 2f64.powi(-22) + 1e-44) as f32;
     }
-}
-
-/// `prior_limits`' f64 arithmetic for the tile's rows in the eight lanes of one
-/// register (lanes past `rows`: unused).
-#[target_feature(enable = "avx512f")]
-unsafe fn limits512(dist: &[f32; TR], xlo: &[f32], rows: usize, rel: f64, abs: f64) -> [f32; TR] {
-    let m = ((1u32 << rows) - 1) as __mmask8;
-    // SAFETY: eight floats, and the mask keeps the second load inside `xlo`'s rows.
-    let (fd, xl) = unsafe { (_mm256_loadu_ps(dist.as_ptr()), _mm256_maskz_loadu_ps(m, xlo.as_ptr())) };
-    let hi = _mm512_fmadd_pd(_mm512_cvtps_pd(fd), _mm512_set1_pd(1.0 + rel), _mm512_set1_pd(abs));
-    let lo = _mm512_cvtps_pd(xl);
-    let v = _mm512_fmadd_pd(_mm512_add_pd(hi, lo), _mm512_set1_pd(2f64.powi(-45)), _mm512_sub_pd(hi, lo));
-    let up = _mm512_add_pd(_mm512_fmadd_pd(_mm512_abs_pd(v), _mm512_set1_pd(2f64.powi(-22)), v), _mm512_set1_pd(1e-44));
-    let mut out = [0.0f32; TR];
-    // SAFETY: eight lanes into eight floats.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm512_cvtpd_ps(up)) };
-    out
 }
 
 /// Per lane ‖x_r − c_r‖² of `rows` ≤ 8 rows (lanes past `rows`: 0): one fused chain per
